@@ -1,0 +1,137 @@
+"""The one on-disk model format every stage reads and writes.
+
+A model artifact is a folder:
+
+* ``config.json`` + ``model.safetensors``: the Hugging Face config and weights,
+* tokenizer files,
+* ``compresstune.json``: task metadata (labels, metric), the per-layer shapes (heads,
+  head size, FFN width) needed to rebuild a pruned model whose widths differ from
+  the config, and the library versions that wrote it.
+
+An artifact whose shapes match its config is a plain Hugging Face checkpoint:
+``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it with no
+compresstune code. Whole models are never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .models import arch_for, encoder_layers, get_module, set_module
+
+META_FILE = "compresstune.json"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict:
+    import onnx
+    import transformers
+
+    import compresstune
+
+    out = {"compresstune": compresstune.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "onnx": onnx.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def layer_shapes(model: nn.Module) -> list[dict]:
+    """Live per-layer widths: attention heads, head size, FFN width."""
+    spec = arch_for(model)
+    out = []
+    for layer in encoder_layers(model):
+        q = get_module(layer, spec.q)
+        ffn = get_module(layer, spec.ffn_in)
+        att = get_module(layer, spec.attention)
+        heads = int(getattr(att, spec.heads_attr))
+        head_dim = q.out_features // heads if heads else 0
+        out.append({"heads": heads, "head_dim": head_dim, "ffn": int(ffn.out_features)})
+    return out
+
+
+def shapes_are_uniform_with_config(model: nn.Module, shapes: list[dict]) -> bool:
+    spec = arch_for(model)
+    cfg = model.config
+    heads = getattr(cfg, spec.config_heads)
+    hidden = getattr(cfg, spec.config_hidden)
+    return all(s["heads"] == heads and s["head_dim"] * heads == hidden and s["ffn"] == getattr(cfg, spec.config_ffn) for s in shapes)
+
+
+def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
+    """Resize a freshly built model's layers to recorded widths (values are overwritten by the load)."""
+    spec = arch_for(model)
+    for layer, s in zip(encoder_layers(model), shapes):
+        inner = s["heads"] * s["head_dim"]
+        for role in ("q", "k", "v"):
+            old = get_module(layer, getattr(spec, role))
+            set_module(layer, getattr(spec, role), nn.Linear(old.in_features, inner))
+        old = get_module(layer, spec.o)
+        set_module(layer, spec.o, nn.Linear(inner, old.out_features))
+        old = get_module(layer, spec.ffn_in)
+        set_module(layer, spec.ffn_in, nn.Linear(old.in_features, s["ffn"]))
+        old = get_module(layer, spec.ffn_out)
+        set_module(layer, spec.ffn_out, nn.Linear(s["ffn"], old.out_features))
+        att = get_module(layer, spec.attention)
+        setattr(att, spec.heads_attr, s["heads"])
+        if spec.head_dim_attr:
+            setattr(att, spec.head_dim_attr, s["head_dim"])
+        if spec.all_head_attr and spec.all_head_attr != "dim":
+            setattr(att, spec.all_head_attr, inner)
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None) -> Path:
+    """Write ``model`` (fp32 weights as safetensors), its tokenizer and metadata to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    shapes = layer_shapes(model)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "task": task_meta,
+        "layer_shapes": shapes,
+        "plain_hf": shapes_are_uniform_with_config(model, shapes),
+        "versions": versions(),
+        **(extra or {}),
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def read_meta(folder: str | Path) -> dict:
+    p = Path(folder) / META_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def load_model(folder: str | Path):
+    """(model, tokenizer, meta) from an artifact folder; rebuilds non-uniform layer widths."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if meta.get("plain_hf", True):
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+    else:
+        config = AutoConfig.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_config(config)
+        apply_layer_shapes(model, meta["layer_shapes"])
+        state = load_file(str(folder / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise RuntimeError(f"{folder}: weights do not match the recorded shapes (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.eval()
+    return model, tokenizer, meta

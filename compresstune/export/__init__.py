@@ -1,0 +1,1 @@
+"""ONNX export, ONNX Runtime sessions and verification."""

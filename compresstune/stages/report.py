@@ -1,0 +1,136 @@
+"""``report``: ``REPORT.md`` and ``report.json`` for the whole run, a training-curve plot,
+and the deployable files published at the top of the run folder (model.onnx,
+tokenizer/, labels.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..artifacts import versions
+from ..bench import machine_info
+from ..manifest import Manifest, write_json_atomic
+from .base import Stage, StageContext, register
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _plot_history(histories: dict[str, list], metric: str, path: Path) -> bool:
+    pts = {k: h for k, h in histories.items() if h}
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, h in pts.items():
+        ax.plot([r["epoch"] for r in h], [r["dev_main"] for r in h], marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"dev {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) ``src`` to ``dst``, replacing it atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+    else:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+@register
+class ReportStage(Stage):
+    type = "report"
+    uses_model_and_task = False
+
+    def run(self, ctx: StageContext) -> dict:
+        manifest = Manifest.load(ctx.run_dir)
+        stages = {}
+        for ref in ctx.inputs:
+            rec = manifest.stages.get(ref.name, {})
+            stages[ref.name] = {"type": ref.type, "fingerprint": rec.get("fingerprint"), "output": rec.get("output"),
+                                "wall_time_s": rec.get("wall_time_s"), "peak_rss_mb": rec.get("peak_rss_mb"), "summary": ref.summary}
+        report = {"run": ctx.run_dir.name, "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config_file": ctx.pipeline.source,
+                  "model": ctx.pipeline.model, "task": ctx.pipeline.task.name, "machine": machine_info(), "versions": versions(),
+                  "stages": stages}
+        md = self._markdown(report, ctx)
+        hist = {n: s["summary"].get("history") for n, s in stages.items() if s["type"] == "finetune"}
+        metric = next((s["summary"].get("metric") for s in stages.values() if s["summary"].get("metric")), "metric")
+        if _plot_history(hist, metric, ctx.out_dir / "training_curve.png"):
+            md += "\n![training curve](training_curve.png)\n"
+        (ctx.out_dir / "REPORT.md").write_text(md)
+        write_json_atomic(ctx.out_dir / "report.json", report)
+        published = self._publish_all(ctx, stages)
+        return {"published": published}
+
+    def _publish_all(self, ctx: StageContext, stages: dict) -> list[str]:
+        out = []
+        for name in ("REPORT.md", "report.json", "training_curve.png"):
+            if (ctx.out_dir / name).is_file():
+                _publish(ctx.out_dir / name, ctx.run_dir / name)
+                out.append(name)
+        exports = [n for n, s in stages.items() if s["type"] == "export"]
+        if exports:
+            src = ctx.run_dir / stages[exports[-1]]["output"]
+            for name in ("model.onnx", "tokenizer", "labels.json"):
+                if (src / name).exists():
+                    _publish(src / name, ctx.run_dir / name)
+                    out.append(name)
+        return out
+
+    def _markdown(self, r: dict, ctx: StageContext) -> str:
+        L = [f"# compresstune report: {r['run']}", "",
+             f"Pipeline `{r['config_file']}`, model `{r['model']}`, task `{r['task']}`. Generated {r['generated_at']}.",
+             f"Machine: {r['machine']['cpu']} ({r['machine']['logical_cores']} logical cores){', GPU ' + r['machine']['gpu'] if r['machine'].get('gpu') else ''}.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
+             "## Stages", "", "| stage | type | wall time (s) | peak RSS (MB) | fingerprint |", "|---|---|---|---|---|"]
+        for n, s in r["stages"].items():
+            L.append(f"| {n} | {s['type']} | {_fmt(s['wall_time_s'], 1)} | {_fmt(s['peak_rss_mb'], 0)} | `{s['fingerprint']}` |")
+        for n, s in r["stages"].items():
+            sm = s["summary"]
+            if s["type"] == "finetune":
+                L += ["", f"## Training: {n}", "",
+                      f"Method `{sm['method']}`; {sm['train_examples']} train / {sm['dev_examples']} dev examples; {sm['steps']} steps ({sm['epochs']} epochs) in {_fmt(sm['train_time_s'], 1)} s"
+                      + (f" (this process; resumed from step {sm['resumed_from_step']})" if sm.get("resumed_from_step") else "") + ".",
+                      f"Parameters: {sm['total_params']:,} total, {sm['trainable_params']:,} trained.",
+                      f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), final {_fmt(sm['final_dev_metric'])}; the stage outputs the {'best' if sm['dev_metric'] == sm['best_dev_metric'] else 'last'} weights."]
+            elif s["type"] == "export":
+                L += ["", f"## Export: {n}", "",
+                      f"ONNX opset {sm['opset']}, {sm['size_mb']} MB. Max |logit difference| vs PyTorch: "
+                      + ", ".join(f"{k}: {v:.2e}" for k, v in sm["max_abs_diff"].items()) + f" (tolerance {sm['atol']}).", "",
+                      f"| dev metric | PyTorch | ONNX Runtime |", "|---|---|---|"]
+                for k in sm["dev_pytorch"]:
+                    if k != "main":
+                        L.append(f"| {k} | {sm['dev_pytorch'][k]:.2f} | {sm['dev_onnx'][k]:.2f} |")
+            elif s["type"] == "benchmark":
+                L += ["", f"## Benchmark: {n}", "",
+                      f"{sm['threads']} threads; providers {sm['active_providers']}. Latency in ms over full-length random inputs.", "",
+                      "| engine | batch | seq | p50 | p90 | p99 | seq/s |", "|---|---|---|---|---|---|---|"]
+                for row in sm["rows"]:
+                    L.append(f"| {row['engine']} | {row['batch']} | {row['seq']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_seq_s']:.1f} |")
+        return "\n".join(L) + "\n"
