@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -50,14 +50,19 @@ class TaskConfig(Section):
     train_subset: int | None = Field(None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)")
     dev_subset: int | None = Field(None, gt=0, description="a fixed random subset of the dev set (for quick tests)")
 
-    @model_validator(mode="after")
-    def _check(self):
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v):
         from .data import GLUE_TASKS
 
-        if self.name != "custom" and self.name not in GLUE_TASKS:
-            close = difflib.get_close_matches(self.name, list(GLUE_TASKS), n=1)
+        if v != "custom" and v not in GLUE_TASKS:
+            close = difflib.get_close_matches(v, list(GLUE_TASKS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown task {self.name!r}; use one of {', '.join(GLUE_TASKS)} or 'custom'.{hint}")
+            raise ValueError(f"unknown task {v!r}; use one of {', '.join(GLUE_TASKS)} or 'custom'.{hint}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
         if self.name == "custom":
             if not self.train_file or not self.dev_file:
                 raise ValueError("a custom task needs train_file and dev_file")
@@ -286,7 +291,8 @@ def config_from_dict(
     if len(set(stage_list)) != len(stage_list):
         problems.append(f"{where(('stages',))}stages: a stage name appears twice; give the second one its own name and a `type:`.")
     for key in raw:
-        if key not in TOP_LEVEL and key not in stage_list:
+        unused_stage = isinstance(raw[key], dict) and (key in STAGE_TYPES or raw[key].get("type") in STAGE_TYPES)
+        if key not in TOP_LEVEL and key not in stage_list and not unused_stage:  # sections of stages left out of `stages:` are kept for later
             close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL | set(stage_list)), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else (" Add it to `stages:` if it is a stage." if isinstance(raw[key], dict) else "")
             problems.append(f"{where((key,))}{key}: unknown key.{hint}")
@@ -321,7 +327,7 @@ def config_from_dict(
                     msg = "unknown key." + (f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}.")
                 elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
                     msg = f"{msg} (got {err['input']!r})"
-                problems.append(f"{where(path + loc)}{dotted or '.'.join(map(str, path))}: {msg}")
+                problems.append(f"{where(path + loc)}{dotted or '.'.join(map(str, path))}: {msg.removeprefix('Value error, ')}")
             return None
 
     task = validate(TaskConfig, raw.get("task"), ("task",))

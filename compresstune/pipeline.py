@@ -23,7 +23,7 @@ from .errors import CompresstuneError, UserError
 from .manifest import Manifest, fingerprint, write_json_atomic
 from .monitor import ResourceMonitor
 from .stages import STAGES, StageContext
-from .stages.base import InputRef, read_summary
+from .stages.base import InputRef, load_task_data
 
 FP_FILE = ".fingerprint"
 
@@ -78,6 +78,12 @@ def run_pipeline(
     if from_stage:
         forced |= set(names[names.index(from_stage):])
     last = names.index(until_stage) if until_stage else len(names) - 1
+    todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
+    shared: dict = {}
+    if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
+        # read (and so check) the task data before any stage starts: a bad row fails fast
+        shared["task"] = load_task_data(cfg)
+    _quiet_hf()
 
     for i, name in enumerate(names[: last + 1]):
         scfg = cfg.stages[name]
@@ -97,7 +103,7 @@ def run_pipeline(
         for inp in cfg.stage_inputs(name):
             rec = manifest.stages.get(inp, {})
             inputs.append(InputRef(inp, cfg.stages[inp].type, run_dir / rec.get("output", stage_dirname(cfg, inp)), rec.get("summary", {})))
-        ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress)
+        ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=shared)
         manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name,
                               started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), inputs=[r.name for r in inputs])
         log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
@@ -122,6 +128,14 @@ def run_pipeline(
         # downstream stages recorded as done under an old fingerprint stay so until rerun
         log(f"[{name}] done in {summary['resources']['wall_time_s']:.1f}s, peak RSS {summary['resources']['peak_rss_mb']:.0f} MB")
     return manifest
+
+
+def _quiet_hf() -> None:
+    """transformers' per-load progress bars and reports drown the run log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _remove_scratch(stage_dir: Path) -> None:

@@ -19,6 +19,18 @@ from ..data import TaskData, load_glue, load_user_files
 STAGES: dict[str, type["Stage"]] = {}
 
 
+def load_task_data(pipeline: PipelineConfig) -> TaskData:
+    """The pipeline's task data, with the configured fixed subsets (seeded by the pipeline seed)."""
+    t = pipeline.task
+    if t.name == "custom":
+        data = load_user_files(t.train_file, t.dev_file, t.text_columns, t.label_column, t.problem, t.metric, t.labels)
+    else:
+        data = load_glue(t.name, t.source, t.glue_dir)
+    data.train = data.train.subset(t.train_subset, pipeline.seed)
+    data.dev = data.dev.subset(t.dev_subset, pipeline.seed)
+    return data
+
+
 def register(cls):
     STAGES[cls.type] = cls
     return cls
@@ -56,14 +68,9 @@ class StageContext:
 
     @cached_property
     def task(self) -> TaskData:
-        t = self.pipeline.task
-        if t.name == "custom":
-            data = load_user_files(t.train_file, t.dev_file, t.text_columns, t.label_column, t.problem, t.metric, t.labels)
-        else:
-            data = load_glue(t.name, t.source, t.glue_dir)
-        data.train = data.train.subset(t.train_subset, self.pipeline.seed)
-        data.dev = data.dev.subset(t.dev_subset, self.pipeline.seed)
-        return data
+        if "task" not in self.extra:
+            self.extra["task"] = load_task_data(self.pipeline)
+        return self.extra["task"]
 
     def task_meta(self) -> dict:
         d = self.task
@@ -97,8 +104,3 @@ class Stage:
 
     def run(self, ctx: StageContext) -> dict:  # pragma: no cover - interface
         raise NotImplementedError
-
-
-def read_summary(folder: Path) -> dict:
-    p = Path(folder) / "summary.json"
-    return json.loads(p.read_text()) if p.is_file() else {}

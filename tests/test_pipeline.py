@@ -1,0 +1,115 @@
+"""End to end through the CLI on a tiny random BERT, the real tokenizer and slices of real SST-2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from compresstune.cli import main
+from conftest import write_pipeline
+
+
+def _run(args, cwd):
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, ["pipeline", "run", *args, "--no-progress"], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+def _ran(output):
+    return [line.split("]")[0][1:] for line in output.splitlines() if line.startswith("[") and "] running" in line]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_bert, glue_dir):
+    d = tmp_path_factory.mktemp("e2e")
+    write_pipeline(d / "p.yaml", tiny_bert, glue_dir)
+    r = _run(["p.yaml"], d)
+    return d, r
+
+
+def test_full_run_produces_artifacts(first_run):
+    d, r = first_run
+    assert r.exit_code == 0, r.output
+    assert _ran(r.output) == ["finetune", "export", "benchmark", "report"]
+    run = d / "exported" / "t"
+    for f in ("model.onnx", "REPORT.md", "report.json", "manifest.json", "tokenizer/tokenizer.json", "labels.json", "config.resolved.json"):
+        assert (run / f).exists(), f
+    man = json.loads((run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in man["stages"].values())
+    exp = man["stages"]["export"]["summary"]
+    assert max(exp["max_abs_diff"].values()) < 1e-4
+    assert abs(exp["dev_onnx"]["accuracy"] - exp["dev_pytorch"]["accuracy"]) <= 0.1
+    ft = man["stages"]["finetune"]["summary"]
+    assert ft["steps"] == 12 and ft["train_examples"] == 96 and ft["resources"]["peak_rss_mb"] > 0
+    assert not (run / "01_finetune" / "checkpoints").exists()  # scratch removed once done
+    rep = json.loads((run / "report.json").read_text())
+    assert {r["engine"] for r in rep["stages"]["benchmark"]["summary"]["rows"]} == {"ort-cpu", "torch-cpu"}
+    assert "| ort-cpu | 1 | 16 |" in (run / "REPORT.md").read_text()
+
+
+def test_second_run_skips_everything_and_override_reruns_downstream(first_run):
+    d, _ = first_run
+    r = _run(["p.yaml"], d)
+    assert r.exit_code == 0 and _ran(r.output) == [] and r.output.count("skipped") == 4
+    r = _run(["p.yaml", "export.opset=16"], d)
+    assert _ran(r.output) == ["export", "benchmark", "report"]
+    r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3"], d)
+    assert _ran(r.output) == ["finetune", "export", "benchmark", "report"]
+    r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3", "finetune.checkpoint_every_steps=5"], d)
+    assert _ran(r.output) == []  # checkpoint cadence does not change results
+    r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3", "--from", "benchmark", "--until", "benchmark"], d)
+    assert _ran(r.output) == ["benchmark"]
+    st = CliRunner().invoke(main, ["pipeline", "status", str(d / "exported" / "t")])
+    assert st.exit_code == 0 and st.output.count(" done ") == 4
+
+
+def test_sigkill_mid_training_resumes_to_same_result(tmp_path, tiny_bert, glue_dir):
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, stages="[finetune]")
+    env = {**os.environ, "COMPRESSTUNE_FAULT_KILL_AFTER_STEP": "4"}
+    cmd = [sys.executable, "-m", "compresstune.cli", "pipeline", "run", str(p), "--no-progress"]
+    killed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    man = json.loads((tmp_path / "a" / "t" / "manifest.json").read_text())
+    assert man["stages"]["finetune"]["status"] == "running"
+    assert (tmp_path / "a" / "t" / "01_finetune.tmp" / "checkpoints" / "last.pt").is_file()
+    env.pop("COMPRESSTUNE_FAULT_KILL_AFTER_STEP")
+    resumed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from checkpoint at step 4/12" in resumed.stdout
+    unbroken = subprocess.run(cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert unbroken.returncode == 0
+    wa = load_file(tmp_path / "a" / "t" / "01_finetune" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "t" / "01_finetune" / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    sa = json.loads((tmp_path / "a" / "t" / "01_finetune" / "summary.json").read_text())
+    assert sa["resumed_from_step"] == 4
+
+
+def test_config_and_data_errors_exit_2_without_traceback(tmp_path, tiny_bert, glue_dir):
+    write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra="finetune_typo: {lr: 1}")
+    r = CliRunner().invoke(main, ["pipeline", "run", str(tmp_path / "p.yaml"), "finetune.lr=-1"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "finetune_typo: unknown key" in r.output and "finetune.lr" in r.output
+    # a corrupt data row: named by file and line, before any stage runs
+    bad = tmp_path / "glue"
+    shutil.copytree(glue_dir / "SST-2", bad / "SST-2")
+    lines = (bad / "SST-2" / "train.tsv").read_text().splitlines()
+    lines[10] = "a broken row without a label"
+    (bad / "SST-2" / "train.tsv").write_text("\n".join(lines) + "\n")
+    write_pipeline(tmp_path / "q.yaml", tiny_bert, bad)
+    r = CliRunner().invoke(main, ["pipeline", "run", str(tmp_path / "q.yaml"), "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "train.tsv line 11" in r.output
+    assert not (tmp_path / "out" / "t" / "01_finetune.tmp").exists()
+    r = CliRunner().invoke(main, ["pipeline", "run", str(tmp_path / "p.yaml"), "--from", "nope"])
+    assert r.exit_code == 2

@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from compresstune.data import load_glue
+from compresstune.errors import CheckFailed
+from compresstune.train import TrainSpec, collate, encode, epoch_batches, linear_schedule, train
+
+
+def test_epoch_batches_cover_all_once_and_are_deterministic():
+    lengths = [((i * 7919) % 50) + 1 for i in range(1000)]
+    b1 = epoch_batches(lengths, 32, seed=3, epoch=0)
+    assert sorted(i for b in b1 for i in b) == list(range(1000))
+    assert len(b1) == math.ceil(1000 / 32)
+    assert b1 == epoch_batches(lengths, 32, seed=3, epoch=0)
+    assert b1 != epoch_batches(lengths, 32, seed=3, epoch=1)
+    # grouping makes batches much more uniform in length than random batches
+    spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs) / len(bs)
+    assert spread(b1) < 0.3 * spread(epoch_batches(lengths, 32, 3, 0, group_by_length=False))
+
+
+def test_schedule_warmup_then_linear_decay():
+    f = linear_schedule(100, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == 0.0
+
+
+def test_collate_pads_dynamically(tiny_bert):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    from compresstune.data import Split
+
+    enc = encode(tok, Split([("a b c d e",), ("hi",)], [0, 1]), 128)
+    b = collate(enc, tok.pad_token_id)
+    assert b["input_ids"].shape == (2, 7) and b["attention_mask"].sum().item() == 7 + 3
+
+
+def _setup(tiny_bert, glue_dir, n=64):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    task = load_glue("sst2", "local", str(glue_dir))
+    task.train, task.dev = task.train.subset(n, 0), task.dev.subset(32, 0)
+    return AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2), AutoTokenizer.from_pretrained(tiny_bert), task
+
+
+def test_training_reduces_loss_and_keeps_best(tiny_bert, glue_dir, tmp_path):
+    model, tok, task = _setup(tiny_bert, glue_dir)
+    spec = TrainSpec(epochs=6, lr=3e-3, batch_size=16, warmup_ratio=0.1, seed=1)
+    res = train(model, task, tok, spec, tmp_path / "ck", max_length=32, progress=False, log=lambda s: None)
+    losses = [h["train_loss"] for h in res.history]
+    assert res.steps == 24 and len(res.history) == 6
+    assert losses[-1] < losses[0]
+    assert res.best_metric == max(h["dev_main"] for h in res.history)
+    assert (tmp_path / "ck" / "last.pt").is_file() and (tmp_path / "ck" / "best.pt").is_file()
+
+
+def test_resume_in_process_matches_unbroken_run(tiny_bert, glue_dir, tmp_path):
+    spec = TrainSpec(epochs=2, lr=1e-3, batch_size=16, seed=5, select="last", checkpoint_every_steps=3)
+    m1, tok, task = _setup(tiny_bert, glue_dir)
+    train(m1, task, tok, spec, tmp_path / "a", max_length=32, progress=False, log=lambda s: None)
+    # emulate a run stopped right after its step-3 checkpoint: keep that checkpoint, train again from it
+    # (the SIGKILL version of this runs through the CLI in test_pipeline.py)
+    m2, _, _ = _setup(tiny_bert, glue_dir)
+    ck = tmp_path / "b"
+    spec_b = TrainSpec(**{**spec.__dict__})
+    import compresstune.train as T
+
+    saved = {}
+    orig = T._atomic_save
+
+    def spy(obj, path):
+        orig(obj, path)
+        if path.name == "last.pt" and obj["step"] == 3:
+            saved["ck"] = path.read_bytes()
+
+    T._atomic_save = spy
+    try:
+        train(m2, task, tok, spec_b, ck, max_length=32, progress=False, log=lambda s: None)
+    finally:
+        T._atomic_save = orig
+    (ck / "last.pt").write_bytes(saved["ck"])
+    m3, _, _ = _setup(tiny_bert, glue_dir)
+    res = train(m3, task, tok, spec_b, ck, max_length=32, progress=False, log=lambda s: None)
+    assert res.resumed_from_step == 3
+    for (n, p1), p3 in zip(m1.named_parameters(), m3.parameters()):
+        assert torch.equal(p1, p3), n
+
+
+def test_nan_loss_stops_with_clear_message(tiny_bert, glue_dir, tmp_path):
+    model, tok, task = _setup(tiny_bert, glue_dir)
+    spec = TrainSpec(epochs=3, lr=1e-3, batch_size=16, seed=1, checkpoint_every_steps=2)
+    calls = {"n": 0}
+    orig_forward = model.forward
+
+    def forward(*a, **kw):
+        out = orig_forward(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 7:  # a training step after the step-2/4 checkpoints (evals run in no_grad but count too)
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.forward = forward
+    with pytest.raises(CheckFailed, match="loss is nan") as ei:
+        train(model, task, tok, spec, tmp_path / "ck", max_length=32, progress=False, log=lambda s: None)
+    assert "last good checkpoint" in str(ei.value)
+    ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
+    assert ck["step"] >= 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
