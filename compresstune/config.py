@@ -76,9 +76,34 @@ class StageConfig(Section):
     input: str | None = Field(None, description="name of the stage whose output this stage reads (default: the previous stage)")
 
 
-class FinetuneConfig(StageConfig):
+LEARNER_TARGETS = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
+
+
+class LearnerOptions(Section):
+    rank: int = Field(64, gt=0, description="Learner (or LoRA) rank r")
+    targets: list[LEARNER_TARGETS] = Field(default_factory=lambda: ["q", "k", "v", "o", "ffn_in", "ffn_out"], description="linears of every encoder layer that get a Learner")
+    scale: float = Field(1.0, description="multiplier on the Learner branch")
+    init: Literal["kaiming_zero", "gaussian_zero", "kaiming_both"] = Field("kaiming_zero", description="P1/P2 initialisation (the *_zero ones leave the function unchanged at attach)")
+
+
+METHOD_FIELDS = {  # which method-specific settings change each method's result (the rest stay out of the fingerprint)
+    "learner": {"rank", "targets", "scale", "init", "priming_epochs"},
+    "lora": {"rank", "targets", "lora_alpha"},
+    "adapters_seq": {"adapter_size"},
+    "adapters_par": {"adapter_size"},
+    "far": {"far_retention", "far_priming_fraction"},
+}
+ALL_METHOD_FIELDS = set().union(*METHOD_FIELDS.values())
+
+
+class FinetuneConfig(LearnerOptions, StageConfig):
     type: Literal["finetune"] = "finetune"
-    method: Literal["full"] = Field("full", description="fine-tuning method")
+    method: Literal["full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora"] = Field("full", description="fine-tuning method (see README: methods)")
+    priming_epochs: float = Field(0.0, ge=0, description="learner: epochs at the start during which attention Q,K,V,O train too (the paper's p)")
+    adapter_size: int = Field(256, gt=0, description="adapters: bottleneck width")
+    far_retention: float = Field(0.1, gt=0, le=1, description="far: share of FFN nodes kept trainable")
+    far_priming_fraction: float = Field(0.01, gt=0, lt=1, description="far: share of the training steps used to score FFN nodes")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling numerator (PEFT lora_alpha)")
     epochs: float = Field(3.0, gt=0, description="epochs (fractional allowed)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     lr: float = Field(2e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
@@ -93,6 +118,16 @@ class FinetuneConfig(StageConfig):
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding, same randomness across epochs)")
     select: Literal["best", "last"] = Field("best", description="which weights the stage outputs: best dev metric or last step")
     seed: int | None = Field(None, description="default: the pipeline seed")
+
+
+class AttachConfig(LearnerOptions, StageConfig):
+    type: Literal["attach"] = "attach"
+
+
+class MergeConfig(StageConfig):
+    type: Literal["merge"] = "merge"
+    atol: float = Field(1e-4, gt=0, description="max abs logit difference merged vs unmerged on a dev batch")
+    check_examples: int = Field(64, gt=0, description="dev examples in the check batch")
 
 
 class ExportConfig(StageConfig):
@@ -121,6 +156,8 @@ class ReportConfig(StageConfig):
 
 STAGE_TYPES: dict[str, type[StageConfig]] = {
     "finetune": FinetuneConfig,
+    "attach": AttachConfig,
+    "merge": MergeConfig,
     "export": ExportConfig,
     "benchmark": BenchmarkConfig,
     "report": ReportConfig,
@@ -420,6 +457,10 @@ def _check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
 def fingerprint_fields(cfg: Section) -> dict:
     """The settings that change a stage's result (those marked ``fingerprint: False`` do not)."""
     data = cfg.model_dump()
+    method = data.get("method")
+    if method is not None:
+        for k in ALL_METHOD_FIELDS - METHOD_FIELDS.get(method, set()):
+            data.pop(k, None)
     for name, f in type(cfg).model_fields.items():
         extra = f.json_schema_extra or {}
         if isinstance(extra, dict) and extra.get("fingerprint") is False:

@@ -14,7 +14,7 @@ Module-name differences between BERT-like and DistilBERT-like models live in
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch.nn as nn
@@ -62,7 +62,7 @@ class ArchSpec:
 
 
 BERT = ArchSpec(
-    model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
+    model_types=("bert",),
     base="bert",
     layers="encoder.layer",
     embeddings="embeddings",
@@ -80,9 +80,12 @@ BERT = ArchSpec(
     config_ffn="intermediate_size",
     config_layers="num_hidden_layers",
     config_hidden="hidden_size",
-    head_modules=("classifier",),
+    head_modules=("bert.pooler", "classifier"),  # BERT's classifier reads the pooler's output
     uses_token_type_ids=True,
 )
+
+ROBERTA = replace(BERT, model_types=("roberta", "xlm-roberta", "camembert"), base="roberta", head_modules=("classifier",), uses_token_type_ids=False)
+ELECTRA = replace(BERT, model_types=("electra",), base="electra", head_modules=("classifier",))
 
 DISTILBERT = ArchSpec(
     model_types=("distilbert",),
@@ -107,7 +110,7 @@ DISTILBERT = ArchSpec(
     uses_token_type_ids=False,
 )
 
-ARCHITECTURES: tuple[ArchSpec, ...] = (BERT, DISTILBERT)
+ARCHITECTURES: tuple[ArchSpec, ...] = (BERT, DISTILBERT, ROBERTA, ELECTRA)
 
 
 def arch_for(model_or_config) -> ArchSpec:
@@ -135,6 +138,18 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = get_module(root, parent_path) if parent_path else root
     setattr(parent, name, new)
+
+
+def base_linear(mod: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` inside a wrapper (Learner, adapter, LoRA layer), or the module itself."""
+    while not isinstance(mod, nn.Linear):
+        for attr in ("base", "proj", "base_layer"):
+            if hasattr(mod, attr):
+                mod = getattr(mod, attr)
+                break
+        else:
+            raise TypeError(f"{type(mod).__name__} wraps no nn.Linear")
+    return mod
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -239,6 +239,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total_steps, warmup))
 
     step, history, best, best_step, resumed = 0, [], None, None, None
+    elapsed_before = 0.0  # training seconds (evaluation excluded) spent by earlier, interrupted processes
     loss_sum, loss_n = 0.0, 0
     if last_path.is_file():
         ck = torch.load(last_path, map_location=device, weights_only=False)
@@ -250,6 +251,7 @@ def train(
             sched.load_state_dict(ck["scheduler"])
             step, history, best, best_step = ck["step"], ck["history"], ck["best"], ck["best_step"]
             loss_sum, loss_n = ck["loss_sum"], ck["loss_n"]
+            elapsed_before = ck.get("train_elapsed_s", 0.0)
             _set_rng_state(ck["rng"])
             resumed = step
             log(f"resuming from checkpoint at step {step}/{total_steps}")
@@ -257,12 +259,14 @@ def train(
     def save_last():
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "step": step, "history": history, "best": best, "best_step": best_step, "loss_sum": loss_sum,
-                      "loss_n": loss_n, "rng": _rng_state(), "total_steps": total_steps, "n_train": n}, last_path)
+                      "loss_n": loss_n, "rng": _rng_state(), "total_steps": total_steps, "n_train": n,
+                      "train_elapsed_s": elapsed_before + train_clock}, last_path)
 
     def do_eval():
         nonlocal best, best_step
         metrics = evaluate(model, task, dev_enc, pad_id, spec.eval_batch_size, device)
-        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": (loss_sum / loss_n) if loss_n else None,
+        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_time_s": round(elapsed_before + train_clock, 3),
+               "train_loss": (loss_sum / loss_n) if loss_n else None,
                "lr": sched.get_last_lr()[0], **{f"dev_{k}": v for k, v in metrics.items()}}
         history.append(rec)
         if best is None or metrics["main"] > best:
@@ -272,9 +276,9 @@ def train(
 
     kill_after = int(os.environ.get(_KILL_ENV, "0") or 0)
     model.train()
-    t0 = time.perf_counter()
+    train_clock = 0.0  # this process's training time, evaluation and checkpointing excluded
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc="train", dynamic_ncols=True, mininterval=2.0)
-    use_bf16 = spec.bf16 and device == "cpu" or (spec.bf16 and device.startswith("cuda"))
+    use_bf16 = spec.bf16
     lengths = [len(e["input_ids"]) for e in train_enc]
     batches, batches_epoch = None, -1
     while step < total_steps:
@@ -284,6 +288,7 @@ def train(
         idx = batches[step - epoch * steps_per_epoch]
         if phase_hook is not None:
             phase_hook(step, step / steps_per_epoch)
+        t_step = time.perf_counter()
         batch = collate([train_enc[i] for i in idx], pad_id, "token_type_ids" in names)
         batch = {k: v.to(device) for k, v in batch.items() if k in names}
         with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
@@ -302,6 +307,9 @@ def train(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        train_clock += time.perf_counter() - t_step
         loss_sum += loss.item()
         loss_n += 1
         step += 1
@@ -317,7 +325,7 @@ def train(
             if kill_after and step >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
-    train_time = time.perf_counter() - t0
+    train_time = elapsed_before + train_clock
     final = history[-1][f"dev_main"] if history else None
     if spec.select == "best" and best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))

@@ -42,7 +42,7 @@ def test_architecture_table_on_default_configs(kind):
         assert mods["q"].in_features == 768 and mods["ffn_in"].out_features == 3072 and mods["ffn_out"].in_features == 3072
         assert getattr(get_module(layer, spec.attention), spec.heads_attr) == 12
     for h in spec.head_modules:
-        assert isinstance(get_module(model, h), torch.nn.Linear)
+        assert sum(p.numel() for p in get_module(model, h).parameters()) > 0
     if kind == "distilbert":
         assert sum(p.numel() for p in model.parameters()) == 66_955_010
     assert {s.base for s in ARCHITECTURES} >= {"bert", "distilbert"}
