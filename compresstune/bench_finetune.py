@@ -110,22 +110,19 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
     lrs = {**DEFAULT_LR, **(lrs or {})}
     chosen: dict[str, float] = {}
     tuning: dict[str, dict] = {}
-    for spec in specs:
-        base = lrs.get(spec.label, lrs[spec.family])
-        if not tune:
-            chosen[spec.label] = base
-            continue
-        scores = {}
-        for mult in lr_grid:
-            lr = float(f"{base * mult:.3g}")
-            name = f"tune-{spec.label}-lr{lr:g}"
-            st = _run_one(out, name, _pipeline(spec, tune_seed, lr, args, export=False), log)
-            scores[lr] = st["finetune"]["summary"]["best_dev_metric"]
-        chosen[spec.label] = max(scores, key=scores.get)
-        tuning[spec.label] = {str(k): v for k, v in scores.items()}
-        log(f"{spec.label}: tuned lr {chosen[spec.label]:g} ({scores})")
     runs: dict[str, list] = {}
-    for spec in specs:
+    for spec in specs:  # method by method, so an interrupted study still has complete rows
+        base = lrs.get(spec.label, lrs[spec.family])
+        chosen[spec.label] = base
+        if tune:
+            scores = {}
+            for mult in lr_grid:
+                lr = float(f"{base * mult:.3g}")
+                st = _run_one(out, f"tune-{spec.label}-lr{lr:g}", _pipeline(spec, tune_seed, lr, args, export=False), log)
+                scores[lr] = st["finetune"]["summary"]["best_dev_metric"]
+            chosen[spec.label] = max(scores, key=scores.get)
+            tuning[spec.label] = {f"{k:g}": v for k, v in scores.items()}
+            log(f"{spec.label}: tuned lr {chosen[spec.label]:g} ({tuning[spec.label]})")
         for i, seed in enumerate(seeds):
             runs.setdefault(spec.label, []).append(_run_one(out, f"{spec.label}-s{seed}", _pipeline(spec, seed, chosen[spec.label], args, export=i == 0), log))
     result = summarize(specs, runs, chosen, args)
@@ -191,9 +188,10 @@ def to_markdown(res: dict) -> str:
     for label, r in res["rows"].items():
         t99 = _f(r["time_to_99_s"], 0) if r["time_to_99_s"][0] is not None else f"not reached ({r['reached_99']}/{len(r['per_seed_best'])} seeds)"
         exp = f"{r['export']['dev_onnx']:.2f} ({r['export']['dev_pytorch']:.2f})" if r["export"] else "-"
+        merge = "-" if r["merge_max_abs_diff"] is None else f"{r['merge_max_abs_diff']:.1e}"
         L.append(f"| {label} | {r['lr']:g} | {r['trainable_params']:,} | {_f(r['best'])} | {_f(r['final'])} | {_f(r['train_time_s'], 0)} | "
                  f"{_f(r['epoch_time_s'], 1)} | {t99} | {_f(r['peak_rss_mb'], 0)} | {_f(r['peak_rss_increase_mb'], 0)} | "
-                 f"{'-' if r['merge_max_abs_diff'] is None else f'{r['merge_max_abs_diff']:.1e}'} | {exp} |")
+                 f"{merge} | {exp} |")
     if full:
         L += ["", "Relative to full fine-tuning (means):", "", "| method | Δ best dev (points) | time | peak RSS increase |", "|---|---|---|---|"]
         for label, r in res["rows"].items():

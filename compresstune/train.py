@@ -271,7 +271,7 @@ def train(
         history.append(rec)
         if best is None or metrics["main"] > best:
             best, best_step = metrics["main"], step
-            _atomic_save({k: v.detach().clone() for k, v in model.state_dict().items()}, best_path)
+            _atomic_save(model.state_dict(), best_path)  # serialized as it stands: no copy, no memory spike
         log(f"step {step}/{total_steps} epoch {rec['epoch']:.2f} train_loss {rec['train_loss'] if rec['train_loss'] is None else round(rec['train_loss'], 4)} dev_{task.metric} {metrics['main']:.2f}")
 
     kill_after = int(os.environ.get(_KILL_ENV, "0") or 0)

@@ -113,3 +113,42 @@ def test_config_and_data_errors_exit_2_without_traceback(tmp_path, tiny_bert, gl
     assert not (tmp_path / "out" / "t" / "01_finetune.tmp").exists()
     r = CliRunner().invoke(main, ["pipeline", "run", str(tmp_path / "p.yaml"), "--from", "nope"])
     assert r.exit_code == 2
+
+
+def test_learner_pipeline_merges_to_plain_hf_and_exports(tmp_path, tiny_bert, glue_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    extra = "merge: {}\n"
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[finetune, merge, export]")
+    r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "exported" / "t"
+    man = json.loads((run / "manifest.json").read_text())
+    ft, mg, ex = (man["stages"][k]["summary"] for k in ("finetune", "merge", "export"))
+    assert ft["param_groups"]["learners"]["trainable"] > 0 and ft["param_groups"]["ffn"]["trainable"] == 0
+    assert ft["optimizer_params"] > ft["trainable_params"]  # attention trained during priming only
+    assert "priming" in r.output and "attention frozen" in r.output
+    assert mg["max_abs_diff"] <= 1e-4 and mg["plain_hf"] and mg["params_after"] < mg["params_before"]
+    # the merged artifact is a plain BERT: transformers loads it with no compresstune code
+    plain = AutoModelForSequenceClassification.from_pretrained(run / "02_merge" / "model")
+    assert type(plain).__name__ == "BertForSequenceClassification"
+    assert abs(ex["dev_onnx"]["accuracy"] - ex["dev_pytorch"]["accuracy"]) <= 0.1
+
+
+def test_attach_stage_then_learner_finetune_resumes_after_kill(tmp_path, tiny_bert, glue_dir):
+    extra = "attach: {rank: 4}\n"
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[attach, finetune]")
+    over = ["finetune.method=learner", "finetune.priming_epochs=1"]
+    cmd = [sys.executable, "-m", "compresstune.cli", "pipeline", "run", str(p), *over, "--no-progress"]
+    env = {**os.environ, "COMPRESSTUNE_FAULT_KILL_AFTER_STEP": "4"}  # inside the priming epoch (6 steps)
+    killed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    env.pop("COMPRESSTUNE_FAULT_KILL_AFTER_STEP")
+    resumed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "[attach] up to date" in resumed.stdout and "resuming from checkpoint at step 4/12" in resumed.stdout
+    unbroken = subprocess.run(cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert unbroken.returncode == 0
+    wa = load_file(tmp_path / "a" / "t" / "02_finetune" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "t" / "02_finetune" / "model" / "model.safetensors")
+    assert any(k.endswith("P1") for k in wa) and all((wa[k] == wb[k]).all() for k in wa)
