@@ -1,0 +1,44 @@
+import pytest
+
+from compresstune.bench_finetune import parse_method, summarize, to_markdown
+from compresstune.errors import UserError
+
+
+def test_parse_method_labels():
+    assert parse_method("learner64-p2").settings == {"rank": 64, "priming_epochs": 2.0}
+    assert parse_method("learner8-p0.5").settings["priming_epochs"] == 0.5
+    assert parse_method("far10").settings == {"far_retention": 0.1}
+    assert parse_method("lora8").settings["rank"] == 8
+    assert parse_method("bitfit").method == "bitfit"
+    with pytest.raises(UserError, match="not a method"):
+        parse_method("learner")
+
+
+def _run(best, curve, t, rss, merge=None):
+    hist = [{"train_time_s": tt, "epoch": e, "dev_main": d, "train_loss": 0.5} for tt, e, d in curve]
+    st = {"finetune": {"summary": {"best_dev_metric": best, "final_dev_metric": curve[-1][2], "trainable_params": 10, "total_params": 100,
+                                   "train_time_s": t, "epochs": 2.0, "history": hist, "metric": "mcc",
+                                   "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2}}}}
+    if merge is not None:
+        st["merge"] = {"summary": {"max_abs_diff": merge}}
+    return st
+
+
+def test_summary_time_to_99_and_relative_table():
+    specs = [parse_method("full"), parse_method("learner64-p2")]
+    runs = {
+        "full": [_run(50.0, [(10, 1, 40.0), (20, 2, 50.0)], 20, 1000), _run(52.0, [(10, 1, 52.0), (20, 2, 51.0)], 20, 1000)],
+        "learner64-p2": [_run(50.0, [(5, 1, 45.0), (12, 2, 50.0)], 12, 600, 1e-6), _run(49.0, [(5, 1, 49.0), (12, 2, 48.0)], 12, 600, 2e-6)],
+    }
+    res = summarize(specs, runs, {"full": 1e-4, "learner64-p2": 1e-3}, {})
+    full, lrn = res["rows"]["full"], res["rows"]["learner64-p2"]
+    assert res["full_best_mean"] == pytest.approx(51.0)
+    # target 0.99 * 51 = 50.49: full seed 1 peaks at 50.0 and never reaches it, seed 2 does at 10 s
+    assert full["reached_99"] == 1 and full["time_to_99_s"] == (None, None)
+    assert lrn["reached_99"] == 0
+    assert full["best"][0] == pytest.approx(51.0) and full["best"][1] == pytest.approx(1.41421, rel=1e-4)
+    assert lrn["merge_max_abs_diff"] == 2e-6 and lrn["epoch_time_s"][0] == pytest.approx(6.0)
+    res.update(task="cola", model="m", seeds=[1, 2], epochs=2, batch_size=32, train_examples=100)
+    md = to_markdown(res)
+    assert "| learner64-p2 | 0.001 | 10 | 49.50 ± 0.71 |" in md
+    assert "| learner64-p2 | -1.50 | -40.0% | -40.0% |" in md
