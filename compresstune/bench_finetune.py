@@ -125,12 +125,14 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
             log(f"{spec.label}: tuned lr {chosen[spec.label]:g} ({tuning[spec.label]})")
         for i, seed in enumerate(seeds):
             runs.setdefault(spec.label, []).append(_run_one(out, f"{spec.label}-s{seed}", _pipeline(spec, seed, chosen[spec.label], args, export=i == 0), log))
-    result = summarize(specs, runs, chosen, args)
-    result.update(task=task, model=model, seeds=seeds, epochs=epochs, batch_size=batch_size, train_examples=n_train,
-                  tuning=tuning, lr_grid=list(lr_grid) if tune else None, tune_seed=tune_seed if tune else None)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(to_markdown(result))
-    plot(result, out / "convergence.png")
+        # results so far, rewritten after every method: an interrupted study keeps its finished rows
+        result = summarize([s for s in specs if s.label in runs], runs, chosen, args)
+        result.update(task=task, model=model, seeds=seeds, epochs=epochs, batch_size=batch_size, train_examples=n_train,
+                      tuning=tuning, lr_grid=list(lr_grid) if tune else None, tune_seed=tune_seed if tune else None,
+                      methods_pending=[s.label for s in specs if s.label not in runs])
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        (out / "results.md").write_text(to_markdown(result))
+        plot(result, out / "convergence.png")
     return result
 
 
@@ -185,6 +187,8 @@ def to_markdown(res: dict) -> str:
          f"seeds {res['seeds']}; metric {res['metric']} (mean ± std over seeds).", "",
          "| method | lr | trained params | best dev | final dev | train time (s) | s/epoch | time to 99% of full (s) | peak RSS (MB) | RSS increase (MB) | merge max diff | ONNX dev (PyTorch) |",
          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if res.get("methods_pending"):
+        L.insert(1, f"Not run yet: {', '.join(res['methods_pending'])}.")
     for label, r in res["rows"].items():
         t99 = _f(r["time_to_99_s"], 0) if r["time_to_99_s"][0] is not None else f"not reached ({r['reached_99']}/{len(r['per_seed_best'])} seeds)"
         exp = f"{r['export']['dev_onnx']:.2f} ({r['export']['dev_pytorch']:.2f})" if r["export"] else "-"
