@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .models import arch_for, base_linear, encoder_layers, get_module, set_module
+from .models import SkippedAttention, arch_for, base_linear, encoder_layers, get_module, set_module, skip_attention
 
 META_FILE = "compresstune.json"
 FORMAT_VERSION = 1
@@ -46,16 +46,19 @@ def versions() -> dict:
 
 
 def layer_shapes(model: nn.Module) -> list[dict]:
-    """Live per-layer widths: attention heads, head size, FFN width."""
+    """Live per-layer widths: attention heads (0 when the layer's attention is skipped), head size, FFN width."""
     spec = arch_for(model)
+    cfg_head_dim = getattr(model.config, spec.config_hidden) // getattr(model.config, spec.config_heads)
     out = []
     for layer in encoder_layers(model):
-        q = base_linear(get_module(layer, spec.q))
         ffn = base_linear(get_module(layer, spec.ffn_in))
+        if isinstance(get_module(layer, spec.attn_block), SkippedAttention):
+            out.append({"heads": 0, "head_dim": cfg_head_dim, "ffn": int(ffn.out_features)})
+            continue
         att = get_module(layer, spec.attention)
-        heads = int(getattr(att, spec.heads_attr))
-        head_dim = q.out_features // heads if heads else 0
-        out.append({"heads": heads, "head_dim": head_dim, "ffn": int(ffn.out_features)})
+        q = base_linear(get_module(layer, spec.q))
+        head_dim = int(getattr(att, spec.head_dim_attr)) if spec.head_dim_attr else cfg_head_dim
+        out.append({"heads": q.out_features // head_dim, "head_dim": head_dim, "ffn": int(ffn.out_features)})
     return out
 
 
@@ -65,6 +68,22 @@ def shapes_are_uniform_with_config(model: nn.Module, shapes: list[dict]) -> bool
     heads = getattr(cfg, spec.config_heads)
     hidden = getattr(cfg, spec.config_hidden)
     return all(s["heads"] == heads and s["head_dim"] * heads == hidden and s["ffn"] == getattr(cfg, spec.config_ffn) for s in shapes)
+
+
+def fix_attention_attributes(model: nn.Module) -> None:
+    """Make each attention module's head-count attributes match its live weights (torch-pruning leaves them stale)."""
+    spec = arch_for(model)
+    for layer in encoder_layers(model):
+        if isinstance(get_module(layer, spec.attn_block), SkippedAttention):
+            continue
+        att = get_module(layer, spec.attention)
+        q = base_linear(get_module(layer, spec.q))
+        head_dim = int(getattr(att, spec.head_dim_attr))
+        setattr(att, spec.heads_attr, q.out_features // head_dim)
+        if spec.all_head_attr and spec.all_head_attr != "dim":
+            setattr(att, spec.all_head_attr, q.out_features)
+        if q.out_features == 0:
+            skip_attention(layer, spec)
 
 
 def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
@@ -82,11 +101,9 @@ def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
         old = get_module(layer, spec.ffn_out)
         set_module(layer, spec.ffn_out, nn.Linear(s["ffn"], old.out_features))
         att = get_module(layer, spec.attention)
-        setattr(att, spec.heads_attr, s["heads"])
         if spec.head_dim_attr:
             setattr(att, spec.head_dim_attr, s["head_dim"])
-        if spec.all_head_attr and spec.all_head_attr != "dim":
-            setattr(att, spec.all_head_attr, inner)
+    fix_attention_attributes(model)
 
 
 def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None, structure: dict | None = None) -> Path:

@@ -96,14 +96,7 @@ METHOD_FIELDS = {  # which method-specific settings change each method's result 
 ALL_METHOD_FIELDS = set().union(*METHOD_FIELDS.values())
 
 
-class FinetuneConfig(LearnerOptions, StageConfig):
-    type: Literal["finetune"] = "finetune"
-    method: Literal["full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora"] = Field("full", description="fine-tuning method (see README: methods)")
-    priming_epochs: float = Field(0.0, ge=0, description="learner: epochs at the start during which attention Q,K,V,O train too (the paper's p)")
-    adapter_size: int = Field(256, gt=0, description="adapters: bottleneck width")
-    far_retention: float = Field(0.1, gt=0, le=1, description="far: share of FFN nodes kept trainable")
-    far_priming_fraction: float = Field(0.01, gt=0, lt=1, description="far: share of the training steps used to score FFN nodes")
-    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling numerator (PEFT lora_alpha)")
+class TrainOptions(Section):
     epochs: float = Field(3.0, gt=0, description="epochs (fractional allowed)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (overrides epochs)")
     lr: float = Field(2e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
@@ -118,6 +111,45 @@ class FinetuneConfig(LearnerOptions, StageConfig):
     group_by_length: bool = Field(True, description="batch examples of similar length together (less padding, same randomness across epochs)")
     select: Literal["best", "last"] = Field("best", description="which weights the stage outputs: best dev metric or last step")
     seed: int | None = Field(None, description="default: the pipeline seed")
+
+
+
+class FinetuneConfig(LearnerOptions, TrainOptions, StageConfig):
+    type: Literal["finetune"] = "finetune"
+    method: Literal["full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora"] = Field("full", description="fine-tuning method (see README: methods)")
+    priming_epochs: float = Field(0.0, ge=0, description="learner: epochs at the start during which attention Q,K,V,O train too (the paper's p)")
+    adapter_size: int = Field(256, gt=0, description="adapters: bottleneck width")
+    far_retention: float = Field(0.1, gt=0, le=1, description="far: share of FFN nodes kept trainable")
+    far_priming_fraction: float = Field(0.01, gt=0, lt=1, description="far: share of the training steps used to score FFN nodes")
+    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling numerator (PEFT lora_alpha)")
+
+
+class CompressConfig(TrainOptions, StageConfig):
+    type: Literal["compress"] = "compress"
+    method: Literal["prune", "distill"] = Field("prune", description="structured pruning, or distillation into a student")
+    # pruning
+    head_ratio: float = Field(0.5, ge=0, lt=1, description="prune: share of attention heads removed")
+    ffn_ratio: float = Field(0.5, ge=0, lt=1, description="prune: share of FFN neurons removed")
+    mode: Literal["uniform", "global"] = Field("uniform", description="prune: same widths in every layer, or ranked across layers")
+    importance: Literal["magnitude", "taylor"] = Field("magnitude", description="prune: L2 weight magnitude or first-order Taylor on calibration data")
+    target: Literal["ratio", "params", "flops"] = Field("ratio", description="prune: use head_ratio/ffn_ratio, or find one ratio meeting target_params/target_gflops")
+    target_params: int | None = Field(None, gt=0, description="prune: total parameter budget")
+    target_gflops: float | None = Field(None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens")
+    flops_seq: int = Field(128, gt=0)
+    prune_hidden: bool = Field(False, description="prune: also prune the hidden size (residual stream); off by default")
+    calibration: Literal["task", "text"] = Field("task", description="Taylor/distill data: the task's labelled train set, or unlabelled text")
+    calibration_examples: int = Field(256, gt=0, description="prune: examples for Taylor scores")
+    text_file: str | None = Field(None, description="unlabelled text, one example per line (default: the task's training sentences without labels)")
+    heal_epochs: float = Field(0.0, ge=0, description="prune: a short distillation against the unpruned model afterwards (0 = none)")
+    # distillation
+    keep_layers: list[int] | None = Field(None, description="distill: teacher layers the student keeps (default: student_layers spread evenly)")
+    student_layers: int = Field(3, gt=0, description="distill: number of student layers when keep_layers is not given")
+    distill_mode: Literal["task_agnostic", "task_specific"] = Field("task_agnostic", description="unlabelled text vs the pretrained teacher's hidden states, or the fine-tuned teacher's logits")
+    temperature: float = Field(2.0, gt=0)
+    logit_weight: float = Field(1.0, ge=0, description="distill: soft-logit KD weight (task_specific only)")
+    hidden_weight: float = Field(1.0, ge=0, description="distill: hidden-state MSE weight")
+    attention_weight: float = Field(0.0, ge=0, description="distill: attention-distribution KL weight (0 = off)")
+    task_weight: float = Field(0.0, ge=0, description="distill: weight of the task loss on labels (task_specific only)")
 
 
 class AttachConfig(LearnerOptions, StageConfig):
@@ -157,6 +189,7 @@ class ReportConfig(StageConfig):
 STAGE_TYPES: dict[str, type[StageConfig]] = {
     "finetune": FinetuneConfig,
     "attach": AttachConfig,
+    "compress": CompressConfig,
     "merge": MergeConfig,
     "export": ExportConfig,
     "benchmark": BenchmarkConfig,

@@ -55,6 +55,8 @@ class ArchSpec:
     config_hidden: str
     head_modules: tuple[str, ...]  # classification head (trainable in Learner fine-tuning)
     uses_token_type_ids: bool
+    attn_block: str = "attention"  # per-layer module replaced when a layer keeps no head
+    out_proj_inside_attention: bool = False  # DistilBERT's out_lin lives inside its attention module
 
     def layer_modules(self) -> dict[str, str]:
         """The six target linears of one layer, by role."""
@@ -108,6 +110,7 @@ DISTILBERT = ArchSpec(
     config_hidden="dim",
     head_modules=("pre_classifier", "classifier"),
     uses_token_type_ids=False,
+    out_proj_inside_attention=True,
 )
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (BERT, DISTILBERT, ROBERTA, ELECTRA)
@@ -138,6 +141,41 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = get_module(root, parent_path) if parent_path else root
     setattr(parent, name, new)
+
+
+class SkippedAttention(nn.Module):
+    """Stands in for the attention block of a layer whose heads were all pruned.
+
+    With no heads the context is empty, so the output projection yields only its bias:
+    BERT: ``LayerNorm(dropout(o.bias) + x)`` (its BertSelfOutput is kept as ``output``);
+    DistilBERT: ``o.bias`` broadcast (the residual and LayerNorm live in the layer).
+    Parameter names of the kept parts stay as they were."""
+
+    def __init__(self, output: nn.Module, bert_style: bool):
+        super().__init__()
+        self.bert_style = bert_style
+        if bert_style:
+            self.output = output  # BertSelfOutput: dense (0 inputs), LayerNorm, dropout
+        else:
+            self.out_lin = output
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.bert_style:
+            bias = self.output.dense.bias
+            return self.output.LayerNorm(self.output.dropout(bias.expand_as(hidden_states)) + hidden_states), None
+        return self.out_lin.bias.expand_as(hidden_states), None
+
+
+def skip_attention(layer: nn.Module, spec: "ArchSpec") -> None:
+    """Replace a no-head layer's attention block by :class:`SkippedAttention`."""
+    block = get_module(layer, spec.attn_block)
+    if isinstance(block, SkippedAttention):
+        return
+    if spec.out_proj_inside_attention:
+        new = SkippedAttention(get_module(block, spec.o.split(".", 1)[1]), bert_style=False)
+    else:
+        new = SkippedAttention(get_module(layer, spec.o.rsplit(".", 1)[0]), bert_style=True)
+    set_module(layer, spec.attn_block, new)
 
 
 def base_linear(mod: nn.Module) -> nn.Linear:

@@ -205,12 +205,16 @@ def train(
     optimizer_params: list[nn.Parameter] | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    loss_fn: Callable | None = None,
+    evaluate_dev: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``task.train``; the chosen weights (best or last) are loaded into ``model`` on return.
 
     ``optimizer_params``: every parameter that trains at any point (default: those with
     ``requires_grad`` now). Parameters frozen at a given step get no gradient, and AdamW
     leaves parameters without a gradient untouched.
+    ``loss_fn(model, batch, labels) -> loss`` replaces the task loss (distillation);
+    with ``evaluate_dev=False`` no dev metric is computed (the last weights are kept).
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +268,11 @@ def train(
 
     def do_eval():
         nonlocal best, best_step
+        if not evaluate_dev:
+            history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "train_time_s": round(elapsed_before + train_clock, 3),
+                            "train_loss": (loss_sum / loss_n) if loss_n else None, "lr": sched.get_last_lr()[0], "dev_main": None})
+            log(f"step {step}/{total_steps} epoch {history[-1]['epoch']:.2f} train_loss {history[-1]['train_loss']:.4f}")
+            return
         metrics = evaluate(model, task, dev_enc, pad_id, spec.eval_batch_size, device)
         rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_time_s": round(elapsed_before + train_clock, 3),
                "train_loss": (loss_sum / loss_n) if loss_n else None,
@@ -292,8 +301,10 @@ def train(
         batch = collate([train_enc[i] for i in idx], pad_id, "token_type_ids" in names)
         batch = {k: v.to(device) for k, v in batch.items() if k in names}
         with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(**batch, labels=labels[idx].to(device))
-        loss = out.loss
+            if loss_fn is not None:
+                loss = loss_fn(model, batch, labels[idx].to(device))
+            else:
+                loss = model(**batch, labels=labels[idx].to(device)).loss
         if not torch.isfinite(loss):
             bar.close()
             raise CheckFailed(
@@ -326,8 +337,8 @@ def train(
                 os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     train_time = elapsed_before + train_clock
-    final = history[-1][f"dev_main"] if history else None
-    if spec.select == "best" and best_path.is_file():
+    final = history[-1]["dev_main"] if history else None
+    if spec.select == "best" and evaluate_dev and best_path.is_file():
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
     total, trainable = count_params(model)
     (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1))

@@ -152,3 +152,32 @@ def test_attach_stage_then_learner_finetune_resumes_after_kill(tmp_path, tiny_be
     wa = load_file(tmp_path / "a" / "t" / "02_finetune" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "t" / "02_finetune" / "model" / "model.safetensors")
     assert any(k.endswith("P1") for k in wa) and all((wa[k] == wb[k]).all() for k in wa)
+
+
+def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
+    extra = "compress: {method: prune, head_ratio: 0.5, ffn_ratio: 0.5, mode: global}\n"
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[compress, finetune, merge, export]")
+    r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
+    c = man["stages"]["compress"]["summary"]
+    assert c["after"]["params"]["encoder"] < c["before"]["params"]["encoder"]
+    assert c["after"]["gflops_per_seq"]["128"] < c["before"]["gflops_per_seq"]["128"]
+    assert man["stages"]["merge"]["summary"]["max_abs_diff"] <= 1e-4
+    ex = man["stages"]["export"]["summary"]
+    assert max(ex["max_abs_diff"].values()) < 1e-4
+
+
+def test_task_agnostic_distill_then_finetune(tmp_path, tiny_bert, glue_dir):
+    extra = "compress: {method: distill, student_layers: 1, epochs: 1, lr: 1.0e-3, hidden_weight: 1.0}\n"
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[compress, finetune]")
+    r = _run([str(p)], tmp_path)
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
+    c = man["stages"]["compress"]["summary"]
+    assert c["keep_layers"] == [1] and c["after"]["layers"] == 1 and c["distill"]["mode"] == "task_agnostic"
+    assert c["distill"]["steps"] == 3  # 96 examples, batch 32, 1 epoch
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported" / "t" / "02_finetune" / "model")
+    assert m.config.num_hidden_layers == 1  # a 1-layer student is still a plain BERT

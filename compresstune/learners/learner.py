@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckFailed, UserError
-from ..models import arch_for, encoder_layers, get_module, layer_prefix, set_module
+from ..models import SkippedAttention, arch_for, encoder_layers, get_module, layer_prefix, set_module
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
@@ -89,7 +89,10 @@ def target_paths(model: nn.Module, targets=DEFAULT_TARGETS) -> list[str]:
         raise UserError(f"learner targets {bad} are not known; use any of {', '.join(roles)}.")
     paths = []
     for i, layer in enumerate(encoder_layers(model)):
+        skipped = isinstance(get_module(layer, spec.attn_block), SkippedAttention)
         for t in targets:
+            if skipped and t in ("q", "k", "v", "o"):
+                continue  # every head of this layer was pruned: no attention projection to adapt
             mod = get_module(layer, roles[t])
             if isinstance(mod, LearnerLinear):
                 raise UserError(f"{layer_prefix(model, i)}.{roles[t]} already carries a Learner; attach once.")

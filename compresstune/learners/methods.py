@@ -40,10 +40,12 @@ def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     adapter_ids = {id(p) for m in model.modules() if isinstance(m, Bottleneck) for p in m.parameters()}
     att_ids, ffn_ids = set(), set()
     for layer in encoder_layers(model):
-        for role in ("q", "k", "v", "o"):
-            att_ids |= {id(p) for p in _linear_weights(get_module(layer, getattr(spec, role)))}
-        for role in ("ffn_in", "ffn_out"):
-            ffn_ids |= {id(p) for p in _linear_weights(get_module(layer, getattr(spec, role)))}
+        for roles, ids in ((("q", "k", "v", "o"), att_ids), (("ffn_in", "ffn_out"), ffn_ids)):
+            for role in roles:
+                try:
+                    ids |= {id(p) for p in _linear_weights(get_module(layer, getattr(spec, role)))}
+                except AttributeError:  # attention skipped after all its heads were pruned
+                    pass
     groups: dict[str, list] = {k: [] for k in ("embeddings", "attention", "ffn", "learners", "adapters", "lora", "layernorm", "bias", "head", "other")}
     for name, p in model.named_parameters():
         i = id(p)

@@ -1,0 +1,1 @@
+"""Compression: structured pruning (torch-pruning) and distillation into a smaller student."""

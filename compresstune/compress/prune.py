@@ -1,0 +1,152 @@
+"""Structured pruning of attention heads and FFN neurons with torch-pruning.
+
+Weights are physically removed (smaller matrices), never masked: only that speeds up
+ONNX Runtime. The hidden size (the residual stream) is kept unless asked: every layer
+writing to it (attention output, FFN output) is given to torch-pruning as ignored,
+so only query/key/value heads (all of a head together, via ``num_heads``) and FFN
+neurons are pruned. Afterwards the attention modules' head counts are corrected
+(torch-pruning leaves them stale) and a layer left with no head has its attention
+skipped.
+
+* ``uniform``: the same ratio in every layer (a standard HF config still describes it).
+* ``global``: heads and neurons ranked across layers (per-layer widths).
+* target: a ratio, a parameter budget or a FLOP budget (found by bisection on the ratio).
+* importance: weight magnitude (L2), or first-order Taylor ``|w * dL/dw|`` on a
+  calibration set (the task's labelled examples; for unlabelled text the loss is the
+  mean squared final hidden state, our documented proxy for output change).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..artifacts import fix_attention_attributes, layer_shapes
+from ..models import arch_for, base_linear, encoder_layers, get_module
+
+
+@dataclass
+class PruneSpec:
+    head_ratio: float = 0.5
+    ffn_ratio: float = 0.5
+    mode: str = "uniform"  # or "global"
+    importance: str = "magnitude"  # or "taylor"
+    prune_hidden: bool = False
+    hidden_ratio: float = 0.0
+
+
+def count_params(model: nn.Module) -> dict:
+    spec = arch_for(model)
+    emb = sum(p.numel() for p in get_module(get_module(model, spec.base), spec.embeddings).parameters())
+    enc = sum(p.numel() for p in encoder_layers(model).parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "embeddings": emb, "encoder": enc, "head_and_other": total - emb - enc}
+
+
+def encoder_flops(model: nn.Module, seq: int) -> int:
+    """Multiply-accumulates x2 of the encoder for one sequence of ``seq`` tokens:
+    the linear layers (2 * in * out per token) plus attention scores and context
+    (2 * 2 * seq * heads * head_dim per token). Embedding lookups and the head are ignored."""
+    spec = arch_for(model)
+    total = 0
+    for layer, shp in zip(encoder_layers(model), layer_shapes(model)):
+        for role in ("q", "k", "v", "o", "ffn_in", "ffn_out"):
+            try:
+                lin = base_linear(get_module(layer, getattr(spec, role)))
+            except AttributeError:
+                continue  # skipped attention
+            total += 2 * lin.in_features * lin.out_features * seq
+        total += 2 * 2 * seq * seq * shp["heads"] * shp["head_dim"]
+    return total
+
+
+def _example_inputs(model: nn.Module, seq: int = 16) -> dict:
+    from ..export.onnx import dummy_inputs
+    from ..train import model_inputs
+
+    return dummy_inputs(model_inputs(model), 2, seq, model.config.vocab_size, pad_tail=False)
+
+
+def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
+    import torch_pruning as tp
+
+    aspec = arch_for(model)
+    num_heads, ignored = {}, []
+    for h in aspec.head_modules:
+        ignored += [m for m in get_module(model, h).modules() if isinstance(m, nn.Linear)]
+    for layer in encoder_layers(model):
+        att = get_module(layer, aspec.attention)
+        heads = int(getattr(att, aspec.heads_attr))
+        for role in ("q", "k", "v"):
+            num_heads[get_module(layer, getattr(aspec, role))] = heads
+        if not spec.prune_hidden:
+            ignored += [get_module(layer, aspec.o), get_module(layer, aspec.ffn_out)]
+    ratio = spec.ffn_ratio if not spec.prune_hidden else max(spec.ffn_ratio, spec.hidden_ratio)
+    return tp.pruner.MetaPruner(
+        model, example, importance=importance, global_pruning=spec.mode == "global", pruning_ratio=ratio,
+        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=spec.head_ratio,
+        output_transform=lambda out: out.logits.sum(), max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
+    )
+
+
+def _taylor_gradients(model: nn.Module, batches, labelled: bool) -> None:
+    """Accumulate gradients for Taylor importance over calibration batches."""
+    model.zero_grad(set_to_none=True)
+    model.eval()  # no dropout noise in the scores
+    for batch, labels in batches:
+        if labelled and labels is not None:
+            loss = model(**batch, labels=labels).loss
+        else:
+            base = get_module(model, arch_for(model).base)
+            loss = base(**batch).last_hidden_state.pow(2).mean()
+        loss.backward()
+
+
+def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled: bool = True) -> dict:
+    """Prune ``model`` in place; returns what changed. ``calib_batches``: [(inputs, labels)] for Taylor."""
+    import torch_pruning as tp
+
+    before_shapes, before_params = layer_shapes(model), count_params(model)
+    if spec.importance == "taylor":
+        if not calib_batches:
+            raise ValueError("Taylor importance needs calibration batches")
+        importance = tp.importance.GroupTaylorImportance()
+    else:
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+    example = _example_inputs(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = _pruner(model, spec, importance, example)
+        if spec.importance == "taylor":
+            _taylor_gradients(model, calib_batches, labelled)
+        for group in pruner.step(interactive=True):
+            group.prune()
+    model.zero_grad(set_to_none=True)
+    fix_attention_attributes(model)
+    return {"before": {"layer_shapes": before_shapes, "params": before_params},
+            "after": {"layer_shapes": layer_shapes(model), "params": count_params(model)}}
+
+
+def ratio_for_budget(model: nn.Module, spec: PruneSpec, measure, target: float, iters: int = 12) -> float:
+    """Bisection on one ratio r (heads and FFN alike) so that ``measure(pruned) <= target``."""
+    lo, hi = 0.0, 0.95
+    trial = copy.deepcopy(model)
+    prune_model(trial, PruneSpec(hi, hi, spec.mode, "magnitude", spec.prune_hidden, hi if spec.prune_hidden else 0.0))
+    if measure(trial) > target:
+        from ..errors import UserError
+
+        raise UserError(f"compress: the budget {target:g} cannot be met by pruning heads and FFN neurons (even 95% of them leaves "
+                        f"{measure(trial):g}); raise the budget, or use distillation to drop layers.")
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(model)
+        prune_model(trial, PruneSpec(mid, mid, spec.mode, "magnitude", spec.prune_hidden, mid if spec.prune_hidden else 0.0))
+        if measure(trial) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,134 @@
+"""Pruning with torch-pruning and distillation, on tiny random BERT and DistilBERT."""
+
+import pytest
+import torch
+
+from compresstune.artifacts import layer_shapes, load_model, save_model
+from compresstune.compress.distill import DistillLoss, every_other, keep_layers_student
+from compresstune.compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
+from compresstune.export.onnx import export_onnx, make_session, max_abs_diff_at_shapes
+from compresstune.learners.learner import attach_learners, learner_modules, merge_learners
+from compresstune.models import SkippedAttention, encoder_layers
+
+
+def _model(path, n=2):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=n).eval()
+
+
+def _x(distil=False):
+    x = {"input_ids": torch.randint(1000, 2000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    return x
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_distilbert"])
+def test_uniform_prune_shrinks_matrices_keeps_hidden_and_reloads(request, fixture, tmp_path):
+    from transformers import AutoTokenizer
+
+    path = request.getfixturevalue(fixture)
+    m = _model(path)
+    hidden_before = m.config.hidden_size if hasattr(m.config, "hidden_size") else m.config.dim
+    rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform"))
+    assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [2, 2]
+    assert [s["ffn"] for s in rep["after"]["layer_shapes"]] == [32, 32]
+    assert rep["after"]["params"]["encoder"] < 0.6 * rep["before"]["params"]["encoder"]
+    assert rep["after"]["params"]["embeddings"] == rep["before"]["params"]["embeddings"]  # hidden size kept
+    emb = m.distilbert.embeddings if fixture == "tiny_distilbert" else m.bert.embeddings
+    assert emb.word_embeddings.weight.shape[1] == hidden_before
+    x = _x()
+    y = m(**x).logits
+    save_model(m, AutoTokenizer.from_pretrained(path), tmp_path / "p", {"num_labels": 2})
+    m2, _, meta = load_model(tmp_path / "p")  # no torch-pruning, no original model
+    assert not meta["plain_hf"] and torch.allclose(m2(**x).logits, y, atol=1e-6)
+    sess = make_session(export_onnx(m2, tmp_path / "p.onnx"), "cpu")
+    assert max(max_abs_diff_at_shapes(m2, sess, [(1, 7), (3, 19)]).values()) < 1e-4
+
+
+def test_global_prune_gives_per_layer_widths_and_flops_drop(tiny_bert):
+    m = _model(tiny_bert)
+    f0 = encoder_flops(m, 128)
+    prune_model(m, PruneSpec(0.5, 0.6, "global"))
+    shapes = layer_shapes(m)
+    assert sum(s["ffn"] for s in shapes) == pytest.approx(2 * 64 * 0.4, abs=2)
+    assert encoder_flops(m, 128) < 0.7 * f0
+    assert m(**_x()).logits.shape == (2, 2)
+
+
+def test_layer_with_all_heads_pruned_skips_attention_and_takes_learners(tiny_bert, tmp_path):
+    from transformers import AutoTokenizer
+
+    import torch_pruning as tp  # noqa: F401  (pruning below is by hand: all heads of layer 0)
+
+    m = _model(tiny_bert)
+    layer = m.bert.encoder.layer[0]
+    att = layer.attention.self
+    for name in ("query", "key", "value"):
+        setattr(att, name, torch.nn.Linear(32, 0))
+    layer.attention.output.dense = torch.nn.Linear(0, 32)
+    from compresstune.artifacts import fix_attention_attributes
+
+    fix_attention_attributes(m)
+    assert isinstance(layer.attention, SkippedAttention)
+    assert layer_shapes(m)[0]["heads"] == 0
+    x = _x()
+    y = m(**x).logits
+    assert torch.isfinite(y).all()
+    save_model(m, AutoTokenizer.from_pretrained(tiny_bert), tmp_path / "s", {"num_labels": 2})
+    m2, _, _ = load_model(tmp_path / "s")
+    assert torch.allclose(m2(**x).logits, y, atol=1e-6)
+    attach_learners(m2, 4)
+    assert len(learner_modules(m2)) == 2 + 6  # layer 0: FFN only
+    sess = make_session(export_onnx(m2, tmp_path / "s.onnx"), "cpu")
+    assert max(max_abs_diff_at_shapes(m2, sess, [(1, 7), (3, 19)]).values()) < 1e-4
+
+
+def test_taylor_importance_and_param_budget(tiny_bert, glue_dir):
+    from transformers import AutoTokenizer
+
+    from compresstune.data import load_glue
+    from compresstune.train import collate, encode
+
+    m = _model(tiny_bert)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    sp = load_glue("sst2", "local", str(glue_dir)).train.subset(64, 0)
+    enc = encode(tok, sp, 32)
+    batches = [(collate(enc[i:i + 32], 0), torch.tensor(sp.labels[i:i + 32])) for i in (0, 32)]
+    rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", "taylor"), batches)
+    assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [2, 2]
+    m = _model(tiny_bert)
+    target = count_params(m)["total"] - 5_000
+    r = ratio_for_budget(m, PruneSpec(mode="uniform"), lambda mm: count_params(mm)["total"], target)
+    trial = _model(tiny_bert)
+    prune_model(trial, PruneSpec(r, r, "uniform"))
+    assert count_params(trial)["total"] <= target
+    from compresstune.errors import UserError
+
+    with pytest.raises(UserError, match="cannot be met"):
+        ratio_for_budget(m, PruneSpec(mode="uniform"), lambda mm: count_params(mm)["total"], count_params(m)["embeddings"])
+
+
+def test_keep_layers_student_and_distill_loss(tiny_bert):
+    t = _model(tiny_bert)
+    assert every_other(6, 3) == [1, 3, 5] and every_other(2, 1) == [1]
+    s = keep_layers_student(t, [1])
+    assert len(encoder_layers(s)) == 1 and s.config.num_hidden_layers == 1 and len(encoder_layers(t)) == 2
+    assert torch.equal(encoder_layers(s)[0].intermediate.dense.weight, encoder_layers(t)[1].intermediate.dense.weight)
+    x = _x()
+    x["token_type_ids"] = torch.zeros_like(x["input_ids"])
+    loss = DistillLoss(t, [1], logit_weight=1.0, hidden_weight=1.0)
+    same = DistillLoss(t, [0, 1], logit_weight=1.0, hidden_weight=1.0)
+    assert same(t, x, torch.tensor([0, 1])).item() == pytest.approx(0.0, abs=1e-6)  # a model distils to itself at zero loss
+    with torch.no_grad():  # move the student away from the teacher so there is something to learn
+        torch.manual_seed(1)
+        for p in encoder_layers(s).parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    l0 = loss(s, x, torch.tensor([0, 1]))
+    opt = torch.optim.Adam(s.parameters(), lr=3e-3)
+    for _ in range(40):
+        lv = loss(s, x, torch.tensor([0, 1]))
+        opt.zero_grad()
+        lv.backward()
+        opt.step()
+    assert lv.item() < 0.5 * l0.item()
