@@ -73,7 +73,7 @@ class TaskConfig(Section):
 
 class StageConfig(Section):
     type: str = Field(..., description="stage type")
-    input: str | None = Field(None, description="name of the stage whose output this stage reads (default: the previous stage)")
+    input: str | None = Field(None, description="name of the stage whose output this stage reads (default: the previous stage; 'pretrained': the pipeline's model)")
 
 
 LEARNER_TARGETS = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
@@ -229,6 +229,8 @@ class PipelineConfig:
         cfg = self.stages[name]
         if cfg.type == "report":
             return names[: names.index(name)]
+        if cfg.input == "pretrained":
+            return []
         if cfg.input:
             return [cfg.input]
         i = names.index(name)
@@ -418,7 +420,7 @@ def config_from_dict(
         if cfg is not None:
             stages[name] = cfg
     for name, cfg in stages.items():
-        if cfg.input is not None and (cfg.input not in stage_list or stage_list.index(cfg.input) >= stage_list.index(name)):
+        if cfg.input not in (None, "pretrained") and (cfg.input not in stage_list or stage_list.index(cfg.input) >= stage_list.index(name)):
             problems.append(f"{where((name, 'input'))}{name}.input: {cfg.input!r} is not a stage that runs before {name}.")
 
     name = raw.get("name") or default_name

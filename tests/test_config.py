@@ -109,3 +109,14 @@ def test_cli_list_and_help():
     for cmd in (["--help"], ["pipeline", "--help"], ["pipeline", "run", "--help"], ["pipeline", "status", "--help"]):
         assert runner.invoke(main, cmd).exit_code == 0
     assert "0." in runner.invoke(main, ["--version"]).output
+
+
+def test_every_shipped_pipeline_validates():
+    files = sorted((REPO / "pipelines").glob("*.yaml"))
+    assert len(files) >= 4
+    runner = CliRunner()
+    for f in files:
+        r = runner.invoke(main, ["pipeline", "validate", str(f)])
+        assert r.exit_code == 0, (f, r.output)
+        first = f.read_text().splitlines()[0]
+        assert first.startswith("# ") and len(first) > 20  # the one-line purpose `pipeline list` shows

@@ -31,6 +31,10 @@ def load_input_model(ctx: StageContext):
         if got and got.get("num_labels") != want["num_labels"]:
             raise UserError(f"{ctx.name}: the input model {mdir} has {got.get('num_labels')} labels but task {want['name']} needs {want['num_labels']}.")
         return model, tok, meta.get("structure") or {}, str(mdir)
+    if ctx.inputs:
+        names = ", ".join(r.name for r in ctx.inputs)
+        raise UserError(f"{ctx.name}: reads from {names}, which produced no model. Set `{ctx.name}.input` to a stage that "
+                        "outputs a model (finetune, compress, attach, merge), or `input: pretrained` to start from the pipeline's model.")
     ref = resolve_model_path(ctx.pipeline.model, ctx.pipeline.base_dir)
     tok = load_tokenizer(ref)
     task = ctx.task

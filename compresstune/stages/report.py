@@ -133,4 +133,31 @@ class ReportStage(Stage):
                       "| engine | batch | seq | p50 | p90 | p99 | seq/s |", "|---|---|---|---|---|---|---|"]
                 for row in sm["rows"]:
                     L.append(f"| {row['engine']} | {row['batch']} | {row['seq']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_seq_s']:.1f} |")
+            elif s["type"] == "compress":
+                b, a = sm["before"], sm["after"]
+                L += ["", f"## Compression: {n} ({sm['method']})", "",
+                      "| | before | after |", "|---|---|---|",
+                      f"| parameters | {b['params']['total']:,} | {a['params']['total']:,} |",
+                      f"| embeddings | {b['params']['embeddings']:,} | {a['params']['embeddings']:,} |",
+                      f"| encoder | {b['params']['encoder']:,} | {a['params']['encoder']:,} |",
+                      f"| encoder layers | {b['layers']} | {a['layers']} |"]
+                for seq in b["gflops_per_seq"]:
+                    L.append(f"| encoder GFLOPs / sequence of {seq} | {b['gflops_per_seq'][seq]} | {a['gflops_per_seq'][seq]} |")
+                L.append(f"| dev {sm['metric']} | {_fmt(b.get('dev'))} | {_fmt(a.get('dev'))} |")
+                L.append(f"| weights on disk (MB) | | {sm['size_mb']} |")
+                if sm.get("prune"):
+                    L += ["", "Per-layer (heads, FFN) after pruning: " + ", ".join(f"({x['heads']}, {x['ffn']})" for x in sm["prune"]["layer_shapes_after"])]
+        benches = [(n, s["summary"]) for n, s in r["stages"].items() if s["type"] == "benchmark"]
+        if len(benches) >= 2:
+            base_name, base = benches[0]
+            L += ["", f"## Latency against {base_name}", "", "ONNX Runtime p50 (ms) per grid point; speed-up = baseline p50 / this p50.", "",
+                  "| benchmark | engine | batch x seq | p50 (ms) | speed-up |", "|---|---|---|---|---|"]
+            ref = {(row["engine"], row["batch"], row["seq"]): row["p50_ms"] for row in base["rows"]}
+            for name, sm in benches:
+                for row in sm["rows"]:
+                    if not row["engine"].startswith("ort"):
+                        continue
+                    k = (row["engine"], row["batch"], row["seq"])
+                    sp = f"{ref[k] / row['p50_ms']:.2f}x" if k in ref else "-"
+                    L.append(f"| {name} | {row['engine']} | {row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | {sp} |")
         return "\n".join(L) + "\n"
