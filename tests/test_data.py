@@ -101,3 +101,13 @@ def test_metrics_match_definitions():
     r = TaskData("r", Split([], []), Split([], []), 1, "pearson", True)
     mr = compute_metrics(r, [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 9.0])
     assert mr["spearman"] == pytest.approx(100.0) and 95 < mr["pearson"] < 100
+
+
+def test_hub_source_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("COMPRESSTUNE_GLUE_DIR", raising=False)
+    with pytest.raises(UserError) as ei:
+        load_glue("rte", "hub")
+    msg = str(ei.value)
+    assert "hub" in msg and "glue_dir" in msg and "COMPRESSTUNE_GLUE_DIR" in msg
