@@ -116,10 +116,28 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
         chosen[spec.label] = base
         if tune:
             scores = {}
-            for mult in lr_grid:
-                lr = float(f"{base * mult:.3g}")
-                st = _run_one(out, f"tune-{spec.label}-lr{lr:g}", _pipeline(spec, tune_seed, lr, args, export=False), log)
-                scores[lr] = st["finetune"]["summary"]["best_dev_metric"]
+
+            def score(lr):
+                lr = float(f"{lr:.3g}")
+                if lr not in scores:
+                    st = _run_one(out, f"tune-{spec.label}-lr{lr:g}", _pipeline(spec, tune_seed, lr, args, export=False), log)
+                    scores[lr] = st["finetune"]["summary"]["best_dev_metric"]
+                return lr
+
+            grid = sorted(float(f"{base * m:.3g}") for m in lr_grid)
+            for lr in grid:
+                score(lr)
+            # a best rate on the edge of the grid means the optimum may lie beyond it: step further that way,
+            # by the grid's own ratio, up to twice (the same rule for every method)
+            step_down, step_up = grid[0] / grid[1], grid[-1] / grid[-2]
+            for _ in range(2):
+                best = max(scores, key=scores.get)
+                if best == min(scores):
+                    score(best * step_down)
+                elif best == max(scores):
+                    score(best * step_up)
+                else:
+                    break
             chosen[spec.label] = max(scores, key=scores.get)
             tuning[spec.label] = {f"{k:g}": v for k, v in scores.items()}
             log(f"{spec.label}: tuned lr {chosen[spec.label]:g} ({tuning[spec.label]})")
@@ -129,6 +147,7 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
         result = summarize([s for s in specs if s.label in runs], runs, chosen, args)
         result.update(task=task, model=model, seeds=seeds, epochs=epochs, batch_size=batch_size, train_examples=n_train,
                       tuning=tuning, lr_grid=list(lr_grid) if tune else None, tune_seed=tune_seed if tune else None,
+                      tuning_rule="grid of default x multipliers; a best rate on the grid's edge extends the grid that way (up to 2 steps)" if tune else None,
                       methods_pending=[s.label for s in specs if s.label not in runs])
         (out / "results.json").write_text(json.dumps(result, indent=2))
         (out / "results.md").write_text(to_markdown(result))
@@ -201,7 +220,7 @@ def to_markdown(res: dict) -> str:
         for label, r in res["rows"].items():
             d = r["best"][0] - full["best"][0]
             tt = r["train_time_s"][0] / full["train_time_s"][0] - 1
-            mm = r["peak_rss_increase_mb"][0] / full["peak_rss_increase_mb"][0] - 1
+            mm = r["peak_rss_increase_mb"][0] / full["peak_rss_increase_mb"][0] - 1 if full["peak_rss_increase_mb"][0] else float("nan")
             L.append(f"| {label} | {d:+.2f} | {100 * tt:+.1f}% | {100 * mm:+.1f}% |")
     return "\n".join(L) + "\n"
 

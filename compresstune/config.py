@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -80,6 +81,13 @@ LEARNER_TARGETS = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 
 
 class LearnerOptions(Section):
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v):
+        if not v or len(set(v)) != len(v):
+            raise ValueError("targets must name each linear at most once and at least one (q, k, v, o, ffn_in, ffn_out)")
+        return v
+
     rank: int = Field(64, gt=0, description="Learner (or LoRA) rank r")
     targets: list[LEARNER_TARGETS] = Field(default_factory=lambda: ["q", "k", "v", "o", "ffn_in", "ffn_out"], description="linears of every encoder layer that get a Learner")
     scale: float = Field(1.0, description="multiplier on the Learner branch")
@@ -125,6 +133,14 @@ class FinetuneConfig(LearnerOptions, TrainOptions, StageConfig):
 
 
 class CompressConfig(TrainOptions, StageConfig):
+    @field_validator("prune_hidden")
+    @classmethod
+    def _no_hidden(cls, v):
+        if v:
+            raise ValueError("pruning the hidden size is not supported yet (the config, embeddings and every residual-stream "
+                             "layer would need resizing and the artifact could not be reloaded); set prune_hidden: false")
+        return v
+
     type: Literal["compress"] = "compress"
     method: Literal["prune", "distill"] = Field("prune", description="structured pruning, or distillation into a student")
     # pruning
@@ -136,7 +152,7 @@ class CompressConfig(TrainOptions, StageConfig):
     target_params: int | None = Field(None, gt=0, description="prune: total parameter budget")
     target_gflops: float | None = Field(None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens")
     flops_seq: int = Field(128, gt=0)
-    prune_hidden: bool = Field(False, description="prune: also prune the hidden size (residual stream); off by default")
+    prune_hidden: bool = Field(False, description="prune: also prune the hidden size (not supported yet)")
     calibration: Literal["task", "text"] = Field("task", description="Taylor/distill data: the task's labelled train set, or unlabelled text")
     calibration_examples: int = Field(256, gt=0, description="prune: examples for Taylor scores")
     text_file: str | None = Field(None, description="unlabelled text, one example per line (default: the task's training sentences without labels)")
@@ -166,7 +182,7 @@ class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
     atol: float = Field(1e-4, gt=0, description="max abs logit difference ONNX vs PyTorch")
-    verify_shapes: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape")
+    verify_shapes: list[tuple[PositiveInt, PositiveInt]] = Field(default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape")
     metric_tolerance: float = Field(0.1, ge=0, description="max dev-metric difference ONNX vs PyTorch, in points")
 
 
@@ -174,8 +190,8 @@ class BenchmarkConfig(StageConfig):
     type: Literal["benchmark"] = "benchmark"
     providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field("auto", description="'auto' = cpu, plus cuda when a GPU is present")
     threads: int = Field(2, gt=0, description="ONNX Runtime intra-op threads and torch threads on CPU")
-    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
-    seq_lengths: list[int] = Field(default_factory=lambda: [64, 128])
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32], min_length=1)
+    seq_lengths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1)
     warmup: int = Field(5, ge=1)
     iters: int = Field(30, ge=3, description="timed runs per grid point (at least min_time_s is spent too)")
     min_time_s: float = Field(1.0, ge=0)
@@ -273,30 +289,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ValueError(f"override {text!r}: the key must be dotted names, like finetune.lr")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
-        value = _coerce_number(value)
     return key.split("."), value
 
 
-def _coerce_number(v):
-    """YAML 1.1 reads ``3e-5`` as a string; take it as the float it means."""
-    try:
-        return float(v) if any(c in v for c in ".eE") and not v.isalpha() else v
-    except ValueError:
-        return v
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-5`` (no dot) as a string; this loader reads it as the float it means.
+    Quoted strings stay strings."""
 
 
-def _fix_numbers(obj):
-    if isinstance(obj, dict):
-        return {k: _fix_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fix_numbers(v) for v in obj]
-    if isinstance(obj, str):
-        return _coerce_number(obj)
-    return obj
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True) -> PipelineConfig:
@@ -307,7 +319,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
         raise ConfigError(src, [f"the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
     text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -331,7 +343,7 @@ def config_from_dict(
     line_of = line_of or {}
     base_dir = Path(base_dir or Path.cwd())
     problems: list[str] = []
-    raw = _fix_numbers(dict(raw))
+    raw = dict(raw)
 
     def where(path: tuple) -> str:
         for n in range(len(path), 0, -1):

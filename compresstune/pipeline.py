@@ -125,9 +125,20 @@ def run_pipeline(
         tmp_dir.rename(final_dir)
         manifest.update_stage(name, status="done", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                               wall_time_s=summary["resources"]["wall_time_s"], peak_rss_mb=summary["resources"]["peak_rss_mb"])
-        # downstream stages recorded as done under an old fingerprint stay so until rerun
+        for dep in downstream_of(cfg, name):  # they read this stage's old output: never skip them as "done"
+            if manifest.stages.get(dep, {}).get("status") == "done":
+                manifest.update_stage(dep, status="stale")
         log(f"[{name}] done in {summary['resources']['wall_time_s']:.1f}s, peak RSS {summary['resources']['peak_rss_mb']:.0f} MB")
     return manifest
+
+
+def downstream_of(cfg: PipelineConfig, name: str) -> list[str]:
+    """Every stage that reads ``name``'s output, directly or through other stages."""
+    out: list[str] = []
+    for n in cfg.stages:
+        if any(i == name or i in out for i in cfg.stage_inputs(n)):
+            out.append(n)
+    return out
 
 
 def _quiet_hf() -> None:

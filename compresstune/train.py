@@ -187,6 +187,13 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
     return f
 
 
+def diverged(what: str, step: int, ckpt_step, ckpt_path, spec) -> str:
+    kept = f"the last good checkpoint ({ckpt_path}, step {ckpt_step}) is kept" if ckpt_step is not None else "no checkpoint had been written yet"
+    return (f"training diverged: {what} at step {step}; the weights were not updated with it, and {kept}. Running the same "
+            f"command again would diverge again at the same step: lower the learning rate (now {spec.lr:g}, e.g. "
+            f"finetune.lr={spec.lr / 3:.2g}) or turn off bf16. A changed setting starts the stage over.")
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -243,10 +250,11 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total_steps, warmup))
 
     step, history, best, best_step, resumed = 0, [], None, None, None
+    last_ckpt_step = None
     elapsed_before = 0.0  # training seconds (evaluation excluded) spent by earlier, interrupted processes
     loss_sum, loss_n = 0.0, 0
     if last_path.is_file():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
         if ck.get("total_steps") != total_steps or ck.get("n_train") != n:
             log(f"checkpoint {last_path} is from a different schedule; starting over")
         else:
@@ -257,10 +265,12 @@ def train(
             loss_sum, loss_n = ck["loss_sum"], ck["loss_n"]
             elapsed_before = ck.get("train_elapsed_s", 0.0)
             _set_rng_state(ck["rng"])
-            resumed = step
+            resumed = last_ckpt_step = step
             log(f"resuming from checkpoint at step {step}/{total_steps}")
 
     def save_last():
+        nonlocal last_ckpt_step
+        last_ckpt_step = step
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "step": step, "history": history, "best": best, "best_step": best_step, "loss_sum": loss_sum,
                       "loss_n": loss_n, "rng": _rng_state(), "total_steps": total_steps, "n_train": n,
@@ -307,14 +317,13 @@ def train(
                 loss = model(**batch, labels=labels[idx].to(device)).loss
         if not torch.isfinite(loss):
             bar.close()
-            raise CheckFailed(
-                f"training diverged: the loss is {loss.item()} at step {step + 1}. The last good checkpoint "
-                f"({last_path}, step {history[-1]['step'] if history else 'none'}) is kept. Lower the learning rate "
-                f"(currently {spec.lr}) or turn off bf16, then run the same command again."
-            )
+            raise CheckFailed(diverged(f"the loss is {loss.item()}", step + 1, last_ckpt_step, last_path, spec))
         loss.backward()
-        if spec.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], spec.max_grad_norm)
+        grads = [p for p in params if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(grads, spec.max_grad_norm) if spec.max_grad_norm else torch.nn.utils.get_total_norm([p.grad for p in grads])
+        if not torch.isfinite(norm):  # a finite loss can still have inf/NaN gradients: never step on them
+            bar.close()
+            raise CheckFailed(diverged(f"the gradient norm is {norm.item()}", step + 1, last_ckpt_step, last_path, spec))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

@@ -108,3 +108,20 @@ def test_nan_loss_stops_with_clear_message(tiny_bert, glue_dir, tmp_path):
     assert "last good checkpoint" in str(ei.value)
     ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
     assert ck["step"] >= 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_infinite_gradient_with_finite_loss_is_caught(tiny_bert, glue_dir, tmp_path):
+    model, tok, task = _setup(tiny_bert, glue_dir)
+    spec = TrainSpec(epochs=2, lr=1e-3, batch_size=16, seed=1, checkpoint_every_steps=2)
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] == 3 else grad
+
+    model.classifier.weight.register_hook(poison)
+    with pytest.raises(CheckFailed, match="gradient norm is") as ei:
+        train(model, task, tok, spec, tmp_path / "ck", max_length=32, progress=False, log=lambda s: None)
+    assert "step 2" in str(ei.value) and "finetune.lr=" in str(ei.value)
+    ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
+    assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

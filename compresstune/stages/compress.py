@@ -70,7 +70,12 @@ class CompressStage(Stage):
         if cfg.method == "prune":
             student, info = self._prune(ctx, model, tok)
         else:
-            keep = cfg.keep_layers or every_other(len(encoder_layers(model)), cfg.student_layers)
+            n = len(encoder_layers(model))
+            if cfg.keep_layers and not all(0 <= i < n for i in cfg.keep_layers) or len(set(cfg.keep_layers or [])) != len(cfg.keep_layers or []):
+                raise UserError(f"{ctx.name}.keep_layers: {cfg.keep_layers} must name distinct teacher layers 0..{n - 1}.")
+            if not cfg.keep_layers and cfg.student_layers >= n:
+                raise UserError(f"{ctx.name}.student_layers: {cfg.student_layers} is not fewer than the teacher's {n} layers.")
+            keep = cfg.keep_layers or every_other(n, cfg.student_layers)
             student = keep_layers_student(model, keep)
             info = {"keep_layers": keep}
             ctx.log(f"[{ctx.name}] student keeps teacher layers {keep}")
@@ -116,12 +121,24 @@ class CompressStage(Stage):
                 calib.append((b, lab[i:i + 32] if labelled else None))
         ctx.log(f"[{ctx.name}] pruning {spec.head_ratio:.0%} of heads and {spec.ffn_ratio:.0%} of FFN neurons ({spec.mode}, {spec.importance})")
         rep = prune_model(model, spec, calib, labelled)
+        if cfg.target != "ratio":  # the budget search ranks by magnitude; Taylor/global ranking can land elsewhere
+            got = count_params(model)["total"] if cfg.target == "params" else encoder_flops(model, cfg.flops_seq) / 1e9
+            want = cfg.target_params if cfg.target == "params" else cfg.target_gflops
+            if got > want * 1.001:
+                from ..errors import CheckFailed
+
+                raise CheckFailed(f"{ctx.name}: the pruned model has {got:g} ({cfg.target}), over the budget {want:g}: the ratio was searched "
+                                  "with magnitude importance and the final ranking differs. Use importance: magnitude or lower the budget a little.")
         return model, {"prune": {"head_ratio": spec.head_ratio, "ffn_ratio": spec.ffn_ratio, "mode": spec.mode, "importance": spec.importance,
                                  "layer_shapes_before": rep["before"]["layer_shapes"], "layer_shapes_after": rep["after"]["layer_shapes"]}}
 
     def _distill(self, ctx, teacher, student, tok, keep):
         cfg = ctx.cfg
         task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific" or (cfg.method == "prune" and ctx.input_model_dir() is not None)
+        if task_specific and ctx.input_model_dir() is None:
+            raise UserError(f"{ctx.name}: distill_mode task_specific distils the teacher's logits, but the teacher is the pretrained model with an "
+                            f"untrained head. Put a fine-tuned teacher first (`{ctx.name}.input: teacher`) or use distill_mode: task_agnostic.")
+        teacher.to(ctx.device)  # train() moves only the student
         n_t = len(encoder_layers(teacher))
         layer_map = keep if keep is not None else list(range(n_t))
         if cfg.attention_weight:

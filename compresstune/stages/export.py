@@ -50,6 +50,7 @@ class ExportStage(Stage):
         onnx_logits = ort_predict(sess, enc, pad)
         onnx_metrics = compute_metrics(task, logits_to_preds(task, onnx_logits), task.dev.labels)
         gap = abs(onnx_metrics["main"] - torch_metrics["main"])
+        cuda = self._check_cuda(path, enc, pad, task, torch_metrics, cfg, ctx)
         ctx.log(f"[{ctx.name}] max |diff| {worst:.2e}; dev {task.metric}: onnx {onnx_metrics['main']:.2f} vs pytorch {torch_metrics['main']:.2f}")
         if gap > cfg.metric_tolerance:
             raise CheckFailed(f"{ctx.name}: ONNX dev {task.metric} {onnx_metrics['main']:.2f} differs from PyTorch {torch_metrics['main']:.2f} by more than {cfg.metric_tolerance} points.")
@@ -57,5 +58,22 @@ class ExportStage(Stage):
             "onnx": "model.onnx", "opset": cfg.opset, "size_mb": round(os.path.getsize(path) / 2**20, 2),
             "model_dir": str(mdir.relative_to(ctx.run_dir)) if mdir.is_relative_to(ctx.run_dir) else str(mdir),
             "max_abs_diff": diffs, "atol": cfg.atol, "metric": task.metric,
-            "dev_pytorch": torch_metrics, "dev_onnx": onnx_metrics, "dev_gap_points": gap,
+            "dev_pytorch": torch_metrics, "dev_onnx": onnx_metrics, "dev_gap_points": gap, **cuda,
         }
+
+    @staticmethod
+    def _check_cuda(path, enc, pad, task, torch_metrics, cfg, ctx) -> dict:
+        """Where a GPU and onnxruntime-gpu are present, the CUDA provider's dev metric is checked too
+        (TF32 and fused kernels change the numbers)."""
+        import onnxruntime as ort
+        import torch
+
+        if not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()):
+            return {}
+        sess = make_session(path, "cuda")
+        m = compute_metrics(task, logits_to_preds(task, ort_predict(sess, enc, pad)), task.dev.labels)
+        gap = abs(m["main"] - torch_metrics["main"])
+        ctx.log(f"[{ctx.name}] dev {task.metric} on the CUDA provider: {m['main']:.2f}")
+        if gap > cfg.metric_tolerance:
+            raise CheckFailed(f"{ctx.name}: ONNX Runtime CUDA dev {task.metric} {m['main']:.2f} differs from PyTorch {torch_metrics['main']:.2f} by more than {cfg.metric_tolerance} points.")
+        return {"dev_onnx_cuda": m, "dev_gap_points_cuda": gap}

@@ -69,8 +69,10 @@ def _far_prepare(ctx: StageContext, model, tok, spec: TrainSpec) -> dict:
     ctx.log(f"[{ctx.name}] FAR priming: {n_prime} of {total} steps on a copy, then keep the top {cfg.far_retention:.0%} FFN nodes trainable")
     prime_spec = TrainSpec(**{**spec.__dict__, "max_steps": n_prime, "select": "last", "eval_every_steps": None})
     prime_spec.epochs = n_prime / steps_per_epoch
-    res = train(probe, ctx.task, tok, prime_spec, ctx.out_dir / "far_priming", ctx.pipeline.task.max_length, ctx.device, log=ctx.log, progress=False)
-    scores = ffn_node_change(model, probe)
+    # under checkpoints/ so that it is scratch, removed when the stage succeeds
+    res = train(probe, ctx.task, tok, prime_spec, ctx.out_dir / "checkpoints" / "far_priming", ctx.pipeline.task.max_length, ctx.device,
+                log=ctx.log, progress=False)
+    scores = ffn_node_change(model, probe.to("cpu"))
     del probe
     for p in model.parameters():
         p.requires_grad_(True)
@@ -92,12 +94,15 @@ class FinetuneStage(Stage):
         ctx.log(f"[{ctx.name}] {task.name}: {len(task.train)} train / {len(task.dev)} dev examples; method {cfg.method}; model from {source}")
         spec = train_spec(ctx)
         extra: dict = {}
+        if structure and cfg.method != "learner":
+            raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; method {cfg.method} needs a plain model (put a merge stage before it, or use method: learner).")
+        if structure.get("learners"):
+            s = structure["learners"]
+            ctx.log(f"[{ctx.name}] the input already carries rank-{s['rank']} Learners (from its attach stage); this stage's rank/targets/scale/init are not used")
         if cfg.method == "far":
             extra = _far_prepare(ctx, model, tok, spec)
             setup = None
         else:
-            if structure and cfg.method != "learner":
-                raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; method {cfg.method} needs a plain model (put a merge stage before it, or use method: learner).")
             setup = setup_method(model, cfg.method, cfg, log=lambda s: ctx.log(f"[{ctx.name}] {s}"))
             structure = {**structure, **setup.structure}
             if setup.peft_model is not None:
@@ -112,11 +117,16 @@ class FinetuneStage(Stage):
             unsplit_ffns(model)  # back to plain linears for export
         save_model(model, tok, ctx.out_dir / "model", ctx.task_meta(), {"method": cfg.method, "source": source}, structure=structure)
         chosen = res.best_metric if cfg.select == "best" else res.final_metric
+        train_time, history = res.train_time_s, res.history
+        if cfg.method == "far":  # FAR's priming run is part of its cost: count it, and shift its curve by it
+            pt = extra["far_priming_time_s"]
+            train_time = round(train_time + pt, 2)
+            history = [{**h, "train_time_s": round(h["train_time_s"] + pt, 3)} for h in history]
         return {
             "method": cfg.method, "metric": task.metric, "dev_metric": chosen, "best_dev_metric": res.best_metric,
             "best_step": res.best_step, "final_dev_metric": res.final_metric, "steps": res.steps, "epochs": res.epochs,
-            "train_time_s": res.train_time_s, "resumed_from_step": res.resumed_from_step,
+            "train_time_s": train_time, "resumed_from_step": res.resumed_from_step,
             "total_params": total, "trainable_params": trainable_now, "optimizer_params": res.trainable_params,
             "param_groups": groups, "structure": structure,
-            "train_examples": len(task.train), "dev_examples": len(task.dev), "history": res.history, **extra,
+            "train_examples": len(task.train), "dev_examples": len(task.dev), "history": history, **extra,
         }

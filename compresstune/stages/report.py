@@ -116,9 +116,9 @@ class ReportStage(Stage):
             if s["type"] == "finetune":
                 L += ["", f"## Training: {n}", "",
                       f"Method `{sm['method']}`; {sm['train_examples']} train / {sm['dev_examples']} dev examples; {sm['steps']} steps ({sm['epochs']} epochs) in {_fmt(sm['train_time_s'], 1)} s"
-                      + (f" (this process; resumed from step {sm['resumed_from_step']})" if sm.get("resumed_from_step") else "") + ".",
+                      + (f" (evaluation excluded; resumed once from step {sm['resumed_from_step']})" if sm.get("resumed_from_step") else " (evaluation excluded)") + ".",
                       f"Parameters: {sm['total_params']:,} total, {sm['trainable_params']:,} trained.",
-                      f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), final {_fmt(sm['final_dev_metric'])}; the stage outputs the {'best' if sm['dev_metric'] == sm['best_dev_metric'] else 'last'} weights."]
+                      f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), final {_fmt(sm['final_dev_metric'])}; the stage outputs the {getattr(ctx.pipeline.stages.get(n), 'select', 'best')} weights."]
             elif s["type"] == "export":
                 L += ["", f"## Export: {n}", "",
                       f"ONNX opset {sm['opset']}, {sm['size_mb']} MB. Max |logit difference| vs PyTorch: "
