@@ -183,3 +183,14 @@ def test_task_agnostic_distill_then_finetune(tmp_path, tiny_bert, glue_dir):
 
     m = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported" / "t" / "02_finetune" / "model")
     assert m.config.num_hidden_layers == 1  # a 1-layer student is still a plain BERT
+
+
+def test_distilbert_learner_pipeline(tmp_path, tiny_distilbert, glue_dir):
+    p = write_pipeline(tmp_path / "p.yaml", tiny_distilbert, glue_dir, extra="merge: {}\n", stages="[finetune, merge, export]")
+    r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1", "task.name=mrpc"], tmp_path)
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
+    ft = man["stages"]["finetune"]["summary"]
+    assert ft["param_groups"]["head"]["trainable"] == 32 * 32 + 32 + 32 * 2 + 2  # pre_classifier + classifier
+    assert man["stages"]["merge"]["summary"]["plain_hf"]
+    assert max(man["stages"]["export"]["summary"]["max_abs_diff"].values()) < 1e-4
