@@ -132,3 +132,17 @@ def test_keep_layers_student_and_distill_loss(tiny_bert):
         lv.backward()
         opt.step()
     assert lv.item() < 0.5 * l0.item()
+
+
+def test_uniform_ffn_only_pruning_stays_a_plain_hf_checkpoint(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    m = _model(tiny_bert)
+    prune_model(m, PruneSpec(0.0, 0.25, "uniform"))
+    assert m.config.intermediate_size == 48
+    x = _x()
+    y = m(**x).logits
+    save_model(m, AutoTokenizer.from_pretrained(tiny_bert), tmp_path / "f", {"num_labels": 2})
+    assert load_model(tmp_path / "f")[2]["plain_hf"]
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "f").eval()
+    assert torch.allclose(plain(**x).logits, y, atol=1e-6)

@@ -127,6 +127,11 @@ def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled:
             group.prune()
     model.zero_grad(set_to_none=True)
     fix_attention_attributes(model)
+    shapes = layer_shapes(model)
+    if len({s["ffn"] for s in shapes}) == 1:
+        # uniform FFN widths fit in the HF config, so FFN-only pruning still gives a plain checkpoint;
+        # fewer heads cannot (HF derives the head size from hidden_size / num_heads)
+        setattr(model.config, arch_for(model).config_ffn, shapes[0]["ffn"])
     return {"before": {"layer_shapes": before_shapes, "params": before_params},
             "after": {"layer_shapes": layer_shapes(model), "params": count_params(model)}}
 
