@@ -249,7 +249,7 @@ def plot(res: dict, path: Path) -> None:
     a1.grid(alpha=0.3)
     a2.grid(alpha=0.3)
     a1.legend(fontsize=7)
-    fig.suptitle(f"{res['task']}: fine-tuning methods on {res['model']} (first seed bold)")
+    fig.suptitle(f"{res['task']}: fine-tuning methods on {res['model']} (first seed solid, other seeds faint)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
