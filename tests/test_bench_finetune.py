@@ -42,3 +42,16 @@ def test_summary_time_to_99_and_relative_table():
     md = to_markdown(res)
     assert "| learner64-p2 | 0.001 | 10 | 49.50 ± 0.71 |" in md
     assert "| learner64-p2 | -1.50 | -40.0% | -40.0% |" in md
+
+
+def test_speed_and_memory_bench_on_tiny_model(tiny_bert, glue_dir):
+    from compresstune.bench_finetune import memory_bench, memory_markdown, speed_bench, speed_markdown
+
+    rows = speed_bench("sst2", ["full", "learner4-p1"], str(tiny_bert), batch_size=8, steps=5, rounds=2, glue_dir=str(glue_dir), log=lambda s: None)
+    assert [r["method"] for r in rows] == ["full", "learner4-p1 (priming)", "learner4-p1 (after priming)"]
+    assert all(len(r["rounds_ms"]) == 2 and r["ms_per_step"] > 0 for r in rows)
+    assert "| full |" in speed_markdown(rows, "sst2", 8, 5, 2)
+    mem = memory_bench("sst2", ["full", "bitfit"], str(tiny_bert), batch_size=8, n_batches=1, glue_dir=str(glue_dir), log=lambda s: None)
+    full, bitfit = mem
+    assert full["grads_mb"] == full["params_mb"] and bitfit["grads_mb"] < 0.1 and bitfit["peak_tensor_mb"] < full["peak_tensor_mb"]
+    assert "| bitfit |" in memory_markdown(mem, "sst2", 8, 1)
