@@ -120,3 +120,14 @@ def test_every_shipped_pipeline_validates():
         assert r.exit_code == 0, (f, r.output)
         first = f.read_text().splitlines()[0]
         assert first.startswith("# ") and len(first) > 20  # the one-line purpose `pipeline list` shows
+
+
+def test_stage_seed_zero_is_not_the_pipeline_seed():
+    from compresstune.config import FinetuneConfig
+    from compresstune.stages.base import StageContext
+
+    cfg = load_config(REPO / "pipelines" / "quickstart.yaml")
+    ctx = StageContext("finetune", FinetuneConfig(seed=0), cfg, Path("."), Path("."), [])
+    assert ctx.seed == 0
+    ctx = StageContext("finetune", FinetuneConfig(), cfg, Path("."), Path("."), [])
+    assert ctx.seed == cfg.seed

@@ -64,7 +64,8 @@ class StageContext:
 
     @property
     def seed(self) -> int:
-        return getattr(self.cfg, "seed", None) or self.pipeline.seed
+        s = getattr(self.cfg, "seed", None)
+        return self.pipeline.seed if s is None else s  # seed 0 is a seed
 
     @cached_property
     def task(self) -> TaskData:
