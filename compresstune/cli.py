@@ -207,7 +207,7 @@ def bench_finetune(task, methods, seeds, model, epochs, batch_size, lr_over, tun
             lrs[k] = float(v)
         except ValueError:
             raise click.BadParameter(f"{item!r} is not METHOD=LR", param_hint="--lr") from None
-    res = run_bench(task, _csv(methods), [int(s) for s in _csv(seeds)], Path(out), model, epochs, batch_size, lrs, tune,
+    run_bench(task, _csv(methods), [int(s) for s in _csv(seeds)], Path(out), model, epochs, batch_size, lrs, tune,
                     tuple(float(x) for x in _csv(lr_grid)), tune_seed, glue_dir, train_subset, max_length, bf16, data_seed=data_seed, log=click.echo)
     click.echo((Path(out) / "results.md").read_text())
 

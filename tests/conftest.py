@@ -4,7 +4,6 @@ MiniLM tokenizer, and small slices of the real GLUE data. Nothing downloads."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

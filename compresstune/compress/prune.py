@@ -22,7 +22,6 @@ import copy
 import warnings
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
 from ..artifacts import fix_attention_attributes, layer_shapes

@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..models import arch_for, base_linear, encoder_layers, get_module
 from .adapters import Bottleneck, add_adapters
-from .learner import LearnerLinear, attach_learners, learner_modules
+from .learner import attach_learners, learner_modules
 
 METHODS = ("full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora")
 

@@ -5,7 +5,6 @@ into its own temporary folder, which the pipeline renames into place on success.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -86,6 +85,15 @@ class StageContext:
             if kind == "onnx" and (ref.dir / "model.onnx").is_file():
                 return ref
         return None
+
+    def require_input_model_dir(self, what: str) -> Path:
+        """The input model folder, or a clear error naming what this stage needed it for."""
+        mdir = self.input_model_dir()
+        if mdir is None:
+            from ..errors import UserError
+
+            raise UserError(f"{self.name}: {what} needs a model from an earlier stage (finetune, compress, merge, ...); put one before it in `stages:`.")
+        return mdir
 
     def input_model_dir(self) -> Path | None:
         ref = self.input_of_kind("model")

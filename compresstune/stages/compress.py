@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..models import encoder_layers
 from ..train import collate, encode, evaluate, model_inputs, train
 from .base import Stage, StageContext, register
-from .finetune import load_input_model, train_spec
+from .finetune import load_plain_input_model, train_spec
 
 FLOP_SEQS = (64, 128)
 
@@ -55,9 +55,7 @@ class CompressStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
         torch.manual_seed(ctx.seed)
-        model, tok, structure, source = load_input_model(ctx)
-        if structure:
-            raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; compress a plain model (merge first).")
+        model, tok, source = load_plain_input_model(ctx, "compress")
         model.eval()
         task = ctx.task
         has_head = ctx.input_model_dir() is not None  # a fine-tuned input has a trained head worth scoring

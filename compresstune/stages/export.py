@@ -24,9 +24,7 @@ class ExportStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
-        mdir = ctx.input_model_dir()
-        if mdir is None:
-            raise UserError(f"{ctx.name}: export needs a model from an earlier stage (finetune, merge, ...); put one before it in `stages:`.")
+        mdir = ctx.require_input_model_dir("export")
         for b, s in cfg.verify_shapes:
             if (b, s) == EXPORT_SHAPE:
                 raise UserError(f"{ctx.name}.verify_shapes: {b}x{s} is the export shape; verification must use other shapes.")

@@ -45,6 +45,14 @@ def load_input_model(ctx: StageContext):
     return model, tok, {}, ref
 
 
+def load_plain_input_model(ctx: StageContext, action: str):
+    """Like :func:`load_input_model`, for stages that need a model without Learners/adapters/LoRA."""
+    model, tok, structure, source = load_input_model(ctx)
+    if structure:
+        raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; {action} a plain model (merge first).")
+    return model, tok, source
+
+
 def train_spec(ctx: StageContext, **over) -> TrainSpec:
     cfg = ctx.cfg
     kw = dict(

@@ -9,13 +9,12 @@ from __future__ import annotations
 import torch
 
 from ..artifacts import load_model, save_model
-from ..errors import UserError
-from ..learners.learner import attach_learners, check_merge
+from ..learners.learner import attach_learners, check_merge, learner_modules
 from ..learners.methods import group_counts
 from ..learners.structure import merge
 from ..train import collate, encode, model_inputs
 from .base import Stage, StageContext, register
-from .finetune import load_input_model
+from .finetune import load_plain_input_model
 
 
 @register
@@ -25,12 +24,10 @@ class AttachStage(Stage):
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
         torch.manual_seed(ctx.seed)
-        model, tok, structure, source = load_input_model(ctx)
-        if structure:
-            raise UserError(f"{ctx.name}: the input model already carries {', '.join(structure)}; attach Learners to a plain model.")
+        model, tok, source = load_plain_input_model(ctx, "attach Learners to")
         info = attach_learners(model, cfg.rank, tuple(cfg.targets), cfg.scale, cfg.init)
         save_model(model, tok, ctx.out_dir / "model", ctx.task_meta(), {"source": source}, structure={"learners": info})
-        added = sum(m.P1.numel() + m.P2.numel() for m in model.modules() if hasattr(m, "P1"))
+        added = sum(m.P1.numel() + m.P2.numel() for m in learner_modules(model).values())
         ctx.log(f"[{ctx.name}] rank-{cfg.rank} Learners on {len(info['paths'])} linears: +{added:,} parameters")
         return {"rank": cfg.rank, "targets": list(cfg.targets), "learner_params": added, "linears": len(info["paths"]),
                 "total_params": sum(p.numel() for p in model.parameters()), "param_groups": group_counts(model)}
@@ -42,9 +39,7 @@ class MergeStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
-        mdir = ctx.input_model_dir()
-        if mdir is None:
-            raise UserError(f"{ctx.name}: merge needs a model from an earlier stage (finetune with Learners or LoRA).")
+        mdir = ctx.require_input_model_dir("merge")
         model, tok, meta = load_model(mdir)
         model = model.float().eval()
         enc = encode(tok, ctx.task.dev.subset(cfg.check_examples, ctx.seed), ctx.pipeline.task.max_length)

@@ -4,7 +4,6 @@ tokenizer/, labels.json)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
