@@ -196,6 +196,9 @@ class BenchmarkConfig(StageConfig):
     iters: int = Field(30, ge=3, description="timed runs per grid point (at least min_time_s is spent too)")
     min_time_s: float = Field(1.0, ge=0)
     pytorch: bool = Field(True, description="also time PyTorch eager on the same grid as the baseline")
+    baseline: str | None = Field(None, description="an earlier export stage (e.g. the uncompressed model's) timed in this stage, interleaved with "
+                                 "this model round by round on ONNX Runtime, so the speed-up is measured back to back")
+    rounds: int = Field(3, ge=1, description="interleaved rounds per grid point when a baseline is given; the median round is reported")
 
 
 class ReportConfig(StageConfig):
@@ -247,10 +250,11 @@ class PipelineConfig:
             return names[: names.index(name)]
         if cfg.input == "pretrained":
             return []
+        extra = [cfg.baseline] if getattr(cfg, "baseline", None) else []
         if cfg.input:
-            return [cfg.input]
+            return [cfg.input] + extra
         i = names.index(name)
-        return [names[i - 1]] if i > 0 else []
+        return ([names[i - 1]] if i > 0 else []) + extra
 
 
 # --------------------------------------------------------------------------- loading
@@ -434,6 +438,10 @@ def config_from_dict(
     for name, cfg in stages.items():
         if cfg.input not in (None, "pretrained") and (cfg.input not in stage_list or stage_list.index(cfg.input) >= stage_list.index(name)):
             problems.append(f"{where((name, 'input'))}{name}.input: {cfg.input!r} is not a stage that runs before {name}.")
+        base = getattr(cfg, "baseline", None)
+        if base is not None and (base not in stages or stage_list.index(base) >= stage_list.index(name) or stages[base].type != "export"):
+            problems.append(f"{where((name, 'baseline'))}{name}.baseline: {base!r} is not an export stage that runs before {name}; name the "
+                            f"export stage of the model to compare against (e.g. teacher_export).")
 
     name = raw.get("name") or default_name
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -157,8 +157,13 @@ def test_attach_stage_then_learner_finetune_resumes_after_kill(tmp_path, tiny_be
 
 
 def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
-    extra = "compress: {method: prune, head_ratio: 0.5, ffn_ratio: 0.5, mode: global}\n"
-    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[compress, finetune, merge, export]")
+    extra = ("teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
+             "teacher_export: {type: export, input: teacher, verify_shapes: [[1, 7]]}\n"
+             "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, mode: global}\n"
+             "bench2: {type: benchmark, input: export, baseline: teacher_export, rounds: 2, batch_sizes: [1], seq_lengths: [16], "
+             "warmup: 1, iters: 3, min_time_s: 0, pytorch: false}\n")
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra,
+                       stages="[teacher, teacher_export, compress, finetune, merge, export, bench2, report]")
     r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
@@ -168,6 +173,15 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
     assert man["stages"]["merge"]["summary"]["max_abs_diff"] <= 1e-4
     ex = man["stages"]["export"]["summary"]
     assert max(ex["max_abs_diff"].values()) < 1e-4
+    cmp = man["stages"]["bench2"]["summary"]["comparison"]  # timed back to back against the unpruned export
+    assert cmp["baseline"] == "teacher_export" and len(cmp["rows"]) == 1
+    row = cmp["rows"][0]
+    assert len(row["rounds_p50_ms"]) == len(row["rounds_baseline_p50_ms"]) == 2 and row["speedup"] == row["baseline_p50_ms"] / row["p50_ms"]
+    assert cmp["onnx_mb"] < cmp["baseline_onnx_mb"]
+    assert "Back to back against `teacher_export`" in (tmp_path / "exported" / "t" / "REPORT.md").read_text()
+    # a baseline that is not an earlier export stage is a config error naming the key
+    r = _run([str(p), "bench2.baseline=compress"], tmp_path)
+    assert r.exit_code == 2 and "bench2.baseline" in r.output
 
 
 def test_task_agnostic_distill_then_finetune(tmp_path, tiny_bert, glue_dir):

@@ -3,10 +3,13 @@ present or asked), with PyTorch eager on the same grid as the baseline."""
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+
 import torch
 
 from ..artifacts import load_model
-from ..bench import bench_grid, machine_info
+from ..bench import bench_grid, machine_info, time_fn
 from ..errors import UserError
 from ..export.onnx import dummy_inputs, make_session, ort_run
 from ..train import model_inputs
@@ -53,6 +56,9 @@ class BenchmarkStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
+        base_ref = next((r for r in ctx.inputs if cfg.baseline and r.name == cfg.baseline), None)
+        if base_ref is not None:  # the baseline is an extra input; the model to time is the main one
+            ctx = dataclasses.replace(ctx, inputs=[r for r in ctx.inputs if r is not base_ref])
         ref = ctx.input_of_kind("onnx")
         if ref is None:
             raise UserError(f"{ctx.name}: benchmark needs an exported model.onnx from an earlier export stage; put `export` before it.")
@@ -93,7 +99,39 @@ class BenchmarkStage(Stage):
         rows = bench_grid(make_runner, engines, cfg.batch_sizes, cfg.seq_lengths, cfg.warmup, cfg.iters, cfg.min_time_s, ctx.log)
         import onnxruntime as ort
 
-        return {"onnx": str(onnx_path.relative_to(ctx.run_dir)) if onnx_path.is_relative_to(ctx.run_dir) else str(onnx_path),
+        comparison = self._compare(ctx, sessions, onnx_path, base_ref, names, vocab) if base_ref is not None else None
+        return {"comparison": comparison, "onnx": str(onnx_path.relative_to(ctx.run_dir)) if onnx_path.is_relative_to(ctx.run_dir) else str(onnx_path),
                 "providers": providers, "active_providers": {p: s.get_providers() for p, s in sessions.items()},
                 "threads": cfg.threads, "rows": rows, "machine": machine_info(),
                 "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}
+
+    def _compare(self, ctx: StageContext, sessions: dict, onnx_path, base_ref, names, vocab) -> dict:
+        """This model against the baseline export's model.onnx on ONNX Runtime: per grid point,
+        ``rounds`` rounds of (this model, baseline) timed back to back, so a machine whose speed
+        drifts slows both alike; speed-up = median baseline p50 / median p50 over the rounds."""
+        cfg = ctx.cfg
+        base_path = base_ref.dir / "model.onnx"
+        if not base_path.is_file():
+            raise UserError(f"{ctx.name}.baseline: {cfg.baseline!r} has no model.onnx in {base_ref.dir}; the baseline must be an export stage.")
+        rows = []
+        for prov, sess in sessions.items():
+            base_sess = make_session(base_path, prov, cfg.threads)
+            base_names = tuple(i.name for i in base_sess.get_inputs())
+            for b in cfg.batch_sizes:
+                for s in cfg.seq_lengths:
+                    inp = dummy_inputs(names, b, s, vocab, pad_tail=False)
+                    runners = {}
+                    for key, se, nm in (("model", sess, names), ("baseline", base_sess, base_names)):
+                        feed = {k: v.numpy() for k, v in inp.items() if k in nm}
+                        runners[key] = _cuda_iobinding_runner(se, feed) if prov == "cuda" else (lambda se=se, feed=feed: ort_run(se, feed))
+                    per = {"model": [], "baseline": []}
+                    for _ in range(cfg.rounds):
+                        for key in ("model", "baseline"):
+                            per[key].append(time_fn(runners[key], cfg.warmup, cfg.iters, cfg.min_time_s)["p50_ms"])
+                    m, bl = statistics.median(per["model"]), statistics.median(per["baseline"])
+                    rows.append({"engine": f"ort-{prov}", "batch": b, "seq": s, "p50_ms": m, "baseline_p50_ms": bl, "speedup": bl / m,
+                                 "rounds_p50_ms": per["model"], "rounds_baseline_p50_ms": per["baseline"]})
+                    ctx.log(f"  vs {cfg.baseline}: ort-{prov} batch {b:3d} x seq {s:4d}: {m:8.2f} ms vs {bl:8.2f} ms -> {bl / m:.2f}x")
+        rel = lambda p: str(p.relative_to(ctx.run_dir)) if p.is_relative_to(ctx.run_dir) else str(p)  # noqa: E731
+        return {"baseline": cfg.baseline, "baseline_onnx": rel(base_path), "rounds": cfg.rounds, "rows": rows,
+                "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2), "baseline_onnx_mb": round(base_path.stat().st_size / 2**20, 2)}

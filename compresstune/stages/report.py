@@ -132,6 +132,13 @@ class ReportStage(Stage):
                       "| engine | batch | seq | p50 | p90 | p99 | seq/s |", "|---|---|---|---|---|---|---|"]
                 for row in sm["rows"]:
                     L.append(f"| {row['engine']} | {row['batch']} | {row['seq']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_seq_s']:.1f} |")
+                cmp = sm.get("comparison")
+                if cmp:
+                    L += ["", f"Back to back against `{cmp['baseline']}` ({cmp['baseline_onnx']}, {cmp['baseline_onnx_mb']} MB vs this model's "
+                          f"{cmp['onnx_mb']} MB): {cmp['rounds']} interleaved rounds per point, median round's p50.", "",
+                          "| engine | batch x seq | this p50 (ms) | baseline p50 (ms) | speed-up |", "|---|---|---|---|---|"]
+                    for row in cmp["rows"]:
+                        L.append(f"| {row['engine']} | {row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | {row['baseline_p50_ms']:.2f} | {row['speedup']:.2f}x |")
             elif s["type"] == "compress":
                 b, a = sm["before"], sm["after"]
                 L += ["", f"## Compression: {n} ({sm['method']})", "",
@@ -149,7 +156,8 @@ class ReportStage(Stage):
         benches = [(n, s["summary"]) for n, s in r["stages"].items() if s["type"] == "benchmark"]
         if len(benches) >= 2:
             base_name, base = benches[0]
-            L += ["", f"## Latency against {base_name}", "", "ONNX Runtime p50 (ms) per grid point; speed-up = baseline p50 / this p50.", "",
+            L += ["", f"## Latency against {base_name}", "", "ONNX Runtime p50 (ms) per grid point; speed-up = baseline p50 / this p50. The stages ran at "
+                  "different times, so machine drift enters these ratios; a benchmark stage with `baseline:` measures back to back (above).", "",
                   "| benchmark | engine | batch x seq | p50 (ms) | speed-up |", "|---|---|---|---|---|"]
             ref = {(row["engine"], row["batch"], row["seq"]): row["p50_ms"] for row in base["rows"]}
             for name, sm in benches:
