@@ -49,7 +49,9 @@ def pipeline():
 @click.option("--force", is_flag=True, help="Rerun every stage, ignoring what is done (and any partial checkpoints).")
 @click.option("--output-dir", type=click.Path(file_okay=False), help="Where run folders go (default: the pipeline's output_dir, 'exported').")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, output_dir, no_progress):
+@click.option("--reuse-from", "reuse_from", multiple=True, type=click.Path(file_okay=False),
+              help="Another run folder (repeatable): stages with the same fingerprint there are copied, not recomputed.")
+def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, output_dir, no_progress, reuse_from):
     """Run the pipeline in FILE; KEY=VALUE overrides settings (for example finetune.lr=3e-5).
 
     Stages already done with the same settings and inputs are skipped; an interrupted
@@ -58,7 +60,8 @@ def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, outp
     from .pipeline import run_dir_for, run_pipeline
 
     cfg = load_config(file, list(overrides))
-    manifest = run_pipeline(cfg, run_name, from_stage, until_stage, force, output_dir, log=click.echo, progress=not no_progress)
+    manifest = run_pipeline(cfg, run_name, from_stage, until_stage, force, output_dir, log=click.echo, progress=not no_progress,
+                            reuse_from=list(reuse_from))
     run_dir = run_dir_for(cfg, run_name, output_dir)
     click.echo(f"run folder: {run_dir}")
     for name in ("model.onnx", "REPORT.md"):

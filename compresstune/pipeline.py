@@ -57,6 +57,7 @@ def run_pipeline(
     output_dir: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    reuse_from: list | None = None,
 ) -> Manifest:
     """Run (or resume) the pipeline; returns the manifest. Raises on the first failing stage,
     keeping every output already computed."""
@@ -78,6 +79,9 @@ def run_pipeline(
     if from_stage:
         forced |= set(names[names.index(from_stage):])
     last = names.index(until_stage) if until_stage else len(names) - 1
+    for src in reuse_from or []:
+        if not Manifest.load(Path(src)).path.is_file():
+            raise UserError(f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run (for example exported/quickstart).")
     todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
     shared: dict = {}
     if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
@@ -93,6 +97,11 @@ def run_pipeline(
             log(f"[{name}] up to date (fingerprint {fp}), skipped")
             continue
         tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+        if name not in forced and _reuse(name, scfg.type, fp, reuse_from, manifest, final_dir, run_dir, log):
+            for dep in downstream_of(cfg, name):
+                if manifest.stages.get(dep, {}).get("status") == "done":
+                    manifest.update_stage(dep, status="stale")
+            continue
         if tmp_dir.exists():
             old = (tmp_dir / FP_FILE).read_text().strip() if (tmp_dir / FP_FILE).is_file() else None
             if old != fp or name in forced:
@@ -130,6 +139,49 @@ def run_pipeline(
                 manifest.update_stage(dep, status="stale")
         log(f"[{name}] done in {summary['resources']['wall_time_s']:.1f}s, peak RSS {summary['resources']['peak_rss_mb']:.0f} MB")
     return manifest
+
+
+def _reuse(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log) -> bool:
+    """Copy a finished stage with the same type and fingerprint (same settings, model, task and
+    inputs) from another run folder instead of recomputing it. Paths in its summary that point
+    into the source run are rewritten to the matching stages of this run."""
+    for src in sources or []:
+        src_man = Manifest.load(Path(src))
+        for src_name, rec in src_man.stages.items():
+            if rec.get("type") != stype or rec.get("fingerprint") != fp or rec.get("status") != "done":
+                continue
+            src_dir = src_man.run_dir / rec["output"]
+            if not src_dir.is_dir():
+                continue
+            tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir)
+            shutil.copytree(src_dir, tmp_dir)
+            # a path like "01_finetune/model" in the source run -> "01_teacher/model" here
+            by_fp = {r.get("fingerprint"): r.get("output") for r in manifest.stages.values() if r.get("status") == "done"}
+            by_fp[fp] = final_dir.name
+            dirs = {r["output"]: by_fp.get(r.get("fingerprint")) for r in src_man.stages.values() if r.get("output")}
+
+            def fix(v):
+                if isinstance(v, dict):
+                    return {k: fix(x) for k, x in v.items()}
+                if isinstance(v, list):
+                    return [fix(x) for x in v]
+                if isinstance(v, str) and "/" in v and dirs.get(v.split("/", 1)[0]):
+                    return dirs[v.split("/", 1)[0]] + "/" + v.split("/", 1)[1]
+                return v
+
+            summary = fix(rec.get("summary", {}))
+            write_json_atomic(tmp_dir / "summary.json", summary)
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            tmp_dir.rename(final_dir)
+            manifest.update_stage(name, type=stype, fingerprint=fp, status="done", output=final_dir.name, summary=summary,
+                                  reused_from=f"{src_man.run_dir}/{rec['output']}", wall_time_s=rec.get("wall_time_s"),
+                                  peak_rss_mb=rec.get("peak_rss_mb"), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            log(f"[{name}] reused {src_man.run_dir / rec['output']} (same fingerprint {fp})")
+            return True
+    return False
 
 
 def downstream_of(cfg: PipelineConfig, name: str) -> list[str]:

@@ -75,6 +75,27 @@ def test_second_run_skips_everything_and_override_reruns_downstream(first_run):
     assert _ran(r.output) == ["report"]
 
 
+def test_reuse_from_copies_stages_with_the_same_fingerprint_under_other_names(tmp_path, tiny_bert, glue_dir):
+    write_pipeline(tmp_path / "a.yaml", tiny_bert, glue_dir, stages="[finetune, export]")
+    assert _run(["a.yaml"], tmp_path).exit_code == 0
+    # the same training and export under other stage names, then a benchmark that needs the export's model
+    extra = ("teacher: {type: finetune, epochs: 2, lr: 1.0e-3, batch_size: 16}\n"
+             "teacher_export: {type: export, verify_shapes: [[1, 7], [3, 19]]}\n")
+    write_pipeline(tmp_path / "b.yaml", tiny_bert, glue_dir, extra=extra, stages="[teacher, teacher_export, benchmark]")
+    r = _run(["b.yaml", "--run-name", "b", "--reuse-from", str(tmp_path / "exported" / "t")], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert _ran(r.output) == ["benchmark"] and r.output.count("] reused ") == 2
+    man = json.loads((tmp_path / "exported" / "b" / "manifest.json").read_text())
+    assert man["stages"]["teacher_export"]["summary"]["model_dir"] == "01_teacher/model"  # rewritten to this run's folder
+    assert man["stages"]["teacher"]["reused_from"].endswith("01_finetune")
+    assert {row["engine"] for row in man["stages"]["benchmark"]["summary"]["rows"]} == {"ort-cpu", "torch-cpu"}
+    a = load_file(tmp_path / "exported" / "t" / "01_finetune" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "exported" / "b" / "01_teacher" / "model" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+    r = _run(["b.yaml", "--run-name", "c", "--reuse-from", str(tmp_path / "nowhere")], tmp_path)
+    assert r.exit_code == 2 and "--reuse-from" in r.output
+
+
 def test_sigkill_mid_training_resumes_to_same_result(tmp_path, tiny_bert, glue_dir):
     p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, stages="[finetune]")
     env = {**os.environ, "COMPRESSTUNE_FAULT_KILL_AFTER_STEP": "4"}
