@@ -237,6 +237,19 @@ def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, 
         Path(out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
 
 
+@bench.command("tradeoff")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for tradeoff.md, tradeoff.json and tradeoff.png.")
+@click.option("--points", default="1x128,32x64", show_default=True, help="Batch x seq grid points to plot (one panel each).")
+def bench_tradeoff(runs, out, points):
+    """Accuracy against ONNX Runtime speed-up across compressed run folders (each with a benchmark stage that has a baseline)."""
+    from .tradeoff import tradeoff
+
+    rows = tradeoff([Path(r) for r in runs], Path(out), _csv(points))
+    click.echo((Path(out) / "tradeoff.md").read_text())
+    click.echo(f"wrote {out}/tradeoff.md, tradeoff.json, tradeoff.png ({len(rows)} runs)")
+
+
 @bench.command("speed")
 @click.option("--task", required=True)
 @click.option("--methods", default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8", show_default=True)

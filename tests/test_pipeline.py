@@ -200,6 +200,13 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
     assert len(row["rounds_p50_ms"]) == len(row["rounds_baseline_p50_ms"]) == 2 and row["speedup"] == row["baseline_p50_ms"] / row["p50_ms"]
     assert cmp["onnx_mb"] < cmp["baseline_onnx_mb"]
     assert "Back to back against `teacher_export`" in (tmp_path / "exported" / "t" / "REPORT.md").read_text()
+    # the accuracy-vs-speed summary across runs reads the same numbers
+    t = CliRunner().invoke(main, ["bench", "tradeoff", str(tmp_path / "exported" / "t"), "--out", str(tmp_path / "trade"), "--points", "1x16"])
+    assert t.exit_code == 0, t.output
+    rows = json.loads((tmp_path / "trade" / "tradeoff.json").read_text())
+    assert rows[0]["dev"] == ex["dev_onnx"]["main"] and rows[0]["points"]["1x16"]["speedup"] == row["speedup"]
+    assert rows[0]["finetune_method"] == "learner" and rows[0]["compression"].startswith("prune heads 50%, FFN 50% (global")
+    assert (tmp_path / "trade" / "tradeoff.png").stat().st_size > 10_000
     # a baseline that is not an earlier export stage is a config error naming the key
     r = _run([str(p), "bench2.baseline=compress"], tmp_path)
     assert r.exit_code == 2 and "bench2.baseline" in r.output

@@ -1,0 +1,123 @@
+"""Accuracy against speed across compressed runs: ``compresstune bench tradeoff RUN...``.
+
+Each run folder must hold a benchmark stage with a ``baseline`` (the uncompressed model timed
+back to back with the compressed one) and the export stage it timed. One row per run: the
+compression settings, parameters, FLOPs, ONNX size, the exported model's dev metric on ONNX
+Runtime, and the speed-up at each grid point; plus a PNG of dev metric against speed-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UserError
+from .manifest import Manifest
+
+
+def collect_run(run_dir: Path) -> dict:
+    man = Manifest.load(run_dir)
+    if not man.path.is_file():
+        raise UserError(f"{run_dir}: no manifest.json; give run folders (for example exported/sst2-prune).")
+    stages = man.stages
+    bench = next(((n, r) for n, r in stages.items() if r.get("type") == "benchmark" and r.get("status") == "done"
+                  and (r.get("summary") or {}).get("comparison")), None)
+    if bench is None:
+        raise UserError(f"{run_dir}: no finished benchmark stage with a `baseline:`; add `baseline: <the uncompressed model's export stage>` "
+                        "to its benchmark stage and rerun it.")
+    bname, brec = bench
+    cmp = brec["summary"]["comparison"]
+    export_name = brec["inputs"][0]
+    exp = stages[export_name]["summary"]
+    base = stages[cmp["baseline"]]["summary"]
+    comp = next((r["summary"] for r in stages.values() if r.get("type") == "compress" and r.get("status") == "done"), None)
+    metric = next((r["summary"].get("metric") for r in stages.values() if r.get("type") == "finetune" and r.get("summary")), None) \
+        or (comp or {}).get("metric", "main")
+    row = {"run": run_dir.name, "metric": metric, "dev": exp["dev_onnx"]["main"], "baseline_dev": base["dev_onnx"]["main"],
+           "onnx_mb": cmp["onnx_mb"], "baseline_onnx_mb": cmp["baseline_onnx_mb"], "export": export_name, "benchmark": bname,
+           "points": {f"{r['batch']}x{r['seq']}": {"p50_ms": r["p50_ms"], "baseline_p50_ms": r["baseline_p50_ms"], "speedup": r["speedup"]}
+                      for r in cmp["rows"] if r["engine"] == "ort-cpu"}}
+    if comp:
+        row["compression"] = _describe(comp)
+        row["params"] = comp["after"]["params"]["total"]
+        row["baseline_params"] = comp["before"]["params"]["total"]
+        row["gflops_128"] = comp["after"]["gflops_per_seq"].get("128")
+        row["compress_dev"] = comp["after"].get("dev")
+    ft = [r["summary"] for n, r in stages.items() if r.get("type") == "finetune" and n in _upstream(stages, export_name) and r.get("summary")]
+    if ft:
+        row["finetune_method"] = ft[-1]["method"]
+        row["finetune_time_s"] = ft[-1]["train_time_s"]
+    return row
+
+
+def _upstream(stages: dict, name: str) -> set[str]:
+    out, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        for i in stages.get(n, {}).get("inputs", []):
+            if i not in out:
+                out.add(i)
+                todo.append(i)
+    return out
+
+
+def _describe(comp: dict) -> str:
+    if comp.get("prune"):
+        p = comp["prune"]
+        s = f"prune heads {p['head_ratio']:.0%}, FFN {p['ffn_ratio']:.0%} ({p['mode']}, {p['importance']})"
+        if comp.get("distill"):
+            s += f", healed {comp['distill']['steps']} steps"
+        return s
+    return f"distil into teacher layers {comp.get('keep_layers')} ({(comp.get('distill') or {}).get('mode', '')})"
+
+
+def to_markdown(rows: list[dict]) -> str:
+    pts = sorted({k for r in rows for k in r["points"]}, key=lambda k: tuple(int(x) for x in k.split("x")))
+    metric = rows[0]["metric"]
+    L = [f"| run | compression | params | GFLOPs@128 | ONNX MB | dev {metric} (ONNX) | vs baseline | "
+         + " | ".join(f"p50 {p} (ms) | speed-up {p}" for p in pts) + " |",
+         "|" + "---|" * (6 + 2 * len(pts))]
+    for r in rows:
+        cells = [r["run"], r.get("compression", "-"), f"{r['params']:,}" if r.get("params") else "-", str(r.get("gflops_128", "-")),
+                 f"{r['onnx_mb']:.1f}", f"{r['dev']:.2f}", f"{r['dev'] - r['baseline_dev']:+.2f}"]
+        for p in pts:
+            q = r["points"].get(p)
+            cells += [f"{q['p50_ms']:.2f} (base {q['baseline_p50_ms']:.2f})", f"{q['speedup']:.2f}x"] if q else ["-", "-"]
+        L.append("| " + " | ".join(cells) + " |")
+    return "\n".join(L) + "\n"
+
+
+def plot(rows: list[dict], path: Path, points: list[str] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = points or sorted({k for r in rows for k in r["points"]})
+    fig, axes = plt.subplots(1, len(pts), figsize=(5.5 * len(pts), 4.2), squeeze=False)
+    for ax, p in zip(axes[0], pts):
+        have = [r for r in rows if p in r["points"]]
+        xs = [r["points"][p]["speedup"] for r in have]
+        ys = [r["dev"] for r in have]
+        ax.scatter(xs, ys, zorder=3)
+        for r, x, y in zip(have, xs, ys):
+            ax.annotate(r["run"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if have:
+            base = sum(r["baseline_dev"] for r in have) / len(have)
+            ax.scatter([1.0], [base], marker="*", s=160, color="black", zorder=4, label="uncompressed")
+            ax.axhline(base - 1.0, color="grey", ls=":", lw=1, label="-1 point")
+        ax.set_xlabel(f"ONNX Runtime CPU speed-up at batch x seq {p}")
+        ax.set_ylabel(f"dev {rows[0]['metric']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def tradeoff(run_dirs: list[Path], out: Path, points: list[str] | None = None) -> list[dict]:
+    rows = [collect_run(Path(d)) for d in run_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tradeoff.json").write_text(json.dumps(rows, indent=2))
+    (out / "tradeoff.md").write_text(to_markdown(rows))
+    plot(rows, out / "tradeoff.png", points)
+    return rows
