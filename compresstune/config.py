@@ -320,7 +320,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     path = Path(path)
     src = str(path)
     if not path.is_file():
-        raise ConfigError(src, [f"the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
+        raise ConfigError(src, ["the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml_load(text)

@@ -122,7 +122,7 @@ class ReportStage(Stage):
                 L += ["", f"## Export: {n}", "",
                       f"ONNX opset {sm['opset']}, {sm['size_mb']} MB. Max |logit difference| vs PyTorch: "
                       + ", ".join(f"{k}: {v:.2e}" for k, v in sm["max_abs_diff"].items()) + f" (tolerance {sm['atol']}).", "",
-                      f"| dev metric | PyTorch | ONNX Runtime |", "|---|---|---|"]
+                      "| dev metric | PyTorch | ONNX Runtime |", "|---|---|---|"]
                 for k in sm["dev_pytorch"]:
                     if k != "main":
                         L.append(f"| {k} | {sm['dev_pytorch'][k]:.2f} | {sm['dev_onnx'][k]:.2f} |")
