@@ -442,6 +442,9 @@ def config_from_dict(
         if base is not None and (base not in stages or stage_list.index(base) >= stage_list.index(name) or stages[base].type != "export"):
             problems.append(f"{where((name, 'baseline'))}{name}.baseline: {base!r} is not an export stage that runs before {name}; name the "
                             f"export stage of the model to compare against (e.g. teacher_export).")
+        elif base is not None and base == (cfg.input or stage_list[stage_list.index(name) - 1]):
+            problems.append(f"{where((name, 'baseline'))}{name}.baseline: {base!r} is also the model this stage times (its input); the "
+                            f"baseline must be another export stage, such as the uncompressed model's.")
 
     name = raw.get("name") or default_name
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -512,6 +515,9 @@ def _check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
 def fingerprint_fields(cfg: Section) -> dict:
     """The settings that change a stage's result (those marked ``fingerprint: False`` do not)."""
     data = cfg.model_dump()
+    if data.get("type") == "benchmark" and data.get("baseline") is None:  # fields added later: keep older runs' fingerprints
+        data.pop("baseline", None)
+        data.pop("rounds", None)
     method = data.get("method")
     if method is not None:
         for k in ALL_METHOD_FIELDS - METHOD_FIELDS.get(method, set()):

@@ -68,6 +68,11 @@ def run_pipeline(
     if from_stage and until_stage and names.index(from_stage) > names.index(until_stage):
         raise UserError(f"--from {from_stage} comes after --until {until_stage}; swap them.")
 
+    for src in reuse_from or []:
+        if not (Path(src) / Manifest.FILE).is_file():
+            raise UserError(f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run (for example exported/quickstart).")
+    if reuse_from and force:
+        log("note: --force recomputes every stage, so --reuse-from has nothing to do")
     run_dir = run_dir_for(cfg, run_name, output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(run_dir)
@@ -79,9 +84,6 @@ def run_pipeline(
     if from_stage:
         forced |= set(names[names.index(from_stage):])
     last = names.index(until_stage) if until_stage else len(names) - 1
-    for src in reuse_from or []:
-        if not Manifest.load(Path(src)).path.is_file():
-            raise UserError(f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run (for example exported/quickstart).")
     todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
     shared: dict = {}
     if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
@@ -97,7 +99,7 @@ def run_pipeline(
             log(f"[{name}] up to date (fingerprint {fp}), skipped")
             continue
         tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
-        if name not in forced and _reuse(name, scfg.type, fp, reuse_from, manifest, final_dir, run_dir, log):
+        if name not in forced and _reuse(name, scfg.type, fp, reuse_from, manifest, final_dir, run_dir, log, cfg.stage_inputs(name)):
             for dep in downstream_of(cfg, name):
                 if manifest.stages.get(dep, {}).get("status") == "done":
                     manifest.update_stage(dep, status="stale")
@@ -113,7 +115,7 @@ def run_pipeline(
             rec = manifest.stages.get(inp, {})
             inputs.append(InputRef(inp, cfg.stages[inp].type, run_dir / rec.get("output", stage_dirname(cfg, inp)), rec.get("summary", {})))
         ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=shared)
-        manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name,
+        manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name, error=None, reused_from=None,
                               started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), inputs=[r.name for r in inputs])
         log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
         stage = STAGES[scfg.type]()
@@ -141,11 +143,16 @@ def run_pipeline(
     return manifest
 
 
-def _reuse(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log) -> bool:
+NOT_REUSED = {"benchmark", "report"}  # timings belong to a moment and a machine; the report publishes this run's files
+
+
+def _reuse(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log, inputs: list[str]) -> bool:
     """Copy a finished stage with the same type and fingerprint (same settings, model, task and
     inputs) from another run folder instead of recomputing it. Paths in its summary that point
-    into the source run are rewritten to the matching stages of this run."""
-    for src in sources or []:
+    into the source run are rewritten to the matching stages of this run, or made absolute."""
+    if not sources or stype in NOT_REUSED:
+        return False
+    for src in sources:
         src_man = Manifest.load(Path(src))
         for src_name, rec in src_man.stages.items():
             if rec.get("type") != stype or rec.get("fingerprint") != fp or rec.get("status") != "done":
@@ -167,8 +174,9 @@ def _reuse(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_di
                     return {k: fix(x) for k, x in v.items()}
                 if isinstance(v, list):
                     return [fix(x) for x in v]
-                if isinstance(v, str) and "/" in v and dirs.get(v.split("/", 1)[0]):
-                    return dirs[v.split("/", 1)[0]] + "/" + v.split("/", 1)[1]
+                if isinstance(v, str) and "/" in v and v.split("/", 1)[0] in dirs:
+                    head, tail = v.split("/", 1)
+                    return f"{dirs[head]}/{tail}" if dirs[head] else str(src_man.run_dir.resolve() / v)  # no counterpart here
                 return v
 
             summary = fix(rec.get("summary", {}))
@@ -176,11 +184,13 @@ def _reuse(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_di
             if final_dir.exists():
                 shutil.rmtree(final_dir)
             tmp_dir.rename(final_dir)
-            manifest.update_stage(name, type=stype, fingerprint=fp, status="done", output=final_dir.name, summary=summary,
-                                  reused_from=f"{src_man.run_dir}/{rec['output']}", wall_time_s=rec.get("wall_time_s"),
-                                  peak_rss_mb=rec.get("peak_rss_mb"), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            log(f"[{name}] reused {src_man.run_dir / rec['output']} (same fingerprint {fp})")
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            manifest.update_stage(name, type=stype, fingerprint=fp, status="done", output=final_dir.name, summary=summary, inputs=inputs,
+                                  reused_from=f"{src_man.run_dir}/{rec['output']}", error=None, started_at=now, finished_at=now,
+                                  wall_time_s=rec.get("wall_time_s"), peak_rss_mb=rec.get("peak_rss_mb"))
+            log(f"[{name}] reused {src_man.run_dir / rec['output']} (same fingerprint {fp}; its wall time {rec.get('wall_time_s')} s was spent there)")
             return True
+    log(f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {', '.join(map(str, sources))})")
     return False
 
 

@@ -19,18 +19,22 @@ def collect_run(run_dir: Path) -> dict:
     if not man.path.is_file():
         raise UserError(f"{run_dir}: no manifest.json; give run folders (for example exported/sst2-prune).")
     stages = man.stages
-    bench = next(((n, r) for n, r in stages.items() if r.get("type") == "benchmark" and r.get("status") == "done"
-                  and (r.get("summary") or {}).get("comparison")), None)
-    if bench is None:
-        raise UserError(f"{run_dir}: no finished benchmark stage with a `baseline:`; add `baseline: <the uncompressed model's export stage>` "
-                        "to its benchmark stage and rerun it.")
-    bname, brec = bench
+    with_base = [(n, r) for n, r in stages.items() if r.get("type") == "benchmark" and (r.get("summary") or {}).get("comparison")]
+    if not with_base:
+        raise UserError(f"{run_dir}: no benchmark stage with a `baseline:` has run; add `baseline: <the uncompressed model's export stage>` "
+                        "to its benchmark stage and run the pipeline.")
+    bname, brec = with_base[-1]
+    up = _upstream(stages, bname)
+    not_done = [n for n in [bname, *sorted(up)] if stages.get(n, {}).get("status") != "done"]
+    if not_done:
+        raise UserError(f"{run_dir}: stage {not_done[0]!r} is {stages.get(not_done[0], {}).get('status', 'missing')}, so the numbers of "
+                        f"{bname!r} do not describe the current model; run the pipeline again to bring it up to date.")
     cmp = brec["summary"]["comparison"]
     export_name = brec["inputs"][0]
     exp = stages[export_name]["summary"]
     base = stages[cmp["baseline"]]["summary"]
-    comp = next((r["summary"] for r in stages.values() if r.get("type") == "compress" and r.get("status") == "done"), None)
-    metric = next((r["summary"].get("metric") for r in stages.values() if r.get("type") == "finetune" and r.get("summary")), None) \
+    comp = next((stages[n]["summary"] for n in stages if n in up and stages[n].get("type") == "compress"), None)
+    metric = next((stages[n]["summary"].get("metric") for n in stages if n in up and stages[n].get("type") == "finetune"), None) \
         or (comp or {}).get("metric", "main")
     row = {"run": run_dir.name, "metric": metric, "dev": exp["dev_onnx"]["main"], "baseline_dev": base["dev_onnx"]["main"],
            "onnx_mb": cmp["onnx_mb"], "baseline_onnx_mb": cmp["baseline_onnx_mb"], "export": export_name, "benchmark": bname,
@@ -42,7 +46,8 @@ def collect_run(run_dir: Path) -> dict:
         row["baseline_params"] = comp["before"]["params"]["total"]
         row["gflops_128"] = comp["after"]["gflops_per_seq"].get("128")
         row["compress_dev"] = comp["after"].get("dev")
-    ft = [r["summary"] for n, r in stages.items() if r.get("type") == "finetune" and n in _upstream(stages, export_name) and r.get("summary")]
+    ft = [r["summary"] for n, r in stages.items() if r.get("type") == "finetune" and n in _upstream(stages, export_name)
+          and n not in _upstream(stages, cmp["baseline"]) | {cmp["baseline"]} and r.get("summary")]
     if ft:
         row["finetune_method"] = ft[-1]["method"]
         row["finetune_time_s"] = ft[-1]["train_time_s"]
@@ -75,7 +80,7 @@ def to_markdown(rows: list[dict]) -> str:
     metric = rows[0]["metric"]
     L = [f"| run | compression | params | GFLOPs@128 | ONNX MB | dev {metric} (ONNX) | vs baseline | "
          + " | ".join(f"p50 {p} (ms) | speed-up {p}" for p in pts) + " |",
-         "|" + "---|" * (6 + 2 * len(pts))]
+         "|" + "---|" * (7 + 2 * len(pts))]
     for r in rows:
         cells = [r["run"], r.get("compression", "-"), f"{r['params']:,}" if r.get("params") else "-", str(r.get("gflops_128", "-")),
                  f"{r['onnx_mb']:.1f}", f"{r['dev']:.2f}", f"{r['dev'] - r['baseline_dev']:+.2f}"]

@@ -63,6 +63,8 @@ class BenchmarkStage(Stage):
         if ref is None:
             raise UserError(f"{ctx.name}: benchmark needs an exported model.onnx from an earlier export stage; put `export` before it.")
         onnx_path = ref.dir / "model.onnx"
+        if base_ref is not None and (base_ref.dir / "model.onnx").resolve() == onnx_path.resolve():
+            raise UserError(f"{ctx.name}.baseline: {cfg.baseline!r} is the model this stage times; name another export stage (the uncompressed model's).")
         providers = resolve_providers(cfg.providers)
         if "cuda" in providers and not torch.cuda.is_available():
             raise UserError(f"{ctx.name}.providers: cuda was requested but no CUDA GPU is visible to this process; use providers: auto or [cpu].")
@@ -107,8 +109,9 @@ class BenchmarkStage(Stage):
 
     def _compare(self, ctx: StageContext, sessions: dict, onnx_path, base_ref, names, vocab) -> dict:
         """This model against the baseline export's model.onnx on ONNX Runtime: per grid point,
-        ``rounds`` rounds of (this model, baseline) timed back to back, so a machine whose speed
-        drifts slows both alike; speed-up = median baseline p50 / median p50 over the rounds."""
+        ``rounds`` rounds, each timing both models back to back (order alternating between rounds),
+        so a machine whose speed drifts slows both alike; speed-up = the median over rounds of the
+        per-round ratio baseline p50 / this p50."""
         cfg = ctx.cfg
         base_path = base_ref.dir / "model.onnx"
         if not base_path.is_file():
@@ -119,19 +122,20 @@ class BenchmarkStage(Stage):
             base_names = tuple(i.name for i in base_sess.get_inputs())
             for b in cfg.batch_sizes:
                 for s in cfg.seq_lengths:
-                    inp = dummy_inputs(names, b, s, vocab, pad_tail=False)
+                    inp = dummy_inputs(tuple(set(names) | set(base_names)), b, s, vocab, pad_tail=False)
                     runners = {}
                     for key, se, nm in (("model", sess, names), ("baseline", base_sess, base_names)):
                         feed = {k: v.numpy() for k, v in inp.items() if k in nm}
                         runners[key] = _cuda_iobinding_runner(se, feed) if prov == "cuda" else (lambda se=se, feed=feed: ort_run(se, feed))
                     per = {"model": [], "baseline": []}
-                    for _ in range(cfg.rounds):
-                        for key in ("model", "baseline"):
+                    for r in range(cfg.rounds):
+                        for key in (("model", "baseline") if r % 2 == 0 else ("baseline", "model")):
                             per[key].append(time_fn(runners[key], cfg.warmup, cfg.iters, cfg.min_time_s)["p50_ms"])
                     m, bl = statistics.median(per["model"]), statistics.median(per["baseline"])
-                    rows.append({"engine": f"ort-{prov}", "batch": b, "seq": s, "p50_ms": m, "baseline_p50_ms": bl, "speedup": bl / m,
+                    sp = statistics.median(x / y for x, y in zip(per["baseline"], per["model"]))
+                    rows.append({"engine": f"ort-{prov}", "batch": b, "seq": s, "p50_ms": m, "baseline_p50_ms": bl, "speedup": sp,
                                  "rounds_p50_ms": per["model"], "rounds_baseline_p50_ms": per["baseline"]})
-                    ctx.log(f"  vs {cfg.baseline}: ort-{prov} batch {b:3d} x seq {s:4d}: {m:8.2f} ms vs {bl:8.2f} ms -> {bl / m:.2f}x")
+                    ctx.log(f"  vs {cfg.baseline}: ort-{prov} batch {b:3d} x seq {s:4d}: {m:8.2f} ms vs {bl:8.2f} ms -> {sp:.2f}x")
         rel = lambda p: str(p.relative_to(ctx.run_dir)) if p.is_relative_to(ctx.run_dir) else str(p)  # noqa: E731
         return {"baseline": cfg.baseline, "baseline_onnx": rel(base_path), "rounds": cfg.rounds, "rows": rows,
                 "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2), "baseline_onnx_mb": round(base_path.stat().st_size / 2**20, 2)}

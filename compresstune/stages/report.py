@@ -135,7 +135,8 @@ class ReportStage(Stage):
                 cmp = sm.get("comparison")
                 if cmp:
                     L += ["", f"Back to back against `{cmp['baseline']}` ({cmp['baseline_onnx']}, {cmp['baseline_onnx_mb']} MB vs this model's "
-                          f"{cmp['onnx_mb']} MB): {cmp['rounds']} interleaved rounds per point, median round's p50.", "",
+                          f"{cmp['onnx_mb']} MB): {cmp['rounds']} rounds per point, each timing both back to back (order alternating); p50s are medians over "
+                          "rounds, the speed-up the median of the per-round ratios.", "",
                           "| engine | batch x seq | this p50 (ms) | baseline p50 (ms) | speed-up |", "|---|---|---|---|---|"]
                     for row in cmp["rows"]:
                         L.append(f"| {row['engine']} | {row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | {row['baseline_p50_ms']:.2f} | {row['speedup']:.2f}x |")
