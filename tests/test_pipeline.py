@@ -89,6 +89,7 @@ def test_reuse_from_copies_stages_with_the_same_fingerprint_under_other_names(tm
     assert man["stages"]["teacher_export"]["summary"]["model_dir"] == "01_teacher/model"  # rewritten to this run's folder
     assert man["stages"]["teacher"]["reused_from"].endswith("01_finetune")
     assert {row["engine"] for row in man["stages"]["benchmark"]["summary"]["rows"]} == {"ort-cpu", "torch-cpu"}
+    assert man["stages"]["teacher_export"]["inputs"] == ["teacher"]
     a = load_file(tmp_path / "exported" / "t" / "01_finetune" / "model" / "model.safetensors")
     b = load_file(tmp_path / "exported" / "b" / "01_teacher" / "model" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)

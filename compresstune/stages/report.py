@@ -73,7 +73,8 @@ class ReportStage(Stage):
         for ref in ctx.inputs:
             rec = manifest.stages.get(ref.name, {})
             stages[ref.name] = {"type": ref.type, "fingerprint": rec.get("fingerprint"), "output": rec.get("output"),
-                                "wall_time_s": rec.get("wall_time_s"), "peak_rss_mb": rec.get("peak_rss_mb"), "summary": ref.summary}
+                                "wall_time_s": rec.get("wall_time_s"), "peak_rss_mb": rec.get("peak_rss_mb"), "summary": ref.summary,
+                                "reused_from": rec.get("reused_from")}
         report = {"run": ctx.run_dir.name, "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config_file": ctx.pipeline.source,
                   "model": ctx.pipeline.model, "task": ctx.pipeline.task.name, "machine": machine_info(), "versions": versions(),
                   "stages": stages}
@@ -109,7 +110,8 @@ class ReportStage(Stage):
              "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
              "## Stages", "", "| stage | type | wall time (s) | peak RSS (MB) | fingerprint |", "|---|---|---|---|---|"]
         for n, s in r["stages"].items():
-            L.append(f"| {n} | {s['type']} | {_fmt(s['wall_time_s'], 1)} | {_fmt(s['peak_rss_mb'], 0)} | `{s['fingerprint']}` |")
+            L.append(f"| {n} | {s['type']} | {_fmt(s['wall_time_s'], 1)}{' (reused from ' + s['reused_from'] + ')' if s.get('reused_from') else ''} "
+                     f"| {_fmt(s['peak_rss_mb'], 0)} | `{s['fingerprint']}` |")
         for n, s in r["stages"].items():
             sm = s["summary"]
             if s["type"] == "finetune":
