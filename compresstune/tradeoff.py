@@ -104,12 +104,13 @@ def plot(rows: list[dict], path: Path, points: list[str] | None = None) -> None:
         xs = [r["points"][p]["speedup"] for r in have]
         ys = [r["dev"] for r in have]
         ax.scatter(xs, ys, zorder=3)
-        for r, x, y in zip(have, xs, ys):
-            ax.annotate(r["run"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for i, (r, x, y) in enumerate(sorted(zip(have, xs, ys), key=lambda t: (t[2], t[1]))):
+            ax.annotate(r["run"], (x, y), textcoords="offset points", xytext=(-10, 6 + 9 * (i % 3)), fontsize=7, ha="right")  # staggered
         if have:
             base = sum(r["baseline_dev"] for r in have) / len(have)
             ax.scatter([1.0], [base], marker="*", s=160, color="black", zorder=4, label="uncompressed")
             ax.axhline(base - 1.0, color="grey", ls=":", lw=1, label="-1 point")
+        ax.margins(x=0.1, y=0.25)
         ax.set_xlabel(f"ONNX Runtime CPU speed-up at batch x seq {p}")
         ax.set_ylabel(f"dev {rows[0]['metric']}")
         ax.grid(alpha=0.3)
