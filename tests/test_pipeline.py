@@ -192,6 +192,7 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
     c = man["stages"]["compress"]["summary"]
     assert c["after"]["params"]["encoder"] < c["before"]["params"]["encoder"]
     assert c["after"]["gflops_per_seq"]["128"] < c["before"]["gflops_per_seq"]["128"]
+    assert set(c["after"]["gflops_per_seq"]) == {"16", "64", "128"}  # the benchmark's lengths too
     assert man["stages"]["merge"]["summary"]["max_abs_diff"] <= 1e-4
     ex = man["stages"]["export"]["summary"]
     assert max(ex["max_abs_diff"].values()) < 1e-4

@@ -42,8 +42,13 @@ def _unlabelled(ctx: StageContext) -> Split:
     return Split(tr.texts, [0] * len(tr))
 
 
-def _summary_of(model) -> dict:
-    out = {"params": count_params(model), "gflops_per_seq": {str(s): round(encoder_flops(model, s) / 1e9, 4) for s in FLOP_SEQS},
+def _flop_seqs(ctx) -> list[int]:
+    """128 (the budget's default length) and 64, plus every benchmark stage's sequence lengths."""
+    return sorted(set(FLOP_SEQS) | {s for st in ctx.pipeline.stages.values() if st.type == "benchmark" for s in st.seq_lengths})
+
+
+def _summary_of(model, seqs=FLOP_SEQS) -> dict:
+    out = {"params": count_params(model), "gflops_per_seq": {str(s): round(encoder_flops(model, s) / 1e9, 4) for s in seqs},
            "layers": len(encoder_layers(model))}
     return out
 
@@ -61,7 +66,7 @@ class CompressStage(Stage):
         has_head = ctx.input_model_dir() is not None  # a fine-tuned input has a trained head worth scoring
         dev_enc = encode(tok, task.dev, ctx.pipeline.task.max_length)
         pad = tok.pad_token_id or 0
-        before = _summary_of(model)
+        before = _summary_of(model, _flop_seqs(ctx))
         if has_head:
             before["dev"] = evaluate(model, task, dev_enc, pad)["main"]
         teacher = copy.deepcopy(model)
@@ -81,7 +86,7 @@ class CompressStage(Stage):
         if heal:
             info["distill"] = self._distill(ctx, teacher, student, tok, info.get("keep_layers"))
         student.to("cpu").eval()
-        after = _summary_of(student)
+        after = _summary_of(student, _flop_seqs(ctx))
         task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific"
         if has_head or task_specific:
             after["dev"] = evaluate(student, task, dev_enc, pad)["main"]
