@@ -145,3 +145,16 @@ def test_uniform_ffn_only_pruning_stays_a_plain_hf_checkpoint(tiny_bert, tmp_pat
     assert load_model(tmp_path / "f")[2]["plain_hf"]
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "f").eval()
     assert torch.allclose(plain(**x).logits, y, atol=1e-6)
+
+
+def test_head_ratio_means_the_nearest_whole_number_of_heads(tiny_bert):
+    import math
+
+    from compresstune.compress.prune import exact_head_ratio
+
+    # torch-pruning removes ceil(ratio * heads): 0.667 of 12 heads would remove 9, not 8
+    assert math.ceil(exact_head_ratio(0.667, 12) * 12) == 8 and math.ceil(exact_head_ratio(0.5, 12) * 12) == 6
+    assert exact_head_ratio(0.01, 12) == 0.0
+    m = _model(tiny_bert)  # 4 heads per layer
+    rep = prune_model(m, PruneSpec(0.3, 0.5, "uniform"))  # 1.2 heads -> 1 removed (ceil would remove 2)
+    assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [3, 3]

@@ -70,6 +70,13 @@ def _example_inputs(model: nn.Module, seq: int = 16) -> dict:
     return dummy_inputs(model_inputs(model), 2, seq, model.config.vocab_size, pad_tail=False)
 
 
+def exact_head_ratio(ratio: float, heads: int) -> float:
+    """torch-pruning removes ceil(ratio * heads) heads per layer in uniform mode, so 0.667 of 12
+    (8.004) removes 9; we mean the nearest whole count (8), so pass a ratio just under it."""
+    n = round(ratio * heads)
+    return 0.0 if n == 0 else max(0.0, n / heads - 1e-6)
+
+
 def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
     import torch_pruning as tp
 
@@ -87,7 +94,8 @@ def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
     ratio = spec.ffn_ratio if not spec.prune_hidden else max(spec.ffn_ratio, spec.hidden_ratio)
     return tp.pruner.MetaPruner(
         model, example, importance=importance, global_pruning=spec.mode == "global", pruning_ratio=ratio,
-        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=spec.head_ratio,
+        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+        head_pruning_ratio=exact_head_ratio(spec.head_ratio, max(num_heads.values(), default=1)),
         output_transform=lambda out: out.logits.sum(), max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
     )
 
