@@ -133,13 +133,12 @@ class FinetuneConfig(LearnerOptions, TrainOptions, StageConfig):
 
 
 class CompressConfig(TrainOptions, StageConfig):
-    @field_validator("prune_hidden")
-    @classmethod
-    def _no_hidden(cls, v):
-        if v:
-            raise ValueError("pruning the hidden size is not supported yet (the config, embeddings and every residual-stream "
-                             "layer would need resizing and the artifact could not be reloaded); set prune_hidden: false")
-        return v
+    @model_validator(mode="after")
+    def _hidden_heal(self):
+        if self.method == "prune" and self.hidden_ratio > 0 and self.heal_epochs > 0 and self.hidden_weight > 0:
+            raise ValueError("hidden_ratio > 0 changes the hidden size, so healing cannot match hidden states (no projection is "
+                             "added); set hidden_weight: 0 to heal on the teacher's logits alone")
+        return self
 
     type: Literal["compress"] = "compress"
     method: Literal["prune", "distill"] = Field("prune", description="structured pruning, or distillation into a student")
@@ -152,7 +151,8 @@ class CompressConfig(TrainOptions, StageConfig):
     target_params: int | None = Field(None, gt=0, description="prune: total parameter budget")
     target_gflops: float | None = Field(None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens")
     flops_seq: int = Field(128, gt=0)
-    prune_hidden: bool = Field(False, description="prune: also prune the hidden size (not supported yet)")
+    hidden_ratio: float = Field(0.0, ge=0, lt=1, description="prune: share of the hidden size (the residual stream: embeddings, every "
+                                "layer's input and output, LayerNorms) to remove too, rounded so the head count still divides it; 0 = keep it")
     calibration: Literal["task", "text"] = Field("task", description="Taylor/distill data: the task's labelled train set, or unlabelled text")
     calibration_examples: int = Field(256, gt=0, description="prune: examples for Taylor scores")
     text_file: str | None = Field(None, description="unlabelled text, one example per line (default: the task's training sentences without labels)")

@@ -158,3 +158,40 @@ def test_head_ratio_means_the_nearest_whole_number_of_heads(tiny_bert):
     m = _model(tiny_bert)  # 4 heads per layer
     rep = prune_model(m, PruneSpec(0.3, 0.5, "uniform"))  # 1.2 heads -> 1 removed (ceil would remove 2)
     assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [3, 3]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_distilbert"])
+def test_hidden_size_pruning_shrinks_the_residual_stream_and_reloads(request, fixture, tmp_path):
+    from transformers import AutoTokenizer
+
+    path = request.getfixturevalue(fixture)
+    m = _model(path)
+    rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", hidden_ratio=0.25))  # 32 -> 24 (a multiple of the 4 config heads)
+    hidden = m.config.hidden_size if fixture == "tiny_bert" else m.config.dim
+    assert hidden == 24
+    emb = m.distilbert.embeddings if fixture == "tiny_distilbert" else m.bert.embeddings
+    assert emb.word_embeddings.weight.shape[1] == 24 and emb.LayerNorm.normalized_shape[0] == 24
+    assert [(s["heads"], s["head_dim"], s["ffn"]) for s in rep["after"]["layer_shapes"]] == [(2, 8, 32), (2, 8, 32)]  # head size kept
+    assert rep["after"]["params"]["embeddings"] < 0.8 * rep["before"]["params"]["embeddings"]
+    x = _x()
+    y = m(**x).logits
+    assert torch.isfinite(y).all()
+    save_model(m, AutoTokenizer.from_pretrained(path), tmp_path / "p", {"num_labels": 2})
+    m2, _, meta = load_model(tmp_path / "p")
+    assert not meta["plain_hf"] and torch.allclose(m2(**x).logits, y, atol=1e-6)
+    sess = make_session(export_onnx(m2, tmp_path / "p.onnx"), "cpu")
+    assert max(max_abs_diff_at_shapes(m2, sess, [(1, 7), (3, 19)]).values()) < 1e-4
+
+
+def test_hidden_pruning_with_hidden_state_healing_is_a_config_error(tmp_path, tiny_bert, glue_dir):
+    from click.testing import CliRunner
+
+    from compresstune.cli import main
+    from conftest import write_pipeline
+
+    extra = "compress: {method: prune, hidden_ratio: 0.25, heal_epochs: 0.5}\n"
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[compress, export]")
+    r = CliRunner().invoke(main, ["pipeline", "validate", str(p)])
+    assert r.exit_code == 2 and "hidden_weight: 0" in r.output
+    r = CliRunner().invoke(main, ["pipeline", "validate", str(p), "compress.hidden_weight=0"])
+    assert r.exit_code == 0, r.output

@@ -240,3 +240,17 @@ def test_distilbert_learner_pipeline(tmp_path, tiny_distilbert, glue_dir):
     assert ft["param_groups"]["head"]["trainable"] == 32 * 32 + 32 + 32 * 2 + 2  # pre_classifier + classifier
     assert man["stages"]["merge"]["summary"]["plain_hf"]
     assert max(man["stages"]["export"]["summary"]["max_abs_diff"].values()) < 1e-4
+
+
+def test_hidden_pruning_heal_on_logits_then_learners_merge_export(tmp_path, tiny_bert, glue_dir):
+    extra = ("teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
+             "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, hidden_ratio: 0.25, heal_epochs: 0.5, "
+             "hidden_weight: 0, lr: 1.0e-3}\n")
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[teacher, compress, finetune, merge, export]")
+    r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
+    c = man["stages"]["compress"]["summary"]
+    assert c["after"]["params"]["embeddings"] < c["before"]["params"]["embeddings"]  # the residual stream shrank
+    assert c["distill"]["steps"] == 2 and man["stages"]["merge"]["summary"]["max_abs_diff"] <= 1e-4
+    assert max(man["stages"]["export"]["summary"]["max_abs_diff"].values()) < 1e-4

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from ..artifacts import fix_attention_attributes, layer_shapes
-from ..models import arch_for, base_linear, encoder_layers, get_module
+from ..models import SkippedAttention, arch_for, base_linear, encoder_layers, get_module
 
 
 @dataclass
@@ -34,8 +34,7 @@ class PruneSpec:
     ffn_ratio: float = 0.5
     mode: str = "uniform"  # or "global"
     importance: str = "magnitude"  # or "taylor"
-    prune_hidden: bool = False
-    hidden_ratio: float = 0.0
+    hidden_ratio: float = 0.0  # share of the hidden size removed in a second pass (0 = keep it)
 
 
 def count_params(model: nn.Module) -> dict:
@@ -89,15 +88,41 @@ def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
         heads = int(getattr(att, aspec.heads_attr))
         for role in ("q", "k", "v"):
             num_heads[get_module(layer, getattr(aspec, role))] = heads
-        if not spec.prune_hidden:
-            ignored += [get_module(layer, aspec.o), get_module(layer, aspec.ffn_out)]
-    ratio = spec.ffn_ratio if not spec.prune_hidden else max(spec.ffn_ratio, spec.hidden_ratio)
+        ignored += [get_module(layer, aspec.o), get_module(layer, aspec.ffn_out)]  # the hidden size is a separate pass
     return tp.pruner.MetaPruner(
-        model, example, importance=importance, global_pruning=spec.mode == "global", pruning_ratio=ratio,
+        model, example, importance=importance, global_pruning=spec.mode == "global", pruning_ratio=spec.ffn_ratio,
         ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
         head_pruning_ratio=exact_head_ratio(spec.head_ratio, max(num_heads.values(), default=1)),
         output_transform=lambda out: out.logits.sum(), max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
     )
+
+
+def _hidden_pruner(model: nn.Module, hidden_ratio: float, importance, example):
+    """Second pass: only the residual stream. Every layer whose output is a head or FFN
+    dimension (Q, K, V, FFN-in) and the logits layer are ignored, so what is left is the
+    hidden size, shared by the embeddings, each attention output and FFN output, every
+    LayerNorm and every reader's input, plus the pooler's (pre-classifier's) own output,
+    which HF sizes as the hidden size too. The kept width is rounded down to a
+    multiple of the config's head count, which HF checks when it rebuilds the model."""
+    import torch_pruning as tp
+
+    aspec = arch_for(model)
+    hidden = getattr(model.config, aspec.config_hidden)
+    heads = getattr(model.config, aspec.config_heads)
+    keep = max(heads, (round(hidden * (1 - hidden_ratio)) // heads) * heads)
+    ratio = (hidden - keep) / hidden
+    ignored = []
+    for h in aspec.head_modules:  # the logits keep their width; the pooler / pre-classifier shrinks with hidden (HF sizes it so)
+        ignored += [m for m in get_module(model, h).modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
+    for layer in encoder_layers(model):
+        for role in ("q", "k", "v", "ffn_in"):
+            try:
+                ignored.append(get_module(layer, getattr(aspec, role)))
+            except AttributeError:
+                pass  # skipped attention
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=False, pruning_ratio=ratio,
+                                  ignored_layers=ignored, output_transform=lambda out: out.logits.sum())
+    return pruner, keep
 
 
 def _taylor_gradients(model: nn.Module, batches, labelled: bool) -> None:
@@ -132,6 +157,21 @@ def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled:
             _taylor_gradients(model, calib_batches, labelled)
         for group in pruner.step(interactive=True):
             group.prune()
+        model.zero_grad(set_to_none=True)
+        fix_attention_attributes(model)
+        if spec.hidden_ratio > 0:
+            aspec = arch_for(model)
+            head_dims = [s["head_dim"] for s in layer_shapes(model)]
+            pruner, keep = _hidden_pruner(model, spec.hidden_ratio, importance, example)
+            if spec.importance == "taylor":
+                _taylor_gradients(model, calib_batches, labelled)
+            for group in pruner.step(interactive=True):
+                group.prune()
+            setattr(model.config, aspec.config_hidden, keep)
+            for layer, hd in zip(encoder_layers(model), head_dims):  # the head size is its own, not hidden / heads
+                if not isinstance(get_module(layer, aspec.attn_block), SkippedAttention) and aspec.head_dim_attr:
+                    setattr(get_module(layer, aspec.attention), aspec.head_dim_attr, hd)
+            _check_hidden(model, keep)
     model.zero_grad(set_to_none=True)
     fix_attention_attributes(model)
     shapes = layer_shapes(model)
@@ -143,11 +183,24 @@ def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled:
             "after": {"layer_shapes": layer_shapes(model), "params": count_params(model)}}
 
 
+def _check_hidden(model: nn.Module, keep: int) -> None:
+    """Every module on the residual stream must now have width ``keep``."""
+    aspec = arch_for(model)
+    bad = []
+    for name, m in get_module(model, aspec.base).named_modules():
+        if isinstance(m, nn.LayerNorm) and m.normalized_shape[0] != keep:
+            bad.append(f"{name} ({m.normalized_shape[0]})")
+        elif isinstance(m, nn.Embedding) and m.embedding_dim != keep:
+            bad.append(f"{name} ({m.embedding_dim})")
+    if bad:
+        raise RuntimeError(f"hidden-size pruning left modules at another width than {keep}: {', '.join(bad[:5])}")
+
+
 def ratio_for_budget(model: nn.Module, spec: PruneSpec, measure, target: float, iters: int = 12) -> float:
     """Bisection on one ratio r (heads and FFN alike) so that ``measure(pruned) <= target``."""
     lo, hi = 0.0, 0.95
     trial = copy.deepcopy(model)
-    prune_model(trial, PruneSpec(hi, hi, spec.mode, "magnitude", spec.prune_hidden, hi if spec.prune_hidden else 0.0))
+    prune_model(trial, PruneSpec(hi, hi, spec.mode, "magnitude", spec.hidden_ratio))
     if measure(trial) > target:
         from ..errors import UserError
 
@@ -156,7 +209,7 @@ def ratio_for_budget(model: nn.Module, spec: PruneSpec, measure, target: float, 
     for _ in range(iters):
         mid = (lo + hi) / 2
         trial = copy.deepcopy(model)
-        prune_model(trial, PruneSpec(mid, mid, spec.mode, "magnitude", spec.prune_hidden, mid if spec.prune_hidden else 0.0))
+        prune_model(trial, PruneSpec(mid, mid, spec.mode, "magnitude", spec.hidden_ratio))
         if measure(trial) <= target:
             hi = mid
         else:

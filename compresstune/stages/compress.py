@@ -18,7 +18,7 @@ from ..compress.distill import DistillLoss, every_other, keep_layers_student
 from ..compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
 from ..data import Split
 from ..errors import UserError
-from ..models import encoder_layers
+from ..models import arch_for, encoder_layers
 from ..train import collate, encode, evaluate, model_inputs, train
 from .base import Stage, StageContext, register
 from .finetune import load_plain_input_model, train_spec
@@ -99,7 +99,7 @@ class CompressStage(Stage):
 
     def _prune(self, ctx, model, tok):
         cfg = ctx.cfg
-        spec = PruneSpec(cfg.head_ratio, cfg.ffn_ratio, cfg.mode, cfg.importance, cfg.prune_hidden, cfg.ffn_ratio if cfg.prune_hidden else 0.0)
+        spec = PruneSpec(cfg.head_ratio, cfg.ffn_ratio, cfg.mode, cfg.importance, cfg.hidden_ratio)
         if cfg.target == "params":
             if not cfg.target_params:
                 raise UserError(f"{ctx.name}.target_params: required with target: params.")
@@ -141,6 +141,11 @@ class CompressStage(Stage):
         if task_specific and ctx.input_model_dir() is None:
             raise UserError(f"{ctx.name}: distill_mode task_specific distils the teacher's logits, but the teacher is the pretrained model with an "
                             f"untrained head. Put a fine-tuned teacher first (`{ctx.name}.input: teacher`) or use distill_mode: task_agnostic.")
+        hid = arch_for(teacher).config_hidden
+        if cfg.hidden_weight and getattr(teacher.config, hid) != getattr(student.config, hid):
+            raise UserError(f"{ctx.name}.hidden_weight: the student's hidden size ({getattr(student.config, hid)}, after hidden_ratio) differs "
+                            f"from the teacher's ({getattr(teacher.config, hid)}), so hidden states cannot be matched without a projection; "
+                            f"set {ctx.name}.hidden_weight: 0 to heal on the teacher's logits alone.")
         teacher.to(ctx.device)  # train() moves only the student
         n_t = len(encoder_layers(teacher))
         layer_map = keep if keep is not None else list(range(n_t))
