@@ -143,6 +143,8 @@ def pipeline_status(run, output_dir, as_json):
         click.echo(f"  {s['name']:12s} {s['type'] or '':10s} {s['status']:8s} {s['fingerprint'] or '-':16s} {t:>9s}  {s['output'] or ''}")
         if s["error"]:
             click.echo(f"      error: {s['error']}")
+        if s.get("reused_from"):
+            click.echo(f"      reused from {s['reused_from']} (the time shown was spent there)")
 
 
 @main.group(cls=_Group)

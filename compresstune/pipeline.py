@@ -231,5 +231,5 @@ def run_status(run_dir: Path) -> dict:
         rec = m.stages.get(name, {})
         out["stages"].append({"name": name, "type": rec.get("type"), "status": rec.get("status", "pending"),
                               "fingerprint": rec.get("fingerprint"), "output": str(run_dir / rec["output"]) if rec.get("output") else None,
-                              "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error")})
+                              "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"), "reused_from": rec.get("reused_from")})
     return out
