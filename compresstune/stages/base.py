@@ -77,6 +77,10 @@ class StageContext:
         return {"name": d.name, "num_labels": d.num_labels, "metric": d.metric, "is_regression": d.is_regression,
                 "label_names": d.label_names, "max_length": self.pipeline.task.max_length}
 
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the run folder when it is inside it (summaries stay movable), else as is."""
+        return str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)
+
     def input_of_kind(self, kind: str) -> InputRef | None:
         """The nearest input (searching back through inputs' own inputs) that produced ``kind`` ('model' or 'onnx')."""
         for ref in self.inputs:

@@ -102,7 +102,7 @@ class BenchmarkStage(Stage):
         import onnxruntime as ort
 
         comparison = self._compare(ctx, sessions, onnx_path, base_ref, names, vocab) if base_ref is not None else None
-        return {"comparison": comparison, "onnx": str(onnx_path.relative_to(ctx.run_dir)) if onnx_path.is_relative_to(ctx.run_dir) else str(onnx_path),
+        return {"comparison": comparison, "onnx": ctx.rel(onnx_path),
                 "providers": providers, "active_providers": {p: s.get_providers() for p, s in sessions.items()},
                 "threads": cfg.threads, "rows": rows, "machine": machine_info(),
                 "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__}}
@@ -136,6 +136,5 @@ class BenchmarkStage(Stage):
                     rows.append({"engine": f"ort-{prov}", "batch": b, "seq": s, "p50_ms": m, "baseline_p50_ms": bl, "speedup": sp,
                                  "rounds_p50_ms": per["model"], "rounds_baseline_p50_ms": per["baseline"]})
                     ctx.log(f"  vs {cfg.baseline}: ort-{prov} batch {b:3d} x seq {s:4d}: {m:8.2f} ms vs {bl:8.2f} ms -> {sp:.2f}x")
-        rel = lambda p: str(p.relative_to(ctx.run_dir)) if p.is_relative_to(ctx.run_dir) else str(p)  # noqa: E731
-        return {"baseline": cfg.baseline, "baseline_onnx": rel(base_path), "rounds": cfg.rounds, "rows": rows,
+        return {"baseline": cfg.baseline, "baseline_onnx": ctx.rel(base_path), "rounds": cfg.rounds, "rows": rows,
                 "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2), "baseline_onnx_mb": round(base_path.stat().st_size / 2**20, 2)}

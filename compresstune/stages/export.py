@@ -54,7 +54,7 @@ class ExportStage(Stage):
             raise CheckFailed(f"{ctx.name}: ONNX dev {task.metric} {onnx_metrics['main']:.2f} differs from PyTorch {torch_metrics['main']:.2f} by more than {cfg.metric_tolerance} points.")
         return {
             "onnx": "model.onnx", "opset": cfg.opset, "size_mb": round(os.path.getsize(path) / 2**20, 2),
-            "model_dir": str(mdir.relative_to(ctx.run_dir)) if mdir.is_relative_to(ctx.run_dir) else str(mdir),
+            "model_dir": ctx.rel(mdir),
             "max_abs_diff": diffs, "atol": cfg.atol, "metric": task.metric,
             "dev_pytorch": torch_metrics, "dev_onnx": onnx_metrics, "dev_gap_points": gap, **cuda,
         }
