@@ -232,14 +232,16 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for label, r in res["rows"].items():
+    for i, (label, r) in enumerate(res["rows"].items()):
         c = r["curves"][0]
         if not c:
             continue
-        line, = a1.plot([p[0] for p in c], [p[2] for p in c], marker=".", label=label)
+        # ten colours, then the same colours dashed: an 11th method must not share full FT's line
+        style = {"color": f"C{i % 10}", "ls": ("-", "--", ":")[(i // 10) % 3]}
+        a1.plot([p[0] for p in c], [p[2] for p in c], marker=".", label=label, **style)
         for extra in r["curves"][1:]:
-            a1.plot([p[0] for p in extra], [p[2] for p in extra], color=line.get_color(), alpha=0.3)
-        a2.plot([p[1] for p in c], [p[3] for p in c], marker=".", label=label, color=line.get_color())
+            a1.plot([p[0] for p in extra], [p[2] for p in extra], alpha=0.3, **style)
+        a2.plot([p[1] for p in c], [p[3] for p in c], marker=".", label=label, **style)
     if res.get("full_best_mean"):
         a1.axhline(0.99 * res["full_best_mean"], color="gray", ls="--", lw=1, label="99% of full FT")
     a1.set_xlabel("training time (s, evaluation excluded)")

@@ -178,3 +178,22 @@ def test_adapters_start_as_identity(tiny_distilbert):
         ref = m(**x).logits
         add_adapters(m, kind, 8)
         assert torch.allclose(m(**x).logits, ref, atol=1e-6)
+
+
+def test_primed_learner_saves_one_low_precision_copy_of_its_input():
+    """Under autocast, base and branch share one cast of x, so backward keeps it once."""
+    from compresstune.learners.learner import LearnerLinear
+    from compresstune.memory import SavedActivations
+
+    torch.manual_seed(0)
+    lin = LearnerLinear(torch.nn.Linear(64, 48), rank=4)
+    x = torch.randn(8, 16, 64)  # the base weight trains too, as during priming
+    with SavedActivations() as sa, torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    copies_of_x = [n for n in sa.seen.values() if n == x.numel() * 2]  # bf16 bytes of x
+    assert len(copies_of_x) == 1
+    y.float().sum().backward()
+    assert lin.P1.grad is not None and lin.base.weight.grad is not None
+    with torch.no_grad():  # and the output is the plain formula
+        ref = lin.base(x) + (x @ lin.P1) @ lin.P2
+    assert torch.allclose(lin(x), ref)

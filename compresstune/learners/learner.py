@@ -61,7 +61,15 @@ class LearnerLinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.P1) @ self.P2)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            # cast once for both branches: autocast would make two low-precision copies of x,
+            # and backward would keep both (the base's for a primed W, the branch's for P1)
+            x = x.to(torch.get_autocast_dtype(dev))
+        branch = (x @ self.P1) @ self.P2
+        if self.scale != 1.0:
+            branch = branch * self.scale
+        return self.base(x) + branch
 
     def merged_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with the Learner folded in (computed in fp32)."""
