@@ -183,6 +183,7 @@ def summarize(specs, runs, lrs, args) -> dict:
             "trainable_params": ft[0]["trainable_params"], "total_params": ft[0]["total_params"],
             "train_time_s": _ms([s["train_time_s"] for s in ft]), "epoch_time_s": _ms([s["train_time_s"] / s["epochs"] for s in ft]),
             "time_to_99_s": _ms(t99) if all(t is not None for t in t99) else (None, None), "reached_99": sum(t is not None for t in t99),
+            "time_to_99_per_seed_s": t99,
             "peak_rss_mb": _ms([s["resources"]["peak_rss_mb"] for s in ft]),
             "peak_rss_increase_mb": _ms([s["resources"]["peak_rss_increase_mb"] for s in ft]),
             "merge_max_abs_diff": max(merges) if merges else None,
@@ -200,6 +201,15 @@ def _f(ms, nd=2):
     return f"{m:.{nd}f}" + (f" ± {s:.{nd}f}" if s else "")
 
 
+def _partial_t99(r: dict) -> str:
+    """Time to 99% when only some seeds got there: each seed's time, '-' for a seed that never did."""
+    per = r.get("time_to_99_per_seed_s")
+    n = len(r["per_seed_best"])
+    if not r["reached_99"] or per is None:
+        return f"reached by {r['reached_99']}/{n} seeds"
+    return f"reached by {r['reached_99']}/{n} seeds: " + ", ".join("-" if t is None else f"{t:.0f}" for t in per)
+
+
 def to_markdown(res: dict) -> str:
     full = res["rows"].get("full")
     L = [f"Task {res['task']} ({res['train_examples']} train examples), model {res['model']}, {res['epochs']} epochs, batch {res['batch_size']}, "
@@ -209,7 +219,7 @@ def to_markdown(res: dict) -> str:
     if res.get("methods_pending"):
         L.insert(1, f"Not run yet: {', '.join(res['methods_pending'])}.")
     for label, r in res["rows"].items():
-        t99 = _f(r["time_to_99_s"], 0) if r["time_to_99_s"][0] is not None else f"not reached ({r['reached_99']}/{len(r['per_seed_best'])} seeds)"
+        t99 = _f(r["time_to_99_s"], 0) if r["time_to_99_s"][0] is not None else _partial_t99(r)
         exp = f"{r['export']['dev_onnx']:.2f} ({r['export']['dev_pytorch']:.2f})" if r["export"] else "-"
         merge = "-" if r["merge_max_abs_diff"] is None else f"{r['merge_max_abs_diff']:.1e}"
         L.append(f"| {label} | {r['lr']:g} | {r['trainable_params']:,} | {_f(r['best'])} | {_f(r['final'])} | {_f(r['train_time_s'], 0)} | "

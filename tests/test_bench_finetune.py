@@ -42,6 +42,7 @@ def test_summary_time_to_99_and_relative_table():
     md = to_markdown(res)
     assert "| learner64-p2 | 0.001 | 10 | 49.50 ± 0.71 |" in md
     assert "| learner64-p2 | -1.50 | -40.0% | -40.0% |" in md
+    assert "| reached by 1/2 seeds: -, 10 |" in md and "| reached by 0/2 seeds |" in md
 
 
 def test_speed_and_memory_bench_on_tiny_model(tiny_bert, glue_dir):
