@@ -115,11 +115,8 @@ def _hidden_pruner(model: nn.Module, hidden_ratio: float, importance, example):
     for h in aspec.head_modules:  # the logits keep their width; the pooler / pre-classifier shrinks with hidden (HF sizes it so)
         ignored += [m for m in get_module(model, h).modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
     for layer in encoder_layers(model):
-        for role in ("q", "k", "v", "ffn_in"):
-            try:
-                ignored.append(get_module(layer, getattr(aspec, role)))
-            except AttributeError:
-                pass  # skipped attention
+        skipped = isinstance(get_module(layer, aspec.attn_block), SkippedAttention)
+        ignored += [get_module(layer, getattr(aspec, role)) for role in (("ffn_in",) if skipped else ("q", "k", "v", "ffn_in"))]
     pruner = tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=False, pruning_ratio=ratio,
                                   ignored_layers=ignored, output_transform=lambda out: out.logits.sum())
     return pruner, keep
@@ -138,6 +135,17 @@ def _taylor_gradients(model: nn.Module, batches, labelled: bool) -> None:
         loss.backward()
 
 
+def _run_pass(model: nn.Module, pruner, importance: str, calib_batches, labelled: bool) -> None:
+    """One torch-pruning pass: Taylor gradients if asked, prune every group, drop the gradients,
+    and make the attention modules' head counts match their new weights."""
+    if importance == "taylor":
+        _taylor_gradients(model, calib_batches, labelled)
+    for group in pruner.step(interactive=True):
+        group.prune()
+    model.zero_grad(set_to_none=True)
+    fix_attention_attributes(model)
+
+
 def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled: bool = True) -> dict:
     """Prune ``model`` in place; returns what changed. ``calib_batches``: [(inputs, labels)] for Taylor."""
     import torch_pruning as tp
@@ -152,28 +160,18 @@ def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled:
     example = _example_inputs(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pruner = _pruner(model, spec, importance, example)
-        if spec.importance == "taylor":
-            _taylor_gradients(model, calib_batches, labelled)
-        for group in pruner.step(interactive=True):
-            group.prune()
-        model.zero_grad(set_to_none=True)
-        fix_attention_attributes(model)
+        _run_pass(model, _pruner(model, spec, importance, example), spec.importance, calib_batches, labelled)
         if spec.hidden_ratio > 0:
             aspec = arch_for(model)
             head_dims = [s["head_dim"] for s in layer_shapes(model)]
             pruner, keep = _hidden_pruner(model, spec.hidden_ratio, importance, example)
-            if spec.importance == "taylor":
-                _taylor_gradients(model, calib_batches, labelled)
-            for group in pruner.step(interactive=True):
-                group.prune()
+            _run_pass(model, pruner, spec.importance, calib_batches, labelled)
             setattr(model.config, aspec.config_hidden, keep)
             for layer, hd in zip(encoder_layers(model), head_dims):  # the head size is its own, not hidden / heads
                 if not isinstance(get_module(layer, aspec.attn_block), SkippedAttention) and aspec.head_dim_attr:
                     setattr(get_module(layer, aspec.attention), aspec.head_dim_attr, hd)
+            fix_attention_attributes(model)
             _check_hidden(model, keep)
-    model.zero_grad(set_to_none=True)
-    fix_attention_attributes(model)
     shapes = layer_shapes(model)
     if len({s["ffn"] for s in shapes}) == 1:
         # uniform FFN widths fit in the HF config, so FFN-only pruning still gives a plain checkpoint;

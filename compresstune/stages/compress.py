@@ -18,7 +18,7 @@ from ..compress.distill import DistillLoss, every_other, keep_layers_student
 from ..compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
 from ..data import Split
 from ..errors import UserError
-from ..models import arch_for, encoder_layers
+from ..models import encoder_layers
 from ..train import collate, encode, evaluate, model_inputs, train
 from .base import Stage, StageContext, register
 from .finetune import load_plain_input_model, train_spec
@@ -66,7 +66,8 @@ class CompressStage(Stage):
         has_head = ctx.input_model_dir() is not None  # a fine-tuned input has a trained head worth scoring
         dev_enc = encode(tok, task.dev, ctx.pipeline.task.max_length)
         pad = tok.pad_token_id or 0
-        before = _summary_of(model, _flop_seqs(ctx))
+        seqs = _flop_seqs(ctx)
+        before = _summary_of(model, seqs)
         if has_head:
             before["dev"] = evaluate(model, task, dev_enc, pad)["main"]
         teacher = copy.deepcopy(model)
@@ -86,7 +87,7 @@ class CompressStage(Stage):
         if heal:
             info["distill"] = self._distill(ctx, teacher, student, tok, info.get("keep_layers"))
         student.to("cpu").eval()
-        after = _summary_of(student, _flop_seqs(ctx))
+        after = _summary_of(student, seqs)
         task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific"
         if has_head or task_specific:
             after["dev"] = evaluate(student, task, dev_enc, pad)["main"]
@@ -141,11 +142,6 @@ class CompressStage(Stage):
         if task_specific and ctx.input_model_dir() is None:
             raise UserError(f"{ctx.name}: distill_mode task_specific distils the teacher's logits, but the teacher is the pretrained model with an "
                             f"untrained head. Put a fine-tuned teacher first (`{ctx.name}.input: teacher`) or use distill_mode: task_agnostic.")
-        hid = arch_for(teacher).config_hidden
-        if cfg.hidden_weight and getattr(teacher.config, hid) != getattr(student.config, hid):
-            raise UserError(f"{ctx.name}.hidden_weight: the student's hidden size ({getattr(student.config, hid)}, after hidden_ratio) differs "
-                            f"from the teacher's ({getattr(teacher.config, hid)}), so hidden states cannot be matched without a projection; "
-                            f"set {ctx.name}.hidden_weight: 0 to heal on the teacher's logits alone.")
         teacher.to(ctx.device)  # train() moves only the student
         n_t = len(encoder_layers(teacher))
         layer_map = keep if keep is not None else list(range(n_t))
