@@ -154,7 +154,8 @@ def inspect():
 
 @inspect.command("params")
 @click.option("--model", "model_ref", required=True, help="Alias, folder, hub id, artifact folder, or config:TYPE (random weights from TYPE's default config, e.g. config:distilbert).")
-@click.option("--method", type=click.Choice(["full", "learner", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par", "far", "lora"]), default="learner", show_default=True)
+@click.option("--method", default="learner", show_default=True,
+              help="A registered fine-tuning method (full, learner, bitfit, freeze_ffn, adapters_seq, adapters_par, far, lora, ...).")
 @click.option("--rank", type=int, default=64, show_default=True, help="Learner/LoRA rank.")
 @click.option("--adapter-size", type=int, default=256, show_default=True)
 @click.option("--far-retention", type=float, default=0.1, show_default=True)
@@ -162,7 +163,12 @@ def inspect():
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def inspect_params(model_ref, method, rank, adapter_size, far_retention, num_labels, as_json):
     """Total, trainable and per-group parameter counts of a fine-tuning METHOD on MODEL."""
-    from .inspect import build_model, param_report
+    from .bench.params import build_model, param_report
+    from .methods import all_methods
+
+    if method not in all_methods():
+        raise click.BadParameter(f"{method!r} is not a fine-tuning method; known: {', '.join(all_methods())}.",
+                                 param_hint="--method")
 
     rep = param_report(build_model(model_ref, num_labels), method, rank=rank, adapter_size=adapter_size, far_retention=far_retention)
     if as_json:
@@ -203,7 +209,7 @@ def _csv(s):
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder (results.md, results.json, convergence.png, runs/).")
 def bench_finetune(task, methods, seeds, model, epochs, batch_size, lr_over, tune, lr_grid, tune_seed, train_subset, glue_dir, max_length, bf16, data_seed, out):
     """Fine-tuning methods side by side: accuracy, time, memory, convergence."""
-    from .bench_finetune import run_bench
+    from .bench.study import run_bench
 
     lrs = {}
     for item in _csv(lr_over):
@@ -229,7 +235,7 @@ def bench_finetune(task, methods, seeds, model, epochs, batch_size, lr_over, tun
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it.")
 def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, glue_dir, out):
     """Training tensor memory per method: params, grads, AdamW state, saved activations."""
-    from .bench_finetune import memory_bench, memory_markdown
+    from .bench.training import memory_bench, memory_markdown
 
     rows = memory_bench(task, _csv(methods), model, batch_size, max_length, bf16, n_batches, glue_dir, log=click.echo)
     md = memory_markdown(rows, task, batch_size, n_batches)
@@ -245,7 +251,7 @@ def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, 
 @click.option("--points", default="1x128,32x64", show_default=True, help="Batch x seq grid points to plot (one panel each).")
 def bench_tradeoff(runs, out, points):
     """Accuracy against ONNX Runtime speed-up across compressed run folders (each with a benchmark stage that has a baseline)."""
-    from .tradeoff import tradeoff
+    from .bench.tradeoff import tradeoff
 
     rows = tradeoff([Path(r) for r in runs], Path(out), _csv(points))
     click.echo((Path(out) / "tradeoff.md").read_text())
@@ -265,7 +271,7 @@ def bench_tradeoff(runs, out, points):
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it.")
 def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf16, glue_dir, out):
     """Training step time per method, interleaved rounds on the same batches (robust to machine drift)."""
-    from .bench_finetune import speed_bench, speed_markdown
+    from .bench.training import speed_bench, speed_markdown
 
     rows = speed_bench(task, _csv(methods), model, batch_size, max_length, bf16, steps, rounds, glue_dir, log=click.echo)
     md = speed_markdown(rows, task, batch_size, steps, rounds)

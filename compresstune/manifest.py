@@ -5,17 +5,10 @@ Written atomically after every change so a killed run leaves a readable record."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
-
-
-def fingerprint(obj) -> str:
-    """Stable short hash of JSON-able data."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def write_json_atomic(path: Path, data) -> None:

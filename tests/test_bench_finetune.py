@@ -1,6 +1,6 @@
 import pytest
 
-from compresstune.bench_finetune import parse_method, summarize, to_markdown
+from compresstune.bench.study import parse_method, summarize, to_markdown
 from compresstune.errors import UserError
 
 
@@ -46,7 +46,7 @@ def test_summary_time_to_99_and_relative_table():
 
 
 def test_speed_and_memory_bench_on_tiny_model(tiny_bert, glue_dir):
-    from compresstune.bench_finetune import memory_bench, memory_markdown, speed_bench, speed_markdown
+    from compresstune.bench.training import memory_bench, memory_markdown, speed_bench, speed_markdown
 
     rows = speed_bench("sst2", ["full", "learner4-p1"], str(tiny_bert), batch_size=8, steps=5, rounds=2, glue_dir=str(glue_dir), log=lambda s: None)
     assert [r["method"] for r in rows] == ["full", "learner4-p1 (priming)", "learner4-p1 (after priming)"]

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from compresstune.artifacts import layer_shapes, load_model, save_model
+from compresstune.methods import load_artifact as load_model
+from compresstune.models.artifacts import layer_shapes, save_model
 from compresstune.compress.distill import DistillLoss, every_other, keep_layers_student
 from compresstune.compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
 from compresstune.export.onnx import export_onnx, make_session, max_abs_diff_at_shapes
-from compresstune.learners.learner import attach_learners, learner_modules
-from compresstune.models import SkippedAttention, encoder_layers
+from compresstune.methods.learner_layer import attach_learners, learner_modules
+from compresstune.models.arch import SkippedAttention, encoder_layers
 
 
 def _model(path, n=2):
@@ -66,7 +67,7 @@ def test_layer_with_all_heads_pruned_skips_attention_and_takes_learners(tiny_ber
     for name in ("query", "key", "value"):
         setattr(att, name, torch.nn.Linear(32, 0))
     layer.attention.output.dense = torch.nn.Linear(0, 32)
-    from compresstune.artifacts import fix_attention_attributes
+    from compresstune.models.artifacts import fix_attention_attributes
 
     fix_attention_attributes(m)
     assert isinstance(layer.attention, SkippedAttention)
@@ -86,8 +87,8 @@ def test_layer_with_all_heads_pruned_skips_attention_and_takes_learners(tiny_ber
 def test_taylor_importance_and_param_budget(tiny_bert, glue_dir):
     from transformers import AutoTokenizer
 
-    from compresstune.data import load_glue
-    from compresstune.train import collate, encode
+    from compresstune.data.glue import load_glue
+    from compresstune.data.batching import collate, encode
 
     m = _model(tiny_bert)
     tok = AutoTokenizer.from_pretrained(tiny_bert)

@@ -123,11 +123,11 @@ def test_every_shipped_pipeline_validates():
 
 
 def test_stage_seed_zero_is_not_the_pipeline_seed():
-    from compresstune.config import FinetuneConfig
+    from compresstune.config.sections import finetune_config_class
     from compresstune.stages.base import StageContext
 
     cfg = load_config(REPO / "pipelines" / "quickstart.yaml")
-    ctx = StageContext("finetune", FinetuneConfig(seed=0), cfg, Path("."), Path("."), [])
+    ctx = StageContext("finetune", finetune_config_class()(seed=0), cfg, Path("."), Path("."), [])
     assert ctx.seed == 0
-    ctx = StageContext("finetune", FinetuneConfig(), cfg, Path("."), Path("."), [])
+    ctx = StageContext("finetune", finetune_config_class()(), cfg, Path("."), Path("."), [])
     assert ctx.seed == cfg.seed

@@ -3,7 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from compresstune.data import GLUE_TASKS, compute_metrics, load_glue, load_user_files
+from compresstune.data.files import load_user_files
+from compresstune.data.glue import GLUE_TASKS, load_glue
+from compresstune.data.metrics import compute_metrics
 from compresstune.errors import UserError
 
 
@@ -89,7 +91,7 @@ def test_user_file_errors(tmp_path):
 
 
 def test_metrics_match_definitions():
-    from compresstune.data import TaskData, Split
+    from compresstune.data.task import Split, TaskData
 
     t = TaskData("x", Split([], []), Split([], []), 2, "mcc", False)
     preds, labels = [1, 1, 0, 0, 1], [1, 0, 0, 0, 1]

@@ -4,7 +4,8 @@ import torch
 
 from compresstune.errors import UserError
 from compresstune.export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
-from compresstune.train import encode, predict
+from compresstune.data.batching import encode
+from compresstune.train.evaluate import predict
 
 
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_distilbert"])
@@ -26,7 +27,7 @@ def test_onnx_parity_at_other_shapes(request, fixture, tmp_path):
 def test_onnx_dev_predictions_match_pytorch(tiny_bert, glue_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compresstune.data import load_glue
+    from compresstune.data.glue import load_glue
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()

@@ -6,11 +6,10 @@ import types
 import pytest
 import torch
 
-from compresstune.learners.adapters import add_adapters
-from compresstune.learners.far import ffn_node_change, split_ffns, unsplit_ffns
-from compresstune.learners.learner import LearnerLinear, attach_learners, learner_modules, merge_learners
-from compresstune.learners.methods import group_counts, param_groups, setup_method
-from compresstune.learners.structure import attach_peft, merge
+from compresstune.methods.adapters import add_adapters
+from compresstune.methods.far import ffn_node_change, split_ffns, unsplit_ffns
+from compresstune.methods.learner_layer import LearnerLinear, attach_learners, learner_modules, merge_learners
+from compresstune.methods.groups import group_counts, param_groups
 from compresstune.errors import UserError
 
 
@@ -19,6 +18,14 @@ def opts(**kw):
                 adapter_size=256, lora_alpha=16.0)
     base.update(kw)
     return types.SimpleNamespace(**base)
+
+
+def setup_method(model, name, o, log=None):
+    """A method from the registry, prepared as training would start it (no task: counting only)."""
+    from compresstune.methods import PrepareContext, get_method
+
+    method = get_method(name)
+    return method.prepare(model, method.options(o), PrepareContext())
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +137,7 @@ def test_lora_merge_is_exact_and_plain(tiny_bert):
     torch.manual_seed(0)
     m = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
     s = setup_method(m, "lora", opts(rank=4), log=lambda s: None)
-    inner = attach_peft(s.peft_model.base_model.model, s.peft_model)
+    inner = s.model
     for n, p in inner.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)
@@ -139,7 +146,10 @@ def test_lora_merge_is_exact_and_plain(tiny_bert):
     x = {"input_ids": torch.randint(1000, 2000, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
     inner.eval()
     before = inner(**x).logits
-    merged, how = merge(inner)
+    from compresstune.methods import merge
+
+    merged, how, kept = merge(inner, s.structure)
+    assert kept == {}
     assert "LoRA" in how
     assert (merged(**x).logits - before).abs().max() < 1e-5
     assert not any("lora" in n or "modules_to_save" in n for n, _ in merged.named_parameters())
@@ -182,8 +192,8 @@ def test_adapters_start_as_identity(tiny_distilbert):
 
 def test_primed_learner_saves_one_low_precision_copy_of_its_input():
     """Under autocast, base and branch share one cast of x, so backward keeps it once."""
-    from compresstune.learners.learner import LearnerLinear
-    from compresstune.memory import SavedActivations
+    from compresstune.methods.learner_layer import LearnerLinear
+    from compresstune.measure.memory import SavedActivations
 
     torch.manual_seed(0)
     lin = LearnerLinear(torch.nn.Linear(64, 48), rank=4)

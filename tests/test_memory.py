@@ -1,6 +1,6 @@
 import torch
 
-from compresstune.memory import SavedActivations, training_memory
+from compresstune.measure.memory import SavedActivations, training_memory
 
 
 def test_saved_activations_counts_unique_storages():

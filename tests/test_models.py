@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from compresstune.artifacts import layer_shapes, load_model, save_model
+from compresstune.methods import load_artifact as load_model
+from compresstune.models.artifacts import layer_shapes, save_model
 from compresstune.errors import UserError
-from compresstune.models import ARCHITECTURES, arch_for, encoder_layers, get_module, load_pretrained_for_task, resolve_model_path
+from compresstune.models.arch import ARCHITECTURES, arch_for, encoder_layers, get_module
+from compresstune.models.resolve import load_pretrained_for_task, resolve_model_path
 
 
 def test_resolve_alias_folder_and_hub_id(tmp_path, tiny_bert):

@@ -3,9 +3,15 @@ import math
 import pytest
 import torch
 
-from compresstune.data import load_glue
+from compresstune.data.glue import load_glue
 from compresstune.errors import CheckFailed
-from compresstune.train import TrainSpec, collate, encode, epoch_batches, linear_schedule, train
+from compresstune.data.batching import collate, encode, epoch_batches
+from compresstune.train.loop import linear_schedule, train
+from compresstune.train.options import TrainOptions
+
+
+def TrainSpec(**kw):
+    return TrainOptions(**kw)
 
 
 def test_epoch_batches_cover_all_once_and_are_deterministic():
@@ -30,7 +36,7 @@ def test_collate_pads_dynamically(tiny_bert):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
-    from compresstune.data import Split
+    from compresstune.data.task import Split
 
     enc = encode(tok, Split([("a b c d e",), ("hi",)], [0, 1]), 128)
     b = collate(enc, tok.pad_token_id)
@@ -65,22 +71,22 @@ def test_resume_in_process_matches_unbroken_run(tiny_bert, glue_dir, tmp_path):
     # (the SIGKILL version of this runs through the CLI in test_pipeline.py)
     m2, _, _ = _setup(tiny_bert, glue_dir)
     ck = tmp_path / "b"
-    spec_b = TrainSpec(**{**spec.__dict__})
-    import compresstune.train as T
+    spec_b = spec.model_copy()
+    import compresstune.train.loop as T
 
     saved = {}
-    orig = T._atomic_save
+    orig = T.atomic_save
 
     def spy(obj, path):
         orig(obj, path)
         if path.name == "last.pt" and obj["step"] == 3:
             saved["ck"] = path.read_bytes()
 
-    T._atomic_save = spy
+    T.atomic_save = spy
     try:
         train(m2, task, tok, spec_b, ck, max_length=32, progress=False, log=lambda s: None)
     finally:
-        T._atomic_save = orig
+        T.atomic_save = orig
     (ck / "last.pt").write_bytes(saved["ck"])
     m3, _, _ = _setup(tiny_bert, glue_dir)
     res = train(m3, task, tok, spec_b, ck, max_length=32, progress=False, log=lambda s: None)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import arch_for, encoder_layers, get_module
+from ..models.arch import arch_for, encoder_layers, get_module
 
 
 def keep_layers_student(teacher: nn.Module, keep: list[int]) -> nn.Module:

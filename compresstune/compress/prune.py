@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..artifacts import fix_attention_attributes, layer_shapes
-from ..models import SkippedAttention, arch_for, base_linear, encoder_layers, get_module
+from ..models.artifacts import fix_attention_attributes, layer_shapes
+from ..models.arch import SkippedAttention, arch_for, base_linear, encoder_layers, get_module
 
 
 @dataclass
@@ -63,8 +63,8 @@ def encoder_flops(model: nn.Module, seq: int) -> int:
 
 
 def _example_inputs(model: nn.Module, seq: int = 16) -> dict:
-    from ..export.onnx import dummy_inputs
-    from ..train import model_inputs
+    from ..models.inputs import dummy_inputs
+    from ..models.inputs import model_inputs
 
     return dummy_inputs(model_inputs(model), 2, seq, model.config.vocab_size, pad_tail=False)
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckFailed, UserError
-from ..train import collate, model_inputs
+from ..data.batching import collate
+from ..models.inputs import dummy_inputs, model_inputs
 
 EXPORT_SHAPE = (2, 16)  # (batch, seq) of the dummy input; verification uses other shapes
 
@@ -30,24 +31,6 @@ class _LogitsOnly(nn.Module):
 
     def forward(self, *args):
         return self.model(**dict(zip(self.names, args))).logits
-
-
-def dummy_inputs(names, batch: int, seq: int, vocab: int, seed: int = 0, pad_tail: bool = True) -> dict[str, torch.Tensor]:
-    """Random token ids; when ``pad_tail``, later rows are padded so masking is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, min(vocab, 30000), (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    if pad_tail and seq > 2:
-        for b in range(1, batch):
-            keep = max(2, seq - (b * seq) // (batch + 1))
-            mask[b, keep:] = 0
-            ids[b, keep:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in names:
-        tt = torch.zeros(batch, seq, dtype=torch.long)
-        tt[:, seq // 2 :] = 1
-        out["token_type_ids"] = tt * mask
-    return {k: out[k] for k in names}
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:

@@ -1,4 +1,6 @@
-"""Stage implementations, registered by type name."""
+"""Pipeline stages, one file per stage type (finetune, compress, attach, merge, export,
+benchmark, report); base.py defines what a stage is and what it is handed, inputs.py how
+stages load the model they read."""
 
+from . import attach, benchmark, compress, export, finetune, merge, report  # noqa: F401  (registration)
 from .base import STAGES, Stage, StageContext, register  # noqa: F401
-from . import benchmark, compress, export, finetune, learners, report  # noqa: F401,E402  (registration)

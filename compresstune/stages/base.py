@@ -12,8 +12,10 @@ from typing import Callable
 
 import torch
 
-from ..config import PipelineConfig, StageConfig
-from ..data import TaskData, load_glue, load_user_files
+from ..config.sections import PipelineConfig, StageConfig
+from ..data.files import load_user_files
+from ..data.glue import load_glue
+from ..data.task import TaskData
 
 STAGES: dict[str, type["Stage"]] = {}
 

@@ -8,11 +8,12 @@ import statistics
 
 import torch
 
-from ..artifacts import load_model
-from ..bench import bench_grid, machine_info, time_fn
+from ..methods import load_artifact as load_model
+from ..measure.latency import bench_grid, machine_info, time_fn
 from ..errors import UserError
-from ..export.onnx import dummy_inputs, make_session, ort_run
-from ..train import model_inputs
+from ..export.onnx import make_session, ort_run
+from ..models.inputs import dummy_inputs
+from ..models.inputs import model_inputs
 from .base import Stage, StageContext, register
 
 

@@ -13,15 +13,18 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import save_model
+from ..models.artifacts import save_model
 from ..compress.distill import DistillLoss, every_other, keep_layers_student
 from ..compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
-from ..data import Split
+from ..data.task import Split
 from ..errors import UserError
-from ..models import encoder_layers
-from ..train import collate, encode, evaluate, model_inputs, train
+from ..models.arch import encoder_layers
+from ..data.batching import collate, encode
+from ..models.inputs import model_inputs
+from ..train.evaluate import evaluate
+from ..train.loop import train
 from .base import Stage, StageContext, register
-from .finetune import load_plain_input_model, train_spec
+from .inputs import load_plain_input_model
 
 FLOP_SEQS = (64, 128)
 
@@ -152,16 +155,17 @@ class CompressStage(Stage):
                            cfg.attention_weight, cfg.task_weight if task_specific else 0.0, ctx.task.is_regression)
         task = ctx.task
         if not task_specific:
-            from ..data import TaskData
+            from ..data.task import TaskData
 
             task = TaskData(task.name, _unlabelled(ctx), task.dev, task.num_labels, task.metric, task.is_regression, task.label_names)
         over = {"select": "last"} if not task_specific else {}
         if cfg.method == "prune":
             over["epochs"] = cfg.heal_epochs
-        spec = train_spec(ctx, **over)
+        spec = cfg.train_options(ctx.seed, **over)
         for p in student.parameters():
             p.requires_grad_(True)
-        res = train(student, task, tok, spec, ctx.out_dir / "checkpoints", ctx.pipeline.task.max_length, ctx.device, log=ctx.log,
+        res = train(student, task, tok, spec, ctx.out_dir / "checkpoints", max_length=ctx.pipeline.task.max_length,
+                    device=ctx.device, log=ctx.log,
                     progress=ctx.progress, loss_fn=loss, evaluate_dev=task_specific)
         return {"mode": "task_specific" if task_specific else "task_agnostic", "steps": res.steps, "train_time_s": res.train_time_s,
                 "layer_map": layer_map, "best_dev": res.best_metric, "history": res.history}

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 
-from ..artifacts import load_model
+from ..methods import load_artifact as load_model
 from ..errors import CheckFailed, UserError
 from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
-from ..data import compute_metrics
-from ..train import encode, logits_to_preds, predict
+from ..data.metrics import compute_metrics
+from ..data.batching import encode
+from ..train.evaluate import logits_to_preds, predict
 from .base import Stage, StageContext, register
 
 

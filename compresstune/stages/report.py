@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from ..artifacts import versions
-from ..bench import machine_info
+from ..models.artifacts import versions
+from ..measure.latency import machine_info
 from ..manifest import Manifest, write_json_atomic
 from .base import Stage, StageContext, register
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .models import SkippedAttention, arch_for, base_linear, encoder_layers, get_module, set_module, skip_attention
+from .arch import SkippedAttention, arch_for, base_linear, encoder_layers, get_module, set_module, skip_attention
 
 META_FILE = "compresstune.json"
 FORMAT_VERSION = 1
@@ -109,7 +109,7 @@ def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
 def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None, structure: dict | None = None) -> Path:
     """Write ``model`` (weights as safetensors), its tokenizer and metadata to ``out_dir``.
 
-    ``structure`` records Learners/adapters/LoRA the model carries (see learners/structure.py)."""
+    ``structure`` records Learners/adapters/LoRA the model carries (see methods/)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -138,8 +138,12 @@ def read_meta(folder: str | Path) -> dict:
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def load_model(folder: str | Path):
-    """(model, tokenizer, meta) from an artifact folder; rebuilds non-uniform layer widths."""
+def load_model(folder: str | Path, rebuild=None):
+    """(model, tokenizer, meta) from an artifact folder; rebuilds non-uniform layer widths.
+
+    ``rebuild(model, structure) -> model`` re-applies what a fine-tuning method added (Learners,
+    adapters, LoRA) before the weights load; :func:`compresstune.methods.load_artifact` passes
+    the method registry's. Without it, an artifact that records such a structure is refused."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -149,12 +153,13 @@ def load_model(folder: str | Path):
     if meta.get("plain_hf", True):
         model = AutoModelForSequenceClassification.from_pretrained(folder)
     else:
-        from .learners.structure import reapply
-
         config = AutoConfig.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_config(config)
         apply_layer_shapes(model, meta["layer_shapes"])
-        model = reapply(model, meta.get("structure") or {})
+        structure = meta.get("structure") or {}
+        if structure and rebuild is None:
+            raise ValueError(f"{folder} carries {', '.join(structure)}: load it with compresstune.methods.load_artifact")
+        model = rebuild(model, structure) if structure else model
         state = load_file(str(folder / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]

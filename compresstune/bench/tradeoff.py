@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
-from .manifest import Manifest
+from ..errors import UserError
+from ..manifest import Manifest
 
 
 def collect_run(run_dir: Path) -> dict:

@@ -13,8 +13,11 @@ adapter model is exported with its adapters in the graph.
 from __future__ import annotations
 
 import torch.nn as nn
+from pydantic import Field
 
-from ..models import arch_for, encoder_layers, get_module, set_module
+from ..models.arch import arch_for, encoder_layers, get_module, set_module
+from ..options import Section
+from .base import Method, MethodSetup, register
 
 
 class Bottleneck(nn.Module):
@@ -92,3 +95,38 @@ def adapter_params(model: nn.Module) -> list[nn.Parameter]:
 
 def has_adapters(model: nn.Module) -> bool:
     return any(isinstance(m, Bottleneck) for m in model.modules())
+
+
+class AdapterOptions(Section):
+    adapter_size: int = Field(256, gt=0, description="adapters: bottleneck width")
+
+
+class Adapters(Method):
+    """``adapters_seq`` / ``adapters_par``: adapters + every LayerNorm + head train."""
+
+    Options = AdapterOptions
+    structure_key = "adapters"
+    default_lr = 1e-3
+    summary = "adapters + every LayerNorm + head; cannot merge (nonlinear): exported with the adapters"
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = "adapters_seq" if kind == "sequential" else "adapters_par"
+
+    def prepare(self, model, opts, ctx) -> MethodSetup:
+        from .groups import train_only  # groups imports this module
+
+        info = add_adapters(model, self.kind, opts.adapter_size)
+        train_only(model, {"adapters", "layernorm", "head"})
+        return MethodSetup(structure={"adapters": info})
+
+    def reapply(self, model, entry):
+        add_adapters(model, entry["kind"], entry["size"])
+        return model
+
+    def merge(self, model, entry):
+        return model, "adapters have a nonlinearity and cannot be merged; the model keeps them", True
+
+
+register(Adapters("sequential"))
+register(Adapters("parallel"))

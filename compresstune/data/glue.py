@@ -1,0 +1,161 @@
+"""GLUE tasks by name, from a local GLUE folder or the Hugging Face hub.
+
+Local GLUE files are plain tab-separated text read with no quote handling (MRPC and
+CoLA contain unbalanced quotes)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .task import Split, TaskData
+
+GLUE_DIR_ENV = "COMPRESSTUNE_GLUE_DIR"
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    name: str
+    folder: str
+    text_columns: tuple  # local TSV: header names, or int positions for header-less files
+    label_column: object
+    labels: tuple | None  # label strings in id order; None for regression
+    metric: str  # main metric
+    has_header: bool = True
+    dev_file: str = "dev.tsv"
+    hf_name: str = ""
+    hf_text: tuple = ()
+    hf_dev_split: str = "validation"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+
+GLUE_TASKS: dict[str, GlueTask] = {
+    t.name: t
+    for t in [
+        GlueTask("cola", "CoLA", (3,), 1, ("0", "1"), "mcc", has_header=False, hf_text=("sentence",)),
+        GlueTask("sst2", "SST-2", ("sentence",), "label", ("0", "1"), "accuracy", hf_text=("sentence",)),
+        GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", hf_text=("sentence1", "sentence2")),
+        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "pearson", hf_text=("sentence1", "sentence2")),
+        GlueTask("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", hf_text=("question1", "question2")),
+        GlueTask(
+            "mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"), "accuracy",
+            dev_file="dev_matched.tsv", hf_text=("premise", "hypothesis"), hf_dev_split="validation_matched",
+        ),
+        GlueTask("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), "accuracy", hf_text=("question", "sentence")),
+        GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), "accuracy", hf_text=("sentence1", "sentence2")),
+        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), "accuracy", hf_text=("sentence1", "sentence2")),
+    ]
+}
+# The Hugging Face copy numbers MNLI/QNLI/RTE labels differently from the alphabetical order above.
+_HF_LABEL_NAMES = {
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+}
+
+
+
+def find_glue_dir(configured: str | None) -> Path | None:
+    """The local GLUE folder: the config key, else $COMPRESSTUNE_GLUE_DIR, else None."""
+    if configured:
+        return Path(configured)
+    env = os.environ.get(GLUE_DIR_ENV)
+    return Path(env) if env else None
+
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig strips MRPC's BOM
+        return [line.rstrip("\n").split("\t") for line in f]
+
+
+def _read_glue_split(task: GlueTask, path: Path) -> Split:
+    if not path.is_file():
+        raise UserError(
+            f"task data: {path} does not exist. A local GLUE folder needs the standard layout "
+            f"({task.folder}/train.tsv and {task.folder}/{task.dev_file}); set `task.glue_dir` (or ${GLUE_DIR_ENV}) "
+            f"to the folder that contains {task.folder}/, or set `task.source: hub`."
+        )
+    rows = _read_tsv(path)
+    rows = [r for r in rows if r != [""]]
+    if task.has_header:
+        header, rows = rows[0], rows[1:]
+        try:
+            text_idx = [header.index(c) for c in task.text_columns]
+            label_idx = header.index(task.label_column)
+        except ValueError:
+            raise UserError(
+                f"task data: {path} line 1: expected the GLUE {task.folder} header with columns "
+                f"{list(task.text_columns) + [task.label_column]}, found {header}. Is this the right task's file?"
+            ) from None
+        first_line = 2
+    else:
+        text_idx, label_idx, first_line = list(task.text_columns), task.label_column, 1
+    texts, labels = [], []
+    need = max(text_idx + [label_idx]) + 1
+    for n, r in enumerate(rows, start=first_line):
+        if len(r) < need:
+            raise UserError(f"task data: {path} line {n}: expected at least {need} tab-separated columns, found {len(r)}. Read GLUE files as plain TSV with no quote handling; is the file truncated or edited?")
+        raw = r[label_idx].strip()
+        try:
+            lab = float(raw) if task.is_regression else task.labels.index(raw)
+        except ValueError:
+            want = "a number" if task.is_regression else f"one of {list(task.labels)}"
+            raise UserError(f"task data: {path} line {n}: label {raw!r} is not {want}.") from None
+        texts.append(tuple(r[i].strip() for i in text_idx))
+        labels.append(lab)
+    return Split(texts, labels)
+
+
+def load_glue(name: str, source: str = "auto", glue_dir: str | None = None) -> TaskData:
+    """A GLUE task from a local folder in the standard layout, or from the hub via ``datasets``."""
+    task = GLUE_TASKS[name]
+    local = find_glue_dir(glue_dir)
+    if source == "local" or (source == "auto" and local is not None):
+        if local is None:
+            raise UserError(f"task: `source: local` needs `task.glue_dir` or ${GLUE_DIR_ENV} to name the GLUE folder.")
+        if not local.is_dir():
+            raise UserError(f"task.glue_dir: the folder {local} does not exist; point it at the folder that holds {task.folder}/.")
+        tr, dv = local / task.folder / "train.tsv", local / task.folder / task.dev_file
+        return TaskData(
+            name, _read_glue_split(task, tr), _read_glue_split(task, dv), task.num_labels, task.metric, task.is_regression,
+            list(task.labels) if task.labels else None, {"train": str(tr), "dev": str(dv)},
+        )
+    return _load_glue_hub(task)
+
+
+def _load_glue_hub(task: GlueTask) -> TaskData:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("nyu-mll/glue", task.name)
+    except Exception as exc:  # offline, or the hub refused
+        raise UserError(
+            f"task: GLUE {task.name} was requested from the Hugging Face hub and could not be loaded "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). Without a hub, set `task.glue_dir` "
+            f"(or ${GLUE_DIR_ENV}) to a local GLUE folder in the standard layout."
+        ) from None
+    hf_names = _HF_LABEL_NAMES.get(task.name)
+
+    def conv(split) -> Split:
+        texts = [tuple(ex[c] for c in task.hf_text) for ex in split]
+        if task.is_regression:
+            labels = [float(ex["label"]) for ex in split]
+        elif hf_names:
+            labels = [task.labels.index(hf_names[ex["label"]]) for ex in split]
+        else:
+            labels = [int(ex["label"]) for ex in split]
+        return Split(texts, labels)
+
+    return TaskData(
+        task.name, conv(ds["train"]), conv(ds[task.hf_dev_split]), task.num_labels, task.metric, task.is_regression,
+        list(task.labels) if task.labels else None, {"train": f"hub:nyu-mll/glue/{task.name}", "dev": f"hub:nyu-mll/glue/{task.name}"},
+    )

@@ -1,0 +1,40 @@
+"""Task data held in memory: :class:`TaskData` with a train and a dev :class:`Split`.
+
+Texts are tuples (one or two columns), labels ints (classification) or floats
+(regression); the task names its main metric."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+@dataclass
+class Split:
+    texts: list[tuple[str, ...]]  # one tuple per example: (sentence,) or (sentence1, sentence2)
+    labels: list  # int class ids, or floats for regression
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None, seed: int) -> "Split":
+        """A fixed random subset of ``n`` examples (all when ``n`` is None or too big)."""
+        if not n or n >= len(self):
+            return self
+        idx = sorted(random.Random(seed).sample(range(len(self)), n))
+        return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: Split
+    dev: Split
+    num_labels: int
+    metric: str
+    is_regression: bool
+    label_names: list[str] | None = None
+    sources: dict = field(default_factory=dict)  # split -> file or hub id, for the report
+
+    @property
+    def problem_type(self) -> str:
+        return "regression" if self.is_regression else "single_label_classification"

@@ -1,1 +1,0 @@
-"""Learners (arXiv 2208.02070) and the fine-tuning baselines they are compared with."""

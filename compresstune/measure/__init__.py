@@ -1,0 +1,2 @@
+"""Measurement primitives: the latency protocol and machine description (latency.py), the
+resource monitor that samples a stage's RSS (monitor.py), training tensor memory (memory.py)."""

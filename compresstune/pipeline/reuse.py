@@ -1,0 +1,64 @@
+"""Reusing finished stages from other run folders (``pipeline run --reuse-from RUN``)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..manifest import Manifest, write_json_atomic
+
+NOT_REUSED = {"benchmark", "report"}  # timings belong to a moment and a machine; the report publishes this run's files
+
+
+def reuse_stage(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log, inputs: list[str]) -> bool:
+    """Copy a finished stage with the same type and fingerprint (same settings, model, task and
+    inputs) from another run folder instead of recomputing it. Paths in its summary that point
+    into the source run are rewritten to the matching stages of this run, or made absolute."""
+    if not sources or stype in NOT_REUSED:
+        return False
+    for src in sources:
+        src_man = Manifest.load(Path(src))
+        for src_name, rec in src_man.stages.items():
+            if rec.get("type") != stype or rec.get("fingerprint") != fp or rec.get("status") != "done":
+                continue
+            src_dir = src_man.run_dir / rec["output"]
+            if not src_dir.is_dir():
+                continue
+            tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+            if tmp_dir.exists():
+                shutil.rmtree(tmp_dir)
+            shutil.copytree(src_dir, tmp_dir)
+            summary = _relocate_paths(rec.get("summary", {}), src_man, manifest, fp, final_dir.name)
+            write_json_atomic(tmp_dir / "summary.json", summary)
+            if final_dir.exists():
+                shutil.rmtree(final_dir)
+            tmp_dir.rename(final_dir)
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            manifest.update_stage(name, type=stype, fingerprint=fp, status="done", output=final_dir.name, summary=summary, inputs=inputs,
+                                  reused_from=f"{src_man.run_dir}/{rec['output']}", error=None, started_at=now, finished_at=now,
+                                  wall_time_s=rec.get("wall_time_s"), peak_rss_mb=rec.get("peak_rss_mb"))
+            log(f"[{name}] reused {src_man.run_dir / rec['output']} (same fingerprint {fp}; its wall time {rec.get('wall_time_s')} s was spent there)")
+            return True
+    log(f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {', '.join(map(str, sources))})")
+    return False
+
+
+def _relocate_paths(summary: dict, src_man: Manifest, manifest: Manifest, fp: str, here: str) -> dict:
+    """Paths in a copied summary that point into the source run -> the matching stage folders of
+    this run (a path like "01_finetune/model" there -> "01_teacher/model" here), or absolute."""
+    by_fp = {r.get("fingerprint"): r.get("output") for r in manifest.stages.values() if r.get("status") == "done"}
+    by_fp[fp] = here
+    dirs = {r["output"]: by_fp.get(r.get("fingerprint")) for r in src_man.stages.values() if r.get("output")}
+
+    def fix(v):
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        if isinstance(v, str) and "/" in v and v.split("/", 1)[0] in dirs:
+            head, tail = v.split("/", 1)
+            return f"{dirs[head]}/{tail}" if dirs[head] else str(src_man.run_dir.resolve() / v)  # no counterpart here
+        return v
+
+    return fix(summary)

@@ -1,0 +1,219 @@
+"""Running a pipeline: plan what to run, skip what is done, run a stage, commit its output.
+
+Each stage's fingerprint (fingerprint.py) hashes its own settings, the pipeline's model
+and task when the stage reads them, and its inputs' fingerprints. A stage whose recorded
+fingerprint matches and whose output folder exists is skipped; changing one setting
+therefore reruns that stage and exactly those downstream of it. A stage writes into
+``NN_name.tmp/``, renamed to ``NN_name/`` on success. A training stage keeps its
+checkpoints in that temporary folder, so running the same command after a crash resumes
+it (the folder is reused only when its fingerprint matches)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config.sections import PipelineConfig
+from ..errors import CompresstuneError, UserError
+from ..measure.monitor import ResourceMonitor
+from ..stages import STAGES, StageContext
+from ..stages.base import InputRef, load_task_data
+from .fingerprint import stage_fingerprints
+from ..manifest import Manifest, write_json_atomic
+from .reuse import reuse_stage
+
+FP_FILE = ".fingerprint"
+
+
+def run_dir_for(cfg: PipelineConfig, run_name: str | None = None, output_dir: str | None = None) -> Path:
+    return Path(output_dir or cfg.output_dir) / (run_name or cfg.name)
+
+
+def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
+    return stage_fingerprints(cfg, lambda stype: STAGES[stype].uses_model_and_task)
+
+
+def stage_dirname(cfg: PipelineConfig, name: str) -> str:
+    return f"{list(cfg.stages).index(name) + 1:02d}_{name}"
+
+
+@dataclass
+class _Plan:
+    """Which stages run: every stage up to ``last``, those in ``forced`` even when done."""
+
+    names: list[str]
+    last: int
+    forced: set[str]
+    fps: dict[str, str]
+    shared: dict = field(default_factory=dict)
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    run_name: str | None = None,
+    from_stage: str | None = None,
+    until_stage: str | None = None,
+    force: bool = False,
+    output_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    reuse_from: list | None = None,
+) -> Manifest:
+    """Run (or resume) the pipeline; returns the manifest. Raises on the first failing stage,
+    keeping every output already computed."""
+    _check_flags(cfg, from_stage, until_stage, reuse_from, force, log)
+    run_dir = run_dir_for(cfg, run_name, output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(run_dir)
+    (run_dir / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    manifest.set_run(run_name=run_dir.name, config_file=str(cfg.source), config=cfg.to_dict(), stage_order=list(cfg.stages))
+    plan = _plan(cfg, manifest, from_stage, until_stage, force)
+    _quiet_hf()
+    for name in plan.names[: plan.last + 1]:
+        fp = plan.fps[name]
+        final_dir = run_dir / stage_dirname(cfg, name)
+        if name not in plan.forced and manifest.is_done(name, fp):
+            log(f"[{name}] up to date (fingerprint {fp}), skipped")
+            continue
+        if name not in plan.forced and reuse_stage(name, cfg.stages[name].type, fp, reuse_from, manifest, final_dir,
+                                                   run_dir, log, cfg.stage_inputs(name)):
+            _mark_downstream_stale(cfg, manifest, name)
+            continue
+        _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
+    return manifest
+
+
+def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force, log) -> None:
+    names = list(cfg.stages)
+    for flag, val in (("--from", from_stage), ("--until", until_stage)):
+        if val is not None and val not in names:
+            raise UserError(f"{flag} {val}: no stage of that name in {cfg.source}; its stages are {', '.join(names)}.")
+    if from_stage and until_stage and names.index(from_stage) > names.index(until_stage):
+        raise UserError(f"--from {from_stage} comes after --until {until_stage}; swap them.")
+    for src in reuse_from or []:
+        if not (Path(src) / Manifest.FILE).is_file():
+            raise UserError(f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run "
+                            "(for example exported/quickstart).")
+    if reuse_from and force:
+        log("note: --force recomputes every stage, so --reuse-from has nothing to do")
+
+
+def _plan(cfg: PipelineConfig, manifest: Manifest, from_stage, until_stage, force) -> _Plan:
+    names = list(cfg.stages)
+    fps = fingerprints(cfg)
+    forced = set(names if force else [])
+    if from_stage:
+        forced |= set(names[names.index(from_stage):])
+    last = names.index(until_stage) if until_stage else len(names) - 1
+    plan = _Plan(names, last, forced, fps)
+    todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
+    if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
+        # read (and so check) the task data before any stage starts: a bad row fails fast
+        plan.shared["task"] = load_task_data(cfg)
+    return plan
+
+
+def _prepare_tmp(tmp_dir: Path, fp: str, forced: bool) -> None:
+    """A stage's temporary folder; one left by an interrupted run with the same fingerprint is kept (resume)."""
+    if tmp_dir.exists():
+        old = (tmp_dir / FP_FILE).read_text().strip() if (tmp_dir / FP_FILE).is_file() else None
+        if old != fp or forced:
+            shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    (tmp_dir / FP_FILE).write_text(fp)
+
+
+def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path, plan: _Plan, log, progress) -> None:
+    scfg = cfg.stages[name]
+    tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+    _prepare_tmp(tmp_dir, fp, name in plan.forced)
+    inputs = []
+    for inp in cfg.stage_inputs(name):
+        rec = manifest.stages.get(inp, {})
+        out = run_dir / rec.get("output", stage_dirname(cfg, inp))
+        inputs.append(InputRef(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
+    ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=plan.shared)
+    manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name, error=None,
+                          reused_from=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), inputs=[r.name for r in inputs])
+    log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
+    try:
+        with ResourceMonitor() as mon:
+            summary = STAGES[scfg.type]().run(ctx) or {}
+    except BaseException as exc:
+        manifest.update_stage(name, status="failed", error=f"{exc.__class__.__name__}: {exc}")
+        if not isinstance(exc, (CompresstuneError, KeyboardInterrupt)):
+            (tmp_dir / "error.txt").write_text(traceback.format_exc())
+        raise
+    summary = {**summary, "resources": mon.summary()}
+    _commit(tmp_dir, final_dir, summary)
+    res = summary["resources"]
+    manifest.update_stage(name, status="done", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                          wall_time_s=res["wall_time_s"], peak_rss_mb=res["peak_rss_mb"])
+    _mark_downstream_stale(cfg, manifest, name)
+    log(f"[{name}] done in {res['wall_time_s']:.1f}s, peak RSS {res['peak_rss_mb']:.0f} MB")
+
+
+def _commit(tmp_dir: Path, final_dir: Path, summary: dict) -> None:
+    """Write the summary, drop scratch, and rename the temporary folder into place."""
+    write_json_atomic(tmp_dir / "summary.json", summary)
+    (tmp_dir / FP_FILE).unlink(missing_ok=True)
+    _remove_scratch(tmp_dir)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    tmp_dir.rename(final_dir)
+
+
+def _mark_downstream_stale(cfg: PipelineConfig, manifest: Manifest, name: str) -> None:
+    """Stages that read ``name``'s old output are never skipped as "done" afterwards."""
+    for dep in downstream_of(cfg, name):
+        if manifest.stages.get(dep, {}).get("status") == "done":
+            manifest.update_stage(dep, status="stale")
+
+
+def downstream_of(cfg: PipelineConfig, name: str) -> list[str]:
+    """Every stage that reads ``name``'s output, directly or through other stages."""
+    out: list[str] = []
+    for n in cfg.stages:
+        if any(i == name or i in out for i in cfg.stage_inputs(n)):
+            out.append(n)
+    return out
+
+
+def _quiet_hf() -> None:
+    """transformers' per-load progress bars and reports drown the run log."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _remove_scratch(stage_dir: Path) -> None:
+    """Resumable training checkpoints are not part of a finished stage's output."""
+    ck = stage_dir / "checkpoints"
+    if ck.is_dir():
+        hist = ck / "history.json"
+        if hist.is_file():
+            shutil.copy(hist, stage_dir / "history.json")
+        shutil.rmtree(ck)
+
+
+def run_status(run_dir: Path) -> dict:
+    """What the manifest says of each stage, plus whether its output folder is there."""
+    m = Manifest.load(run_dir)
+    if not m.path.is_file():
+        raise UserError(f"{run_dir}: no manifest.json; is this a run folder? Runs live in exported/RUN "
+                        "(see `compresstune pipeline run`).")
+    out = {"run_dir": str(run_dir), "stages": []}
+    for name in m.data.get("stage_order", list(m.stages)):
+        rec = m.stages.get(name, {})
+        out["stages"].append({"name": name, "type": rec.get("type"), "status": rec.get("status", "pending"),
+                              "fingerprint": rec.get("fingerprint"),
+                              "output": str(run_dir / rec["output"]) if rec.get("output") else None,
+                              "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"),
+                              "reused_from": rec.get("reused_from")})
+    return out
