@@ -25,7 +25,9 @@ class ConfigError(UserError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         n = len(self.problems)
-        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''} in the pipeline config; nothing was run.\n{lines}")
+        super().__init__(
+            f"{source}: {n} problem{'s' if n != 1 else ''} in the pipeline config; nothing was run.\n{lines}"
+        )
 
 
 class CheckFailed(CompresstuneError):

@@ -27,7 +27,7 @@ class Manifest:
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
 
     @classmethod
-    def load(cls, run_dir: Path) -> "Manifest":
+    def load(cls, run_dir: Path) -> Manifest:
         return cls(run_dir)
 
     @property
@@ -49,4 +49,9 @@ class Manifest:
 
     def is_done(self, name: str, fp: str) -> bool:
         rec = self.stages.get(name)
-        return bool(rec) and rec.get("status") == "done" and rec.get("fingerprint") == fp and (self.run_dir / rec["output"]).is_dir()
+        return (
+            bool(rec)
+            and rec.get("status") == "done"
+            and rec.get("fingerprint") == fp
+            and (self.run_dir / rec["output"]).is_dir()
+        )

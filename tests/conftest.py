@@ -31,7 +31,13 @@ def _save_tiny(model_type: str, out: Path) -> Path:
 
     torch.manual_seed(0)
     if model_type == "bert":
-        cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+        cfg = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
         model = BertModel(cfg)
     else:
         cfg = DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64)
@@ -52,7 +58,9 @@ def tiny_distilbert(tmp_path_factory) -> Path:
     return _save_tiny("distilbert", tmp_path_factory.mktemp("tiny_distilbert"))
 
 
-def write_pipeline(path: Path, model: Path, glue_dir: Path, extra: str = "", stages="[finetune, export, benchmark, report]") -> Path:
+def write_pipeline(
+    path: Path, model: Path, glue_dir: Path, extra: str = "", stages="[finetune, export, benchmark, report]"
+) -> Path:
     path.write_text(f"""
 name: t
 model: {model}

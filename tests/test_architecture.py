@@ -78,15 +78,19 @@ def test_imports_only_point_down():
         me = _top(path.relative_to(PKG).parts)
         for line, target in _imports(path):
             if target != me and LAYERS.get(target, 0) >= LAYERS[me] and target not in ("errors", "options", "manifest"):
-                bad.append(f"{path.relative_to(PKG.parent)}:{line} ({me}, layer {LAYERS[me]}) imports {target} "
-                           f"(layer {LAYERS.get(target)})")
+                bad.append(
+                    f"{path.relative_to(PKG.parent)}:{line} ({me}, layer {LAYERS[me]}) imports {target} "
+                    f"(layer {LAYERS.get(target)})"
+                )
     assert not bad, "imports that run sideways or up the layers:\n" + "\n".join(bad)
 
 
 def test_the_layer_check_sees_relative_and_lazy_imports(tmp_path):
     src = tmp_path / "probe.py"
-    src.write_text("def f():\n    from ..stages import base\n    from compresstune.pipeline import runner\n"
-                   "    from .batching import collate\n")
+    src.write_text(
+        "def f():\n    from ..stages import base\n    from compresstune.pipeline import runner\n"
+        "    from .batching import collate\n"
+    )
     assert _imports(src, ("data", "probe")) == [(2, "stages"), (3, "pipeline"), (4, "data")]
 
 

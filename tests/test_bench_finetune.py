@@ -16,9 +16,21 @@ def test_parse_method_labels():
 
 def _run(best, curve, t, rss, merge=None):
     hist = [{"train_time_s": tt, "epoch": e, "dev_main": d, "train_loss": 0.5} for tt, e, d in curve]
-    st = {"finetune": {"summary": {"best_dev_metric": best, "final_dev_metric": curve[-1][2], "trainable_params": 10, "total_params": 100,
-                                   "train_time_s": t, "epochs": 2.0, "history": hist, "metric": "mcc",
-                                   "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2}}}}
+    st = {
+        "finetune": {
+            "summary": {
+                "best_dev_metric": best,
+                "final_dev_metric": curve[-1][2],
+                "trainable_params": 10,
+                "total_params": 100,
+                "train_time_s": t,
+                "epochs": 2.0,
+                "history": hist,
+                "metric": "mcc",
+                "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2},
+            }
+        }
+    }
     if merge is not None:
         st["merge"] = {"summary": {"max_abs_diff": merge}}
     return st
@@ -27,8 +39,14 @@ def _run(best, curve, t, rss, merge=None):
 def test_summary_time_to_99_and_relative_table():
     specs = [parse_method("full"), parse_method("learner64-p2")]
     runs = {
-        "full": [_run(50.0, [(10, 1, 40.0), (20, 2, 50.0)], 20, 1000), _run(52.0, [(10, 1, 52.0), (20, 2, 51.0)], 20, 1000)],
-        "learner64-p2": [_run(50.0, [(5, 1, 45.0), (12, 2, 50.0)], 12, 600, 1e-6), _run(49.0, [(5, 1, 49.0), (12, 2, 48.0)], 12, 600, 2e-6)],
+        "full": [
+            _run(50.0, [(10, 1, 40.0), (20, 2, 50.0)], 20, 1000),
+            _run(52.0, [(10, 1, 52.0), (20, 2, 51.0)], 20, 1000),
+        ],
+        "learner64-p2": [
+            _run(50.0, [(5, 1, 45.0), (12, 2, 50.0)], 12, 600, 1e-6),
+            _run(49.0, [(5, 1, 49.0), (12, 2, 48.0)], 12, 600, 2e-6),
+        ],
     }
     res = summarize(specs, runs, {"full": 1e-4, "learner64-p2": 1e-3}, {})
     full, lrn = res["rows"]["full"], res["rows"]["learner64-p2"]
@@ -48,11 +66,32 @@ def test_summary_time_to_99_and_relative_table():
 def test_speed_and_memory_bench_on_tiny_model(tiny_bert, glue_dir):
     from compresstune.bench.training import memory_bench, memory_markdown, speed_bench, speed_markdown
 
-    rows = speed_bench("sst2", ["full", "learner4-p1"], str(tiny_bert), batch_size=8, steps=5, rounds=2, glue_dir=str(glue_dir), log=lambda s: None)
+    rows = speed_bench(
+        "sst2",
+        ["full", "learner4-p1"],
+        str(tiny_bert),
+        batch_size=8,
+        steps=5,
+        rounds=2,
+        glue_dir=str(glue_dir),
+        log=lambda s: None,
+    )
     assert [r["method"] for r in rows] == ["full", "learner4-p1 (priming)", "learner4-p1 (after priming)"]
     assert all(len(r["rounds_ms"]) == 2 and r["ms_per_step"] > 0 for r in rows)
     assert "| full |" in speed_markdown(rows, "sst2", 8, 5, 2)
-    mem = memory_bench("sst2", ["full", "bitfit"], str(tiny_bert), batch_size=8, n_batches=1, glue_dir=str(glue_dir), log=lambda s: None)
+    mem = memory_bench(
+        "sst2",
+        ["full", "bitfit"],
+        str(tiny_bert),
+        batch_size=8,
+        n_batches=1,
+        glue_dir=str(glue_dir),
+        log=lambda s: None,
+    )
     full, bitfit = mem
-    assert full["grads_mb"] == full["params_mb"] and bitfit["grads_mb"] < 0.1 and bitfit["peak_tensor_mb"] < full["peak_tensor_mb"]
+    assert (
+        full["grads_mb"] == full["params_mb"]
+        and bitfit["grads_mb"] < 0.1
+        and bitfit["peak_tensor_mb"] < full["peak_tensor_mb"]
+    )
     assert "| bitfit |" in memory_markdown(mem, "sst2", 8, 1)

@@ -6,10 +6,14 @@ from compresstune.cli import main
 
 
 def test_inspect_params_distilbert_learner64_json():
-    r = CliRunner().invoke(main, ["inspect", "params", "--model", "config:distilbert", "--method", "learner", "--rank", "64", "--json"])
+    r = CliRunner().invoke(
+        main, ["inspect", "params", "--model", "config:distilbert", "--method", "learner", "--rank", "64", "--json"]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
-    assert rep["base_params"] == 66_955_010 and rep["added_params"] == 5_308_416 and rep["trainable_params"] == 5_961_986
+    assert (
+        rep["base_params"] == 66_955_010 and rep["added_params"] == 5_308_416 and rep["trainable_params"] == 5_961_986
+    )
     assert rep["groups"]["learners"]["trainable"] == 5_308_416
 
 

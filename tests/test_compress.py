@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from compresstune.methods import load_artifact as load_model
-from compresstune.models.artifacts import layer_shapes, save_model
 from compresstune.compress.distill import DistillLoss, every_other, keep_layers_student
 from compresstune.compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
 from compresstune.export.onnx import export_onnx, make_session, max_abs_diff_at_shapes
+from compresstune.methods import load_artifact as load_model
 from compresstune.methods.learner_layer import attach_learners, learner_modules
 from compresstune.models.arch import SkippedAttention, encoder_layers
+from compresstune.models.artifacts import layer_shapes, save_model
 
 
 def _model(path, n=2):
@@ -87,14 +87,14 @@ def test_layer_with_all_heads_pruned_skips_attention_and_takes_learners(tiny_ber
 def test_taylor_importance_and_param_budget(tiny_bert, glue_dir):
     from transformers import AutoTokenizer
 
-    from compresstune.data.glue import load_glue
     from compresstune.data.batching import collate, encode
+    from compresstune.data.glue import load_glue
 
     m = _model(tiny_bert)
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     sp = load_glue("sst2", "local", str(glue_dir)).train.subset(64, 0)
     enc = encode(tok, sp, 32)
-    batches = [(collate(enc[i:i + 32], 0), torch.tensor(sp.labels[i:i + 32])) for i in (0, 32)]
+    batches = [(collate(enc[i : i + 32], 0), torch.tensor(sp.labels[i : i + 32])) for i in (0, 32)]
     rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", "taylor"), batches)
     assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [2, 2]
     m = _model(tiny_bert)
@@ -106,7 +106,9 @@ def test_taylor_importance_and_param_budget(tiny_bert, glue_dir):
     from compresstune.errors import UserError
 
     with pytest.raises(UserError, match="cannot be met"):
-        ratio_for_budget(m, PruneSpec(mode="uniform"), lambda mm: count_params(mm)["total"], count_params(m)["embeddings"])
+        ratio_for_budget(
+            m, PruneSpec(mode="uniform"), lambda mm: count_params(mm)["total"], count_params(m)["embeddings"]
+        )
 
 
 def test_keep_layers_student_and_distill_loss(tiny_bert):
@@ -119,7 +121,9 @@ def test_keep_layers_student_and_distill_loss(tiny_bert):
     x["token_type_ids"] = torch.zeros_like(x["input_ids"])
     loss = DistillLoss(t, [1], logit_weight=1.0, hidden_weight=1.0)
     same = DistillLoss(t, [0, 1], logit_weight=1.0, hidden_weight=1.0)
-    assert same(t, x, torch.tensor([0, 1])).item() == pytest.approx(0.0, abs=1e-6)  # a model distils to itself at zero loss
+    assert same(t, x, torch.tensor([0, 1])).item() == pytest.approx(
+        0.0, abs=1e-6
+    )  # a model distils to itself at zero loss
     with torch.no_grad():  # move the student away from the teacher so there is something to learn
         torch.manual_seed(1)
         for p in encoder_layers(s).parameters():
@@ -167,12 +171,17 @@ def test_hidden_size_pruning_shrinks_the_residual_stream_and_reloads(request, fi
 
     path = request.getfixturevalue(fixture)
     m = _model(path)
-    rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", hidden_ratio=0.25))  # 32 -> 24 (a multiple of the 4 config heads)
+    rep = prune_model(
+        m, PruneSpec(0.5, 0.5, "uniform", hidden_ratio=0.25)
+    )  # 32 -> 24 (a multiple of the 4 config heads)
     hidden = m.config.hidden_size if fixture == "tiny_bert" else m.config.dim
     assert hidden == 24
     emb = m.distilbert.embeddings if fixture == "tiny_distilbert" else m.bert.embeddings
     assert emb.word_embeddings.weight.shape[1] == 24 and emb.LayerNorm.normalized_shape[0] == 24
-    assert [(s["heads"], s["head_dim"], s["ffn"]) for s in rep["after"]["layer_shapes"]] == [(2, 8, 32), (2, 8, 32)]  # head size kept
+    assert [(s["heads"], s["head_dim"], s["ffn"]) for s in rep["after"]["layer_shapes"]] == [
+        (2, 8, 32),
+        (2, 8, 32),
+    ]  # head size kept
     assert rep["after"]["params"]["embeddings"] < 0.8 * rep["before"]["params"]["embeddings"]
     x = _x()
     y = m(**x).logits
@@ -186,9 +195,9 @@ def test_hidden_size_pruning_shrinks_the_residual_stream_and_reloads(request, fi
 
 def test_hidden_pruning_with_hidden_state_healing_is_a_config_error(tmp_path, tiny_bert, glue_dir):
     from click.testing import CliRunner
+    from conftest import write_pipeline
 
     from compresstune.cli import main
-    from conftest import write_pipeline
 
     extra = "compress: {method: prune, hidden_ratio: 0.25, heal_epochs: 0.5}\n"
     p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[compress, export]")

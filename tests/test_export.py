@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from compresstune.data.batching import encode
 from compresstune.errors import UserError
 from compresstune.export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
-from compresstune.data.batching import encode
 from compresstune.train.evaluate import predict
 
 
@@ -62,6 +62,12 @@ def test_silent_fallback_detected(monkeypatch, tiny_bert, tmp_path):
     path = export_onnx(model, tmp_path / "m.onnx")
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", lambda p, sess_options=None, providers=None: real(p, sess_options=sess_options, providers=["CPUExecutionProvider"]))
+    monkeypatch.setattr(
+        ort,
+        "InferenceSession",
+        lambda p, sess_options=None, providers=None: real(
+            p, sess_options=sess_options, providers=["CPUExecutionProvider"]
+        ),
+    )
     with pytest.raises(CheckFailed, match="fell back silently"):
         make_session(path, "cuda")

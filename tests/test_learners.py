@@ -6,16 +6,23 @@ import types
 import pytest
 import torch
 
+from compresstune.errors import UserError
 from compresstune.methods.adapters import add_adapters
 from compresstune.methods.far import ffn_node_change, split_ffns, unsplit_ffns
-from compresstune.methods.learner_layer import LearnerLinear, attach_learners, learner_modules, merge_learners
 from compresstune.methods.groups import group_counts, param_groups
-from compresstune.errors import UserError
+from compresstune.methods.learner_layer import LearnerLinear, attach_learners, learner_modules, merge_learners
 
 
 def opts(**kw):
-    base = dict(rank=64, targets=["q", "k", "v", "o", "ffn_in", "ffn_out"], scale=1.0, init="kaiming_zero", priming_epochs=0.0,
-                adapter_size=256, lora_alpha=16.0)
+    base = {
+        "rank": 64,
+        "targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"],
+        "scale": 1.0,
+        "init": "kaiming_zero",
+        "priming_epochs": 0.0,
+        "adapter_size": 256,
+        "lora_alpha": 16.0,
+    }
     base.update(kw)
     return types.SimpleNamespace(**base)
 
@@ -112,7 +119,9 @@ def test_learners_sized_from_live_layer_and_targets_checked(tiny_bert):
         attach_learners(m, 4, targets=("ffn_in",))
     with pytest.raises(UserError, match="not known"):
         attach_learners(m, 4, targets=("q", "pooler"))
-    assert not isinstance(m.bert.encoder.layer[0].attention.self.query, LearnerLinear)  # nothing changed by the failed call
+    assert not isinstance(
+        m.bert.encoder.layer[0].attention.self.query, LearnerLinear
+    )  # nothing changed by the failed call
 
 
 def test_priming_hook_switches_attention(tiny_bert):
@@ -192,8 +201,8 @@ def test_adapters_start_as_identity(tiny_distilbert):
 
 def test_primed_learner_saves_one_low_precision_copy_of_its_input():
     """Under autocast, base and branch share one cast of x, so backward keeps it once."""
-    from compresstune.methods.learner_layer import LearnerLinear
     from compresstune.measure.memory import SavedActivations
+    from compresstune.methods.learner_layer import LearnerLinear
 
     torch.manual_seed(0)
     lin = LearnerLinear(torch.nn.Linear(64, 48), rank=4)

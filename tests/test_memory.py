@@ -17,7 +17,10 @@ def test_training_memory_full_vs_frozen(tiny_bert):
 
     torch.manual_seed(0)
     m = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
-    batch = ({"input_ids": torch.randint(1000, 2000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}, torch.tensor([0, 1, 0, 1]))
+    batch = (
+        {"input_ids": torch.randint(1000, 2000, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)},
+        torch.tensor([0, 1, 0, 1]),
+    )
     full = training_memory(m, [batch], list(m.parameters()), bf16=False)
     assert full["grads_mb"] == full["params_mb"] and abs(full["optimizer_state_mb"] - 2 * full["params_mb"]) <= 0.2
     heads = [m.classifier.weight, m.classifier.bias]

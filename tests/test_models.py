@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from compresstune.methods import load_artifact as load_model
-from compresstune.models.artifacts import layer_shapes, save_model
 from compresstune.errors import UserError
+from compresstune.methods import load_artifact as load_model
 from compresstune.models.arch import ARCHITECTURES, arch_for, encoder_layers, get_module
+from compresstune.models.artifacts import layer_shapes, save_model
 from compresstune.models.resolve import load_pretrained_for_task, resolve_model_path
 
 
@@ -31,17 +31,28 @@ def test_hub_id_offline_gives_clear_message(monkeypatch):
 
 @pytest.mark.parametrize("kind", ["bert", "distilbert"])
 def test_architecture_table_on_default_configs(kind):
-    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig()) if kind == "bert" else DistilBertForSequenceClassification(DistilBertConfig())
+    model = (
+        BertForSequenceClassification(BertConfig())
+        if kind == "bert"
+        else DistilBertForSequenceClassification(DistilBertConfig())
+    )
     spec = arch_for(model)
     layers = encoder_layers(model)
     assert len(layers) == 12 if kind == "bert" else 6
     for layer in layers:
         mods = {r: get_module(layer, p) for r, p in spec.layer_modules().items()}
         assert all(isinstance(m, torch.nn.Linear) for m in mods.values())
-        assert mods["q"].in_features == 768 and mods["ffn_in"].out_features == 3072 and mods["ffn_out"].in_features == 3072
+        assert (
+            mods["q"].in_features == 768 and mods["ffn_in"].out_features == 3072 and mods["ffn_out"].in_features == 3072
+        )
         assert getattr(get_module(layer, spec.attention), spec.heads_attr) == 12
     for h in spec.head_modules:
         assert sum(p.numel() for p in get_module(model, h).parameters()) > 0
@@ -68,7 +79,9 @@ def test_artifact_roundtrip_plain_and_nonuniform(tmp_path, tiny_bert):
     m2, _, meta = load_model(tmp_path / "a")
     assert meta["plain_hf"] and torch.allclose(m2(**x).logits, ref, atol=1e-6)
     # plain HF loads it without compresstune
-    assert torch.allclose(AutoModelForSequenceClassification.from_pretrained(tmp_path / "a").eval()(**x).logits, ref, atol=1e-6)
+    assert torch.allclose(
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "a").eval()(**x).logits, ref, atol=1e-6
+    )
     # a layer with physically fewer heads and FFN neurons: slice weights by hand
     spec = arch_for(model)
     layer = encoder_layers(model)[0]

@@ -6,13 +6,12 @@ import shutil
 import subprocess
 import sys
 
-
 import pytest
 from click.testing import CliRunner
+from conftest import write_pipeline
 from safetensors.torch import load_file
 
 from compresstune.cli import main
-from conftest import write_pipeline
 
 
 def _run(args, cwd):
@@ -42,7 +41,15 @@ def test_full_run_produces_artifacts(first_run):
     assert r.exit_code == 0, r.output
     assert _ran(r.output) == ["finetune", "export", "benchmark", "report"]
     run = d / "exported" / "t"
-    for f in ("model.onnx", "REPORT.md", "report.json", "manifest.json", "tokenizer/tokenizer.json", "labels.json", "config.resolved.json"):
+    for f in (
+        "model.onnx",
+        "REPORT.md",
+        "report.json",
+        "manifest.json",
+        "tokenizer/tokenizer.json",
+        "labels.json",
+        "config.resolved.json",
+    ):
         assert (run / f).exists(), f
     man = json.loads((run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in man["stages"].values())
@@ -70,7 +77,9 @@ def test_second_run_skips_everything_and_override_reruns_downstream(first_run):
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3", "--from", "benchmark", "--until", "benchmark"], d)
     assert _ran(r.output) == ["benchmark"]
     st = CliRunner().invoke(main, ["pipeline", "status", str(d / "exported" / "t")])
-    assert st.exit_code == 0 and st.output.count(" done ") == 3 and " stale " in st.output  # the report read the old timings
+    assert (
+        st.exit_code == 0 and st.output.count(" done ") == 3 and " stale " in st.output
+    )  # the report read the old timings
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3"], d)
     assert _ran(r.output) == ["report"]
 
@@ -79,14 +88,18 @@ def test_reuse_from_copies_stages_with_the_same_fingerprint_under_other_names(tm
     write_pipeline(tmp_path / "a.yaml", tiny_bert, glue_dir, stages="[finetune, export]")
     assert _run(["a.yaml"], tmp_path).exit_code == 0
     # the same training and export under other stage names, then a benchmark that needs the export's model
-    extra = ("teacher: {type: finetune, epochs: 2, lr: 1.0e-3, batch_size: 16}\n"
-             "teacher_export: {type: export, verify_shapes: [[1, 7], [3, 19]]}\n")
+    extra = (
+        "teacher: {type: finetune, epochs: 2, lr: 1.0e-3, batch_size: 16}\n"
+        "teacher_export: {type: export, verify_shapes: [[1, 7], [3, 19]]}\n"
+    )
     write_pipeline(tmp_path / "b.yaml", tiny_bert, glue_dir, extra=extra, stages="[teacher, teacher_export, benchmark]")
     r = _run(["b.yaml", "--run-name", "b", "--reuse-from", str(tmp_path / "exported" / "t")], tmp_path)
     assert r.exit_code == 0, r.output
     assert _ran(r.output) == ["benchmark"] and r.output.count("] reused ") == 2
     man = json.loads((tmp_path / "exported" / "b" / "manifest.json").read_text())
-    assert man["stages"]["teacher_export"]["summary"]["model_dir"] == "01_teacher/model"  # rewritten to this run's folder
+    assert (
+        man["stages"]["teacher_export"]["summary"]["model_dir"] == "01_teacher/model"
+    )  # rewritten to this run's folder
     assert man["stages"]["teacher"]["reused_from"].endswith("01_finetune")
     assert {row["engine"] for row in man["stages"]["benchmark"]["summary"]["rows"]} == {"ort-cpu", "torch-cpu"}
     assert man["stages"]["teacher_export"]["inputs"] == ["teacher"]
@@ -101,16 +114,22 @@ def test_sigkill_mid_training_resumes_to_same_result(tmp_path, tiny_bert, glue_d
     p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, stages="[finetune]")
     env = {**os.environ, "COMPRESSTUNE_FAULT_KILL_AFTER_STEP": "4"}
     cmd = [sys.executable, "-m", "compresstune.cli", "pipeline", "run", str(p), "--no-progress"]
-    killed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     man = json.loads((tmp_path / "a" / "t" / "manifest.json").read_text())
     assert man["stages"]["finetune"]["status"] == "running"
     assert (tmp_path / "a" / "t" / "01_finetune.tmp" / "checkpoints" / "last.pt").is_file()
     env.pop("COMPRESSTUNE_FAULT_KILL_AFTER_STEP")
-    resumed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from checkpoint at step 4/12" in resumed.stdout
-    unbroken = subprocess.run(cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    unbroken = subprocess.run(
+        cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert unbroken.returncode == 0
     wa = load_file(tmp_path / "a" / "t" / "01_finetune" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "t" / "01_finetune" / "model" / "model.safetensors")
@@ -165,13 +184,19 @@ def test_attach_stage_then_learner_finetune_resumes_after_kill(tmp_path, tiny_be
     over = ["finetune.method=learner", "finetune.priming_epochs=1"]
     cmd = [sys.executable, "-m", "compresstune.cli", "pipeline", "run", str(p), *over, "--no-progress"]
     env = {**os.environ, "COMPRESSTUNE_FAULT_KILL_AFTER_STEP": "4"}  # inside the priming epoch (6 steps)
-    killed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     env.pop("COMPRESSTUNE_FAULT_KILL_AFTER_STEP")
-    resumed = subprocess.run(cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd + ["--output-dir", "a"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "[attach] up to date" in resumed.stdout and "resuming from checkpoint at step 4/12" in resumed.stdout
-    unbroken = subprocess.run(cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    unbroken = subprocess.run(
+        cmd + ["--output-dir", "b"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert unbroken.returncode == 0
     wa = load_file(tmp_path / "a" / "t" / "02_finetune" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "b" / "t" / "02_finetune" / "model" / "model.safetensors")
@@ -179,13 +204,20 @@ def test_attach_stage_then_learner_finetune_resumes_after_kill(tmp_path, tiny_be
 
 
 def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
-    extra = ("teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
-             "teacher_export: {type: export, input: teacher, verify_shapes: [[1, 7]]}\n"
-             "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, mode: global}\n"
-             "bench2: {type: benchmark, input: export, baseline: teacher_export, rounds: 2, batch_sizes: [1], seq_lengths: [16], "
-             "warmup: 1, iters: 3, min_time_s: 0, pytorch: false}\n")
-    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra,
-                       stages="[teacher, teacher_export, compress, finetune, merge, export, bench2, report]")
+    extra = (
+        "teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
+        "teacher_export: {type: export, input: teacher, verify_shapes: [[1, 7]]}\n"
+        "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, mode: global}\n"
+        "bench2: {type: benchmark, input: export, baseline: teacher_export, rounds: 2, batch_sizes: [1], "
+        "seq_lengths: [16], warmup: 1, iters: 3, min_time_s: 0, pytorch: false}\n"
+    )
+    p = write_pipeline(
+        tmp_path / "p.yaml",
+        tiny_bert,
+        glue_dir,
+        extra=extra,
+        stages="[teacher, teacher_export, compress, finetune, merge, export, bench2, report]",
+    )
     r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
@@ -199,15 +231,22 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
     cmp = man["stages"]["bench2"]["summary"]["comparison"]  # timed back to back against the unpruned export
     assert cmp["baseline"] == "teacher_export" and len(cmp["rows"]) == 1
     row = cmp["rows"][0]
-    assert len(row["rounds_p50_ms"]) == len(row["rounds_baseline_p50_ms"]) == 2 and row["speedup"] == pytest.approx(sum(b / m for b, m in zip(row["rounds_baseline_p50_ms"], row["rounds_p50_ms"])) / 2)
+    assert len(row["rounds_p50_ms"]) == len(row["rounds_baseline_p50_ms"]) == 2 and row["speedup"] == pytest.approx(
+        sum(b / m for b, m in zip(row["rounds_baseline_p50_ms"], row["rounds_p50_ms"])) / 2
+    )
     assert cmp["onnx_mb"] < cmp["baseline_onnx_mb"]
     assert "Back to back against `teacher_export`" in (tmp_path / "exported" / "t" / "REPORT.md").read_text()
     # the accuracy-vs-speed summary across runs reads the same numbers
-    t = CliRunner().invoke(main, ["bench", "tradeoff", str(tmp_path / "exported" / "t"), "--out", str(tmp_path / "trade"), "--points", "1x16"])
+    t = CliRunner().invoke(
+        main,
+        ["bench", "tradeoff", str(tmp_path / "exported" / "t"), "--out", str(tmp_path / "trade"), "--points", "1x16"],
+    )
     assert t.exit_code == 0, t.output
     rows = json.loads((tmp_path / "trade" / "tradeoff.json").read_text())
     assert rows[0]["dev"] == ex["dev_onnx"]["main"] and rows[0]["points"]["1x16"]["speedup"] == row["speedup"]
-    assert rows[0]["finetune_method"] == "learner" and rows[0]["compression"].startswith("prune heads 50%, FFN 50% (global")
+    assert rows[0]["finetune_method"] == "learner" and rows[0]["compression"].startswith(
+        "prune heads 50%, FFN 50% (global"
+    )
     assert (tmp_path / "trade" / "tradeoff.png").stat().st_size > 10_000
     # a baseline that is not an earlier export stage is a config error naming the key
     r = _run([str(p), "bench2.baseline=compress"], tmp_path)
@@ -232,8 +271,12 @@ def test_task_agnostic_distill_then_finetune(tmp_path, tiny_bert, glue_dir):
 
 
 def test_distilbert_learner_pipeline(tmp_path, tiny_distilbert, glue_dir):
-    p = write_pipeline(tmp_path / "p.yaml", tiny_distilbert, glue_dir, extra="merge: {}\n", stages="[finetune, merge, export]")
-    r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1", "task.name=mrpc"], tmp_path)
+    p = write_pipeline(
+        tmp_path / "p.yaml", tiny_distilbert, glue_dir, extra="merge: {}\n", stages="[finetune, merge, export]"
+    )
+    r = _run(
+        [str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1", "task.name=mrpc"], tmp_path
+    )
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
     ft = man["stages"]["finetune"]["summary"]
@@ -243,10 +286,14 @@ def test_distilbert_learner_pipeline(tmp_path, tiny_distilbert, glue_dir):
 
 
 def test_hidden_pruning_heal_on_logits_then_learners_merge_export(tmp_path, tiny_bert, glue_dir):
-    extra = ("teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
-             "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, hidden_ratio: 0.25, heal_epochs: 0.5, "
-             "hidden_weight: 0, lr: 1.0e-3}\n")
-    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[teacher, compress, finetune, merge, export]")
+    extra = (
+        "teacher: {type: finetune, epochs: 1, lr: 1.0e-3, batch_size: 16}\n"
+        "compress: {input: teacher, method: prune, head_ratio: 0.5, ffn_ratio: 0.5, hidden_ratio: 0.25, "
+        "heal_epochs: 0.5, hidden_weight: 0, lr: 1.0e-3}\n"
+    )
+    p = write_pipeline(
+        tmp_path / "p.yaml", tiny_bert, glue_dir, extra=extra, stages="[teacher, compress, finetune, merge, export]"
+    )
     r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())

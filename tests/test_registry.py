@@ -112,7 +112,9 @@ def test_the_registry_reaches_config_errors_and_inspect(toy_method, tiny_bert, g
 
     with pytest.raises(ConfigError, match="toy_delta_head"):
         load_config(p, ["finetune.method=toy_delta_headd"])  # the message lists the registered methods
-    r = CliRunner().invoke(main, ["inspect", "params", "--model", str(tiny_bert), "--method", "toy_delta_head", "--json"])
+    r = CliRunner().invoke(
+        main, ["inspect", "params", "--model", str(tiny_bert), "--method", "toy_delta_head", "--json"]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
     assert rep["trainable_params"] == (32 + 2) * 2 and rep["added_params"] == (32 + 2) * 2

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from compresstune.data.batching import collate, encode, epoch_batches
 from compresstune.data.glue import load_glue
 from compresstune.errors import CheckFailed
-from compresstune.data.batching import collate, encode, epoch_batches
 from compresstune.train.loop import linear_schedule, train
 from compresstune.train.options import TrainOptions
 
@@ -21,8 +21,11 @@ def test_epoch_batches_cover_all_once_and_are_deterministic():
     assert len(b1) == math.ceil(1000 / 32)
     assert b1 == epoch_batches(lengths, 32, seed=3, epoch=0)
     assert b1 != epoch_batches(lengths, 32, seed=3, epoch=1)
+
     # grouping makes batches much more uniform in length than random batches
-    spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs) / len(bs)
+    def spread(bs):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs) / len(bs)
+
     assert spread(b1) < 0.3 * spread(epoch_batches(lengths, 32, 3, 0, group_by_length=False))
 
 
@@ -49,7 +52,11 @@ def _setup(tiny_bert, glue_dir, n=64):
     torch.manual_seed(0)
     task = load_glue("sst2", "local", str(glue_dir))
     task.train, task.dev = task.train.subset(n, 0), task.dev.subset(32, 0)
-    return AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2), AutoTokenizer.from_pretrained(tiny_bert), task
+    return (
+        AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+        AutoTokenizer.from_pretrained(tiny_bert),
+        task,
+    )
 
 
 def test_training_reduces_loss_and_keeps_best(tiny_bert, glue_dir, tmp_path):

@@ -47,5 +47,12 @@ def param_report(model, method: str, **options) -> dict:
     counted = peft if peft is not None else model
     total = sum(p.numel() for p in counted.parameters())
     trainable = sum(p.numel() for p in counted.parameters() if p.requires_grad)
-    return {"method": method, "base_params": base_total, "total_params": total, "added_params": total - base_total,
-            "trainable_params": trainable, "trainable_share": trainable / total, "groups": group_counts(counted)}
+    return {
+        "method": method,
+        "base_params": base_total,
+        "total_params": total,
+        "added_params": total - base_total,
+        "trainable_params": trainable,
+        "trainable_share": trainable / total,
+        "groups": group_counts(counted),
+    }

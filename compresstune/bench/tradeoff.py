@@ -12,6 +12,62 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..manifest import Manifest
+from ..measure.markdown import md_table
+
+
+def _compared_benchmark(run_dir: Path, stages: dict) -> tuple[str, dict]:
+    """The last benchmark stage that timed against a baseline (name, record), and its upstream stages all done."""
+    with_base = [
+        (n, r) for n, r in stages.items() if r.get("type") == "benchmark" and (r.get("summary") or {}).get("comparison")
+    ]
+    if not with_base:
+        raise UserError(
+            f"{run_dir}: no benchmark stage with a `baseline:` has run; add `baseline: <the uncompressed model's "
+            "export stage>` to its benchmark stage and run the pipeline."
+        )
+    bname, brec = with_base[-1]
+    not_done = [n for n in [bname, *sorted(_upstream(stages, bname))] if stages.get(n, {}).get("status") != "done"]
+    if not_done:
+        raise UserError(
+            f"{run_dir}: stage {not_done[0]!r} is {stages.get(not_done[0], {}).get('status', 'missing')}, so the "
+            f"numbers of {bname!r} do not describe the current model; run the pipeline again to bring it up to date."
+        )
+    return bname, brec
+
+
+def _cpu_points(cmp: dict) -> dict:
+    return {
+        f"{r['batch']}x{r['seq']}": {
+            "p50_ms": r["p50_ms"],
+            "baseline_p50_ms": r["baseline_p50_ms"],
+            "speedup": r["speedup"],
+        }
+        for r in cmp["rows"]
+        if r["engine"] == "ort-cpu"
+    }
+
+
+def _add_compression(row: dict, comp: dict) -> None:
+    row["compression"] = _describe(comp)
+    row["params"] = comp["after"]["params"]["total"]
+    row["baseline_params"] = comp["before"]["params"]["total"]
+    row["gflops_128"] = comp["after"]["gflops_per_seq"].get("128")
+    row["compress_dev"] = comp["after"].get("dev")
+
+
+def _add_finetune(row: dict, stages: dict, export_name: str, baseline: str) -> None:
+    """The fine-tuning behind the timed export that is not also behind the baseline's."""
+    ft = [
+        r["summary"]
+        for n, r in stages.items()
+        if r.get("type") == "finetune"
+        and n in _upstream(stages, export_name)
+        and n not in _upstream(stages, baseline) | {baseline}
+        and r.get("summary")
+    ]
+    if ft:
+        row["finetune_method"] = ft[-1]["method"]
+        row["finetune_time_s"] = ft[-1]["train_time_s"]
 
 
 def collect_run(run_dir: Path) -> dict:
@@ -19,38 +75,30 @@ def collect_run(run_dir: Path) -> dict:
     if not man.path.is_file():
         raise UserError(f"{run_dir}: no manifest.json; give run folders (for example exported/sst2-prune).")
     stages = man.stages
-    with_base = [(n, r) for n, r in stages.items() if r.get("type") == "benchmark" and (r.get("summary") or {}).get("comparison")]
-    if not with_base:
-        raise UserError(f"{run_dir}: no benchmark stage with a `baseline:` has run; add `baseline: <the uncompressed model's export stage>` "
-                        "to its benchmark stage and run the pipeline.")
-    bname, brec = with_base[-1]
+    bname, brec = _compared_benchmark(run_dir, stages)
     up = _upstream(stages, bname)
-    not_done = [n for n in [bname, *sorted(up)] if stages.get(n, {}).get("status") != "done"]
-    if not_done:
-        raise UserError(f"{run_dir}: stage {not_done[0]!r} is {stages.get(not_done[0], {}).get('status', 'missing')}, so the numbers of "
-                        f"{bname!r} do not describe the current model; run the pipeline again to bring it up to date.")
     cmp = brec["summary"]["comparison"]
     export_name = brec["inputs"][0]
     exp = stages[export_name]["summary"]
     base = stages[cmp["baseline"]]["summary"]
     comp = next((stages[n]["summary"] for n in stages if n in up and stages[n].get("type") == "compress"), None)
-    metric = next((stages[n]["summary"].get("metric") for n in stages if n in up and stages[n].get("type") == "finetune"), None) \
-        or (comp or {}).get("metric", "main")
-    row = {"run": run_dir.name, "metric": metric, "dev": exp["dev_onnx"]["main"], "baseline_dev": base["dev_onnx"]["main"],
-           "onnx_mb": cmp["onnx_mb"], "baseline_onnx_mb": cmp["baseline_onnx_mb"], "export": export_name, "benchmark": bname,
-           "points": {f"{r['batch']}x{r['seq']}": {"p50_ms": r["p50_ms"], "baseline_p50_ms": r["baseline_p50_ms"], "speedup": r["speedup"]}
-                      for r in cmp["rows"] if r["engine"] == "ort-cpu"}}
+    metric = next(
+        (stages[n]["summary"].get("metric") for n in stages if n in up and stages[n].get("type") == "finetune"), None
+    ) or (comp or {}).get("metric", "main")
+    row = {
+        "run": run_dir.name,
+        "metric": metric,
+        "dev": exp["dev_onnx"]["main"],
+        "baseline_dev": base["dev_onnx"]["main"],
+        "onnx_mb": cmp["onnx_mb"],
+        "baseline_onnx_mb": cmp["baseline_onnx_mb"],
+        "export": export_name,
+        "benchmark": bname,
+        "points": _cpu_points(cmp),
+    }
     if comp:
-        row["compression"] = _describe(comp)
-        row["params"] = comp["after"]["params"]["total"]
-        row["baseline_params"] = comp["before"]["params"]["total"]
-        row["gflops_128"] = comp["after"]["gflops_per_seq"].get("128")
-        row["compress_dev"] = comp["after"].get("dev")
-    ft = [r["summary"] for n, r in stages.items() if r.get("type") == "finetune" and n in _upstream(stages, export_name)
-          and n not in _upstream(stages, cmp["baseline"]) | {cmp["baseline"]} and r.get("summary")]
-    if ft:
-        row["finetune_method"] = ft[-1]["method"]
-        row["finetune_time_s"] = ft[-1]["train_time_s"]
+        _add_compression(row, comp)
+    _add_finetune(row, stages, export_name, cmp["baseline"])
     return row
 
 
@@ -75,20 +123,29 @@ def _describe(comp: dict) -> str:
     return f"distil into teacher layers {comp.get('keep_layers')} ({(comp.get('distill') or {}).get('mode', '')})"
 
 
+def _tradeoff_row(r: dict, pts: list[str]) -> list[str]:
+    cells = [
+        r["run"],
+        r.get("compression", "-"),
+        f"{r['params']:,}" if r.get("params") else "-",
+        str(r.get("gflops_128", "-")),
+        f"{r['onnx_mb']:.1f}",
+        f"{r['dev']:.2f}",
+        f"{r['dev'] - r['baseline_dev']:+.2f}",
+    ]
+    for p in pts:
+        q = r["points"].get(p)
+        cells += [f"{q['p50_ms']:.2f} (base {q['baseline_p50_ms']:.2f})", f"{q['speedup']:.2f}x"] if q else ["-", "-"]
+    return cells
+
+
 def to_markdown(rows: list[dict]) -> str:
     pts = sorted({k for r in rows for k in r["points"]}, key=lambda k: tuple(int(x) for x in k.split("x")))
     metric = rows[0]["metric"]
-    L = [f"| run | compression | params | GFLOPs@128 | ONNX MB | dev {metric} (ONNX) | vs baseline | "
-         + " | ".join(f"p50 {p} (ms) | speed-up {p}" for p in pts) + " |",
-         "|" + "---|" * (7 + 2 * len(pts))]
-    for r in rows:
-        cells = [r["run"], r.get("compression", "-"), f"{r['params']:,}" if r.get("params") else "-", str(r.get("gflops_128", "-")),
-                 f"{r['onnx_mb']:.1f}", f"{r['dev']:.2f}", f"{r['dev'] - r['baseline_dev']:+.2f}"]
-        for p in pts:
-            q = r["points"].get(p)
-            cells += [f"{q['p50_ms']:.2f} (base {q['baseline_p50_ms']:.2f})", f"{q['speedup']:.2f}x"] if q else ["-", "-"]
-        L.append("| " + " | ".join(cells) + " |")
-    return "\n".join(L) + "\n"
+    headers = ["run", "compression", "params", "GFLOPs@128", "ONNX MB", f"dev {metric} (ONNX)", "vs baseline"]
+    for p in pts:
+        headers += [f"p50 {p} (ms)", f"speed-up {p}"]
+    return md_table(headers, [_tradeoff_row(r, pts) for r in rows]) + "\n"
 
 
 def plot(rows: list[dict], path: Path, points: list[str] | None = None) -> None:
@@ -105,7 +162,9 @@ def plot(rows: list[dict], path: Path, points: list[str] | None = None) -> None:
         ys = [r["dev"] for r in have]
         ax.scatter(xs, ys, zorder=3)
         for i, (r, x, y) in enumerate(sorted(zip(have, xs, ys), key=lambda t: (t[2], t[1]))):
-            ax.annotate(r["run"], (x, y), textcoords="offset points", xytext=(-10, 6 + 9 * (i % 3)), fontsize=7, ha="right")  # staggered
+            ax.annotate(
+                r["run"], (x, y), textcoords="offset points", xytext=(-10, 6 + 9 * (i % 3)), fontsize=7, ha="right"
+            )  # staggered
         if have:
             base = sum(r["baseline_dev"] for r in have) / len(have)
             ax.scatter([1.0], [base], marker="*", s=160, color="black", zorder=4, label="uncompressed")

@@ -52,28 +52,48 @@ def every_other(n_layers: int, n_keep: int) -> list[int]:
 class DistillLoss:
     """``loss_fn(student, batch, labels)`` for the shared training loop."""
 
-    def __init__(self, teacher: nn.Module, layer_map: list[int], temperature: float = 2.0, logit_weight: float = 1.0,
-                 hidden_weight: float = 1.0, attention_weight: float = 0.0, task_weight: float = 0.0, regression: bool = False):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        layer_map: list[int],
+        temperature: float = 2.0,
+        logit_weight: float = 1.0,
+        hidden_weight: float = 1.0,
+        attention_weight: float = 0.0,
+        task_weight: float = 0.0,
+        regression: bool = False,
+    ):
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.layer_map = layer_map
         self.T = temperature
-        self.w_logit, self.w_hidden, self.w_attn, self.w_task = logit_weight, hidden_weight, attention_weight, task_weight
+        self.w_logit, self.w_hidden, self.w_attn, self.w_task = (
+            logit_weight,
+            hidden_weight,
+            attention_weight,
+            task_weight,
+        )
         self.regression = regression
 
     def __call__(self, student: nn.Module, batch: dict, labels: torch.Tensor) -> torch.Tensor:
         want_attn = self.w_attn > 0
         with torch.no_grad():
             t = self.teacher(**batch, output_hidden_states=True, output_attentions=want_attn)
-        s = student(**batch, output_hidden_states=True, output_attentions=want_attn, labels=labels if self.w_task else None)
+        s = student(
+            **batch, output_hidden_states=True, output_attentions=want_attn, labels=labels if self.w_task else None
+        )
         loss = torch.zeros((), device=labels.device)
         if self.w_logit:
             if self.regression:
                 loss = loss + self.w_logit * F.mse_loss(s.logits.float(), t.logits.float())
             else:
                 loss = loss + self.w_logit * self.T**2 * F.kl_div(
-                    F.log_softmax(s.logits.float() / self.T, -1), F.log_softmax(t.logits.float() / self.T, -1), log_target=True, reduction="batchmean")
+                    F.log_softmax(s.logits.float() / self.T, -1),
+                    F.log_softmax(t.logits.float() / self.T, -1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
         if self.w_hidden:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(self.layer_map)]

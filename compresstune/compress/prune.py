@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..models.artifacts import fix_attention_attributes, layer_shapes
 from ..models.arch import SkippedAttention, arch_for, base_linear, encoder_layers, get_module
+from ..models.artifacts import fix_attention_attributes, layer_shapes
 
 
 @dataclass
@@ -63,8 +63,7 @@ def encoder_flops(model: nn.Module, seq: int) -> int:
 
 
 def _example_inputs(model: nn.Module, seq: int = 16) -> dict:
-    from ..models.inputs import dummy_inputs
-    from ..models.inputs import model_inputs
+    from ..models.inputs import dummy_inputs, model_inputs
 
     return dummy_inputs(model_inputs(model), 2, seq, model.config.vocab_size, pad_tail=False)
 
@@ -90,10 +89,18 @@ def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
             num_heads[get_module(layer, getattr(aspec, role))] = heads
         ignored += [get_module(layer, aspec.o), get_module(layer, aspec.ffn_out)]  # the hidden size is a separate pass
     return tp.pruner.MetaPruner(
-        model, example, importance=importance, global_pruning=spec.mode == "global", pruning_ratio=spec.ffn_ratio,
-        ignored_layers=ignored, num_heads=num_heads, prune_num_heads=True, prune_head_dims=False,
+        model,
+        example,
+        importance=importance,
+        global_pruning=spec.mode == "global",
+        pruning_ratio=spec.ffn_ratio,
+        ignored_layers=ignored,
+        num_heads=num_heads,
+        prune_num_heads=True,
+        prune_head_dims=False,
         head_pruning_ratio=exact_head_ratio(spec.head_ratio, max(num_heads.values(), default=1)),
-        output_transform=lambda out: out.logits.sum(), max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
+        output_transform=lambda out: out.logits.sum(),
+        max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
     )
 
 
@@ -112,13 +119,28 @@ def _hidden_pruner(model: nn.Module, hidden_ratio: float, importance, example):
     keep = max(heads, (round(hidden * (1 - hidden_ratio)) // heads) * heads)
     ratio = (hidden - keep) / hidden
     ignored = []
-    for h in aspec.head_modules:  # the logits keep their width; the pooler / pre-classifier shrinks with hidden (HF sizes it so)
-        ignored += [m for m in get_module(model, h).modules() if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels]
+    for h in (
+        aspec.head_modules
+    ):  # the logits keep their width; the pooler / pre-classifier shrinks with hidden (HF sizes it so)
+        ignored += [
+            m
+            for m in get_module(model, h).modules()
+            if isinstance(m, nn.Linear) and m.out_features == model.config.num_labels
+        ]
     for layer in encoder_layers(model):
         skipped = isinstance(get_module(layer, aspec.attn_block), SkippedAttention)
-        ignored += [get_module(layer, getattr(aspec, role)) for role in (("ffn_in",) if skipped else ("q", "k", "v", "ffn_in"))]
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance, global_pruning=False, pruning_ratio=ratio,
-                                  ignored_layers=ignored, output_transform=lambda out: out.logits.sum())
+        ignored += [
+            get_module(layer, getattr(aspec, role)) for role in (("ffn_in",) if skipped else ("q", "k", "v", "ffn_in"))
+        ]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=importance,
+        global_pruning=False,
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+        output_transform=lambda out: out.logits.sum(),
+    )
     return pruner, keep
 
 
@@ -177,8 +199,10 @@ def prune_model(model: nn.Module, spec: PruneSpec, calib_batches=None, labelled:
         # uniform FFN widths fit in the HF config, so FFN-only pruning still gives a plain checkpoint;
         # fewer heads cannot (HF derives the head size from hidden_size / num_heads)
         setattr(model.config, arch_for(model).config_ffn, shapes[0]["ffn"])
-    return {"before": {"layer_shapes": before_shapes, "params": before_params},
-            "after": {"layer_shapes": layer_shapes(model), "params": count_params(model)}}
+    return {
+        "before": {"layer_shapes": before_shapes, "params": before_params},
+        "after": {"layer_shapes": layer_shapes(model), "params": count_params(model)},
+    }
 
 
 def _check_hidden(model: nn.Module, keep: int) -> None:
@@ -202,8 +226,10 @@ def ratio_for_budget(model: nn.Module, spec: PruneSpec, measure, target: float, 
     if measure(trial) > target:
         from ..errors import UserError
 
-        raise UserError(f"compress: the budget {target:g} cannot be met by pruning heads and FFN neurons (even 95% of them leaves "
-                        f"{measure(trial):g}); raise the budget, or use distillation to drop layers.")
+        raise UserError(
+            f"compress: the budget {target:g} cannot be met by pruning heads and FFN neurons (even 95% of them leaves "
+            f"{measure(trial):g}); raise the budget, or use distillation to drop layers."
+        )
     for _ in range(iters):
         mid = (lo + hi) / 2
         trial = copy.deepcopy(model)

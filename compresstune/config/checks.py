@@ -32,12 +32,18 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
         for key in ("train_file", "dev_file"):
             p = _resolve(getattr(task, key), base_dir)
             if not p.is_file():
-                out.append(f"{where(('task', key))}task.{key}: {p} does not exist; relative paths are resolved against the pipeline file's folder.")
+                out.append(
+                    f"{where(('task', key))}task.{key}: {p} does not exist; "
+                    "relative paths are resolved against the pipeline file's folder."
+                )
         return out
     glue = task.glue_dir or os.environ.get(GLUE_DIR_ENV)
     if glue is None:
         if task.source == "local":
-            out.append(f"{where(('task',))}task.source is local but neither task.glue_dir nor ${GLUE_DIR_ENV} names a GLUE folder.")
+            out.append(
+                f"{where(('task',))}task.source is local but neither task.glue_dir "
+                f"nor ${GLUE_DIR_ENV} names a GLUE folder."
+            )
         return out
     if task.source == "hub":
         return out
@@ -45,11 +51,17 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
     origin = "task.glue_dir" if task.glue_dir else f"${GLUE_DIR_ENV}"
     t = GLUE_TASKS[task.name]
     if not g.is_dir():
-        out.append(f"{where(('task', 'glue_dir'))}{origin}: the folder {g} does not exist; point it at the folder that holds {t.folder}/ (or override: task.glue_dir=PATH).")
+        out.append(
+            f"{where(('task', 'glue_dir'))}{origin}: the folder {g} does not exist; "
+            f"point it at the folder that holds {t.folder}/ (or override: task.glue_dir=PATH)."
+        )
     else:
         for f in ("train.tsv", t.dev_file):
             if not (g / t.folder / f).is_file():
-                out.append(f"{where(('task', 'glue_dir'))}{origin}: {g / t.folder / f} is missing; the GLUE folder needs the standard layout {t.folder}/train.tsv, {t.folder}/{t.dev_file}.")
+                out.append(
+                    f"{where(('task', 'glue_dir'))}{origin}: {g / t.folder / f} is missing; "
+                    f"the GLUE folder needs the standard layout {t.folder}/train.tsv, {t.folder}/{t.dev_file}."
+                )
     return out
 
 

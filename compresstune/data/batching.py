@@ -6,6 +6,7 @@ import torch
 
 from .task import Split
 
+
 def encode(tokenizer, split: Split, max_length: int) -> list[dict]:
     """Tokenize once, without padding (padding happens per batch)."""
     cols = list(zip(*split.texts)) if split.texts else [[]]
@@ -16,8 +17,10 @@ def encode(tokenizer, split: Split, max_length: int) -> list[dict]:
 
 def collate(examples: list[dict], pad_id: int, with_token_types: bool = True) -> dict[str, torch.Tensor]:
     n = max(len(e["input_ids"]) for e in examples)
-    out = {"input_ids": torch.full((len(examples), n), pad_id, dtype=torch.long),
-           "attention_mask": torch.zeros((len(examples), n), dtype=torch.long)}
+    out = {
+        "input_ids": torch.full((len(examples), n), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), n), dtype=torch.long),
+    }
     if with_token_types and "token_type_ids" in examples[0]:
         out["token_type_ids"] = torch.zeros((len(examples), n), dtype=torch.long)
     for i, e in enumerate(examples):
@@ -29,7 +32,9 @@ def collate(examples: list[dict], pad_id: int, with_token_types: bool = True) ->
     return out
 
 
-def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True) -> list[list[int]]:
+def epoch_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True
+) -> list[list[int]]:
     """The batches of one epoch, a pure function of (seed, epoch) so a resumed run sees the same order.
 
     With ``group_by_length``, the shuffled examples are cut into mega-batches of 50
@@ -48,4 +53,3 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     order = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in order]
-

@@ -43,16 +43,59 @@ GLUE_TASKS: dict[str, GlueTask] = {
     for t in [
         GlueTask("cola", "CoLA", (3,), 1, ("0", "1"), "mcc", has_header=False, hf_text=("sentence",)),
         GlueTask("sst2", "SST-2", ("sentence",), "label", ("0", "1"), "accuracy", hf_text=("sentence",)),
-        GlueTask("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", hf_text=("sentence1", "sentence2")),
-        GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "pearson", hf_text=("sentence1", "sentence2")),
-        GlueTask("qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), "f1", hf_text=("question1", "question2")),
         GlueTask(
-            "mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", ("contradiction", "entailment", "neutral"), "accuracy",
-            dev_file="dev_matched.tsv", hf_text=("premise", "hypothesis"), hf_dev_split="validation_matched",
+            "mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1", hf_text=("sentence1", "sentence2")
         ),
-        GlueTask("qnli", "QNLI", ("question", "sentence"), "label", ("entailment", "not_entailment"), "accuracy", hf_text=("question", "sentence")),
-        GlueTask("rte", "RTE", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), "accuracy", hf_text=("sentence1", "sentence2")),
-        GlueTask("wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), "accuracy", hf_text=("sentence1", "sentence2")),
+        GlueTask(
+            "stsb", "STS-B", ("sentence1", "sentence2"), "score", None, "pearson", hf_text=("sentence1", "sentence2")
+        ),
+        GlueTask(
+            "qqp",
+            "QQP",
+            ("question1", "question2"),
+            "is_duplicate",
+            ("0", "1"),
+            "f1",
+            hf_text=("question1", "question2"),
+        ),
+        GlueTask(
+            "mnli",
+            "MNLI",
+            ("sentence1", "sentence2"),
+            "gold_label",
+            ("contradiction", "entailment", "neutral"),
+            "accuracy",
+            dev_file="dev_matched.tsv",
+            hf_text=("premise", "hypothesis"),
+            hf_dev_split="validation_matched",
+        ),
+        GlueTask(
+            "qnli",
+            "QNLI",
+            ("question", "sentence"),
+            "label",
+            ("entailment", "not_entailment"),
+            "accuracy",
+            hf_text=("question", "sentence"),
+        ),
+        GlueTask(
+            "rte",
+            "RTE",
+            ("sentence1", "sentence2"),
+            "label",
+            ("entailment", "not_entailment"),
+            "accuracy",
+            hf_text=("sentence1", "sentence2"),
+        ),
+        GlueTask(
+            "wnli",
+            "WNLI",
+            ("sentence1", "sentence2"),
+            "label",
+            ("0", "1"),
+            "accuracy",
+            hf_text=("sentence1", "sentence2"),
+        ),
     ]
 }
 # The Hugging Face copy numbers MNLI/QNLI/RTE labels differently from the alphabetical order above.
@@ -61,7 +104,6 @@ _HF_LABEL_NAMES = {
     "qnli": ("entailment", "not_entailment"),
     "rte": ("entailment", "not_entailment"),
 }
-
 
 
 def find_glue_dir(configured: str | None) -> Path | None:
@@ -103,7 +145,10 @@ def _read_glue_split(task: GlueTask, path: Path) -> Split:
     need = max(text_idx + [label_idx]) + 1
     for n, r in enumerate(rows, start=first_line):
         if len(r) < need:
-            raise UserError(f"task data: {path} line {n}: expected at least {need} tab-separated columns, found {len(r)}. Read GLUE files as plain TSV with no quote handling; is the file truncated or edited?")
+            raise UserError(
+                f"task data: {path} line {n}: expected at least {need} tab-separated columns, found {len(r)}. "
+                "Read GLUE files as plain TSV with no quote handling; is the file truncated or edited?"
+            )
         raw = r[label_idx].strip()
         try:
             lab = float(raw) if task.is_regression else task.labels.index(raw)
@@ -123,11 +168,19 @@ def load_glue(name: str, source: str = "auto", glue_dir: str | None = None) -> T
         if local is None:
             raise UserError(f"task: `source: local` needs `task.glue_dir` or ${GLUE_DIR_ENV} to name the GLUE folder.")
         if not local.is_dir():
-            raise UserError(f"task.glue_dir: the folder {local} does not exist; point it at the folder that holds {task.folder}/.")
+            raise UserError(
+                f"task.glue_dir: the folder {local} does not exist; point it at the folder that holds {task.folder}/."
+            )
         tr, dv = local / task.folder / "train.tsv", local / task.folder / task.dev_file
         return TaskData(
-            name, _read_glue_split(task, tr), _read_glue_split(task, dv), task.num_labels, task.metric, task.is_regression,
-            list(task.labels) if task.labels else None, {"train": str(tr), "dev": str(dv)},
+            name,
+            _read_glue_split(task, tr),
+            _read_glue_split(task, dv),
+            task.num_labels,
+            task.metric,
+            task.is_regression,
+            list(task.labels) if task.labels else None,
+            {"train": str(tr), "dev": str(dv)},
         )
     return _load_glue_hub(task)
 
@@ -140,7 +193,8 @@ def _load_glue_hub(task: GlueTask) -> TaskData:
     except Exception as exc:  # offline, or the hub refused
         raise UserError(
             f"task: GLUE {task.name} was requested from the Hugging Face hub and could not be loaded "
-            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). Without a hub, set `task.glue_dir` "
+            f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). "
+            "Without a hub, set `task.glue_dir` "
             f"(or ${GLUE_DIR_ENV}) to a local GLUE folder in the standard layout."
         ) from None
     hf_names = _HF_LABEL_NAMES.get(task.name)
@@ -156,6 +210,12 @@ def _load_glue_hub(task: GlueTask) -> TaskData:
         return Split(texts, labels)
 
     return TaskData(
-        task.name, conv(ds["train"]), conv(ds[task.hf_dev_split]), task.num_labels, task.metric, task.is_regression,
-        list(task.labels) if task.labels else None, {"train": f"hub:nyu-mll/glue/{task.name}", "dev": f"hub:nyu-mll/glue/{task.name}"},
+        task.name,
+        conv(ds["train"]),
+        conv(ds[task.hf_dev_split]),
+        task.num_labels,
+        task.metric,
+        task.is_regression,
+        list(task.labels) if task.labels else None,
+        {"train": f"hub:nyu-mll/glue/{task.name}", "dev": f"hub:nyu-mll/glue/{task.name}"},
     )

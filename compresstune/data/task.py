@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+
 @dataclass
 class Split:
     texts: list[tuple[str, ...]]  # one tuple per example: (sentence,) or (sentence1, sentence2)
@@ -16,7 +17,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int | None, seed: int) -> "Split":
+    def subset(self, n: int | None, seed: int) -> Split:
         """A fixed random subset of ``n`` examples (all when ``n`` is None or too big)."""
         if not n or n >= len(self):
             return self

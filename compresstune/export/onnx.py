@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import CheckFailed, UserError
 from ..data.batching import collate
+from ..errors import CheckFailed, UserError
 from ..models.inputs import dummy_inputs, model_inputs
 
 EXPORT_SHAPE = (2, 16)  # (batch, seq) of the dummy input; verification uses other shapes
@@ -44,8 +44,15 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _LogitsOnly(model, names), tuple(example[n] for n in names), str(path), input_names=list(names),
-            output_names=["logits"], dynamic_axes=axes, opset_version=opset, do_constant_folding=True, dynamo=False,
+            _LogitsOnly(model, names),
+            tuple(example[n] for n in names),
+            str(path),
+            input_names=list(names),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
         )
     import onnx
 
@@ -71,14 +78,18 @@ def make_session(path: str | Path, provider: str = "cpu", threads: int | None = 
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
     providers = [ep] if provider == "cpu" else [ep, "CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     active = sess.get_providers()
     if active[0] != ep:
         raise CheckFailed(
-            f"ONNX Runtime did not activate {ep} (active: {active}); it fell back silently, usually because the CUDA/cuDNN "
+            f"ONNX Runtime did not activate {ep} (active: {active}); "
+            "it fell back silently, usually because the CUDA/cuDNN "
             "libraries it needs are missing. Fix the CUDA install or benchmark on cpu only."
         )
     return sess
@@ -115,6 +126,9 @@ def max_abs_diff_at_shapes(model: nn.Module, sess, shapes) -> dict[str, float]:
         ref = model(**inp).logits.float().numpy()
         got = ort_run(sess, {k: v.numpy() for k, v in inp.items()})
         if got.shape != ref.shape:
-            raise CheckFailed(f"ONNX output shape {got.shape} != PyTorch {ref.shape} at batch {b} x seq {s}: a dynamic axis was baked into the export.")
+            raise CheckFailed(
+                f"ONNX output shape {got.shape} != PyTorch {ref.shape} at batch {b} x seq {s}: "
+                "a dynamic axis was baked into the export."
+            )
         out[f"{b}x{s}"] = float(np.abs(got - ref).max())
     return out

@@ -47,8 +47,13 @@ def time_fn(fn, warmup: int, iters: int, min_time_s: float, sync=None) -> dict:
         if len(times) >= 10 * iters and time.perf_counter() - start >= min_time_s:
             break
     a = np.array(times)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "runs": len(times)}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "runs": len(times),
+    }
 
 
 def bench_grid(make_runner, engines, batch_sizes, seq_lengths, warmup, iters, min_time_s, log=print) -> list[dict]:
@@ -60,6 +65,9 @@ def bench_grid(make_runner, engines, batch_sizes, seq_lengths, warmup, iters, mi
                 fn, sync = make_runner(engine, b, s)
                 r = time_fn(fn, warmup, iters, min_time_s, sync)
                 r.update(engine=engine, batch=b, seq=s, throughput_seq_s=b * 1000.0 / r["p50_ms"])
-                log(f"  {engine:12s} batch {b:3d} x seq {s:4d}: p50 {r['p50_ms']:8.2f} ms  p90 {r['p90_ms']:8.2f}  p99 {r['p99_ms']:8.2f}  {r['throughput_seq_s']:8.1f} seq/s")
+                log(
+                    f"  {engine:12s} batch {b:3d} x seq {s:4d}: p50 {r['p50_ms']:8.2f} ms  p90 {r['p90_ms']:8.2f}  "
+                    f"p99 {r['p99_ms']:8.2f}  {r['throughput_seq_s']:8.1f} seq/s"
+                )
                 rows.append(r)
     return rows

@@ -72,5 +72,10 @@ def training_memory(model: nn.Module, batches, optimizer_params, bf16: bool, los
     state = sum(_nbytes(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
     par = sum(_nbytes(p) for p in model.parameters())
     mb = 2**20
-    return {"params_mb": round(par / mb, 1), "grads_mb": round(grads / mb, 1), "optimizer_state_mb": round(state / mb, 1),
-            "activations_mb": round(peak_act / mb, 1), "peak_tensor_mb": round((par + grads + state + peak_act) / mb, 1)}
+    return {
+        "params_mb": round(par / mb, 1),
+        "grads_mb": round(grads / mb, 1),
+        "optimizer_state_mb": round(state / mb, 1),
+        "activations_mb": round(peak_act / mb, 1),
+        "peak_tensor_mb": round((par + grads + state + peak_act) / mb, 1),
+    }

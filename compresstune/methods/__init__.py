@@ -31,7 +31,8 @@ from .base import (  # noqa: F401
 
 
 def reapply(model: nn.Module, structure: dict) -> nn.Module:
-    """Add the recorded Learners/adapters/LoRA to ``model``; returns the module whose state_dict matches the artifact."""
+    """Add the recorded Learners/adapters/LoRA to ``model``; returns the module whose state_dict matches the
+    artifact."""
     for key, entry in (structure or {}).items():
         model = method_for_structure(key).reapply(model, entry)
     return model

@@ -32,8 +32,10 @@ class SplitOut(nn.Module):
         self.train_part = nn.Linear(lin.in_features, k)
         self.frozen_part = nn.Linear(lin.in_features, lin.out_features - k)
         with torch.no_grad():
-            self.train_part.weight.copy_(lin.weight[:k]); self.train_part.bias.copy_(lin.bias[:k])
-            self.frozen_part.weight.copy_(lin.weight[k:]); self.frozen_part.bias.copy_(lin.bias[k:])
+            self.train_part.weight.copy_(lin.weight[:k])
+            self.train_part.bias.copy_(lin.bias[:k])
+            self.frozen_part.weight.copy_(lin.weight[k:])
+            self.frozen_part.bias.copy_(lin.bias[k:])
         self.frozen_part.requires_grad_(False)
 
     def forward(self, x):
@@ -56,7 +58,8 @@ class SplitIn(nn.Module):
         self.train_part = nn.Linear(k, lin.out_features)
         self.frozen_part = nn.Linear(lin.in_features - k, lin.out_features, bias=False)
         with torch.no_grad():
-            self.train_part.weight.copy_(lin.weight[:, :k]); self.train_part.bias.copy_(lin.bias)
+            self.train_part.weight.copy_(lin.weight[:, :k])
+            self.train_part.bias.copy_(lin.bias)
             self.frozen_part.weight.copy_(lin.weight[:, k:])
         self.frozen_part.requires_grad_(False)
 
@@ -92,7 +95,8 @@ def split_ffns(model: nn.Module, scores: list[torch.Tensor], retention: float) -
         fin, fout = get_module(layer, spec.ffn_in), get_module(layer, spec.ffn_out)
         order = torch.argsort(s, descending=True)
         k = max(1, int(round(retention * len(order))))
-        fin.weight.copy_(fin.weight[order]); fin.bias.copy_(fin.bias[order])
+        fin.weight.copy_(fin.weight[order])
+        fin.bias.copy_(fin.bias[order])
         fout.weight.copy_(fout.weight[:, order])
         set_module(layer, spec.ffn_in, SplitOut(fin, k))
         set_module(layer, spec.ffn_out, SplitIn(fout, k))
@@ -130,8 +134,10 @@ class Far(Method):
     def prepare(self, model, opts, ctx) -> MethodSetup:
         if ctx.counting_only:  # which nodes stay trainable does not change the counts
             spec = arch_for(model)
-            scores = [torch.arange(base_linear(get_module(layer, spec.ffn_in)).out_features, 0, -1).float()
-                      for layer in encoder_layers(model)]
+            scores = [
+                torch.arange(base_linear(get_module(layer, spec.ffn_in)).out_features, 0, -1).float()
+                for layer in encoder_layers(model)
+            ]
             for p in model.parameters():
                 p.requires_grad_(True)
             split_ffns(model, scores, opts.far_retention)
@@ -148,19 +154,38 @@ class Far(Method):
         probe = copy.deepcopy(model)
         for p in probe.parameters():
             p.requires_grad_(True)
-        ctx.log(f"FAR priming: {n_prime} of {total} steps on a copy, then keep the top {opts.far_retention:.0%} "
-                "FFN nodes trainable")
-        prime = t.model_copy(update={"max_steps": n_prime, "select": "last", "eval_every_steps": None,
-                                     "epochs": n_prime / steps_per_epoch})
-        res = train(probe, ctx.task, ctx.tokenizer, prime, ctx.scratch_dir / "far_priming", max_length=ctx.max_length,
-                    device=ctx.device, log=ctx.log, progress=False)
+        ctx.log(
+            f"FAR priming: {n_prime} of {total} steps on a copy, then keep the top {opts.far_retention:.0%} "
+            "FFN nodes trainable"
+        )
+        prime = t.model_copy(
+            update={
+                "max_steps": n_prime,
+                "select": "last",
+                "eval_every_steps": None,
+                "epochs": n_prime / steps_per_epoch,
+            }
+        )
+        res = train(
+            probe,
+            ctx.task,
+            ctx.tokenizer,
+            prime,
+            ctx.scratch_dir / "far_priming",
+            max_length=ctx.max_length,
+            device=ctx.device,
+            log=ctx.log,
+            progress=False,
+        )
         scores = ffn_node_change(model, probe.to("cpu"))
         del probe
         for p in model.parameters():
             p.requires_grad_(True)
         kept = split_ffns(model, scores, opts.far_retention)
-        return MethodSetup(summary={"far_priming_steps": n_prime, "far_priming_time_s": res.train_time_s,
-                                    "far_nodes_trainable": kept}, extra_train_time_s=res.train_time_s)
+        return MethodSetup(
+            summary={"far_priming_steps": n_prime, "far_priming_time_s": res.train_time_s, "far_nodes_trainable": kept},
+            extra_train_time_s=res.train_time_s,
+        )
 
     def after_training(self, model) -> None:
         unsplit_ffns(model)  # back to plain linears for export

@@ -31,7 +31,21 @@ def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
                     ids |= {id(p) for p in _linear_weights(get_module(layer, getattr(spec, role)))}
                 except AttributeError:  # attention skipped after all its heads were pruned
                     pass
-    groups: dict[str, list] = {k: [] for k in ("embeddings", "attention", "ffn", "learners", "adapters", "lora", "layernorm", "bias", "head", "other")}
+    groups: dict[str, list] = {
+        k: []
+        for k in (
+            "embeddings",
+            "attention",
+            "ffn",
+            "learners",
+            "adapters",
+            "lora",
+            "layernorm",
+            "bias",
+            "head",
+            "other",
+        )
+    }
     for name, p in model.named_parameters():
         i = id(p)
         if i in head_ids and "lora_" not in name:
@@ -81,7 +95,10 @@ def group_counts(model: nn.Module) -> dict[str, dict[str, int]]:
     out = {}
     for g, ps in param_groups(model).items():
         if ps:
-            out[g] = {"total": sum(p.numel() for _, p in ps), "trainable": sum(p.numel() for _, p in ps if p.requires_grad)}
+            out[g] = {
+                "total": sum(p.numel() for _, p in ps),
+                "trainable": sum(p.numel() for _, p in ps if p.requires_grad),
+            }
     return out
 
 

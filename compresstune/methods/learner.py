@@ -25,8 +25,10 @@ def _unique_targets(v):
 
 
 Targets = Annotated[list[Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]], AfterValidator(_unique_targets)]
-TARGETS_FIELD = Field(default_factory=lambda: ["q", "k", "v", "o", "ffn_in", "ffn_out"],
-                      description="linears of every encoder layer that get a Learner")
+TARGETS_FIELD = Field(
+    default_factory=lambda: ["q", "k", "v", "o", "ffn_in", "ffn_out"],
+    description="linears of every encoder layer that get a Learner",
+)
 
 
 class AttachOptions(Section):
@@ -61,8 +63,11 @@ def priming_hook(attention: list, p_epochs: float, log):
                 if not priming:
                     p.grad = None
             state["primed"] = priming
-            what = ("priming: attention Q,K,V,O train with the Learners" if priming
-                    else "attention frozen; Learners, biases, LayerNorm and head train")
+            what = (
+                "priming: attention Q,K,V,O train with the Learners"
+                if priming
+                else "attention frozen; Learners, biases, LayerNorm and head train"
+            )
             log(f"step {step}: {what}")
 
     return hook

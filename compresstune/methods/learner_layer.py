@@ -105,12 +105,17 @@ def target_paths(model: nn.Module, targets=DEFAULT_TARGETS) -> list[str]:
             if isinstance(mod, LearnerLinear):
                 raise UserError(f"{layer_prefix(model, i)}.{roles[t]} already carries a Learner; attach once.")
             if not isinstance(mod, nn.Linear):
-                raise UserError(f"{layer_prefix(model, i)}.{roles[t]} is a {type(mod).__name__}, not an nn.Linear; a Learner cannot be attached to it.")
+                raise UserError(
+                    f"{layer_prefix(model, i)}.{roles[t]} is a {type(mod).__name__}, not an nn.Linear; "
+                    "a Learner cannot be attached to it."
+                )
             paths.append(f"{layer_prefix(model, i)}.{roles[t]}")
     return paths
 
 
-def attach_learners(model: nn.Module, rank: int, targets=DEFAULT_TARGETS, scale: float = 1.0, init: str = "kaiming_zero") -> dict:
+def attach_learners(
+    model: nn.Module, rank: int, targets=DEFAULT_TARGETS, scale: float = 1.0, init: str = "kaiming_zero"
+) -> dict:
     """Wrap every target linear with a Learner; returns the description saved with the artifact."""
     paths = target_paths(model, targets)
     for p in paths:
@@ -134,5 +139,8 @@ def merge_learners(model: nn.Module) -> int:
 def check_merge(before: torch.Tensor, after: torch.Tensor, atol: float = 1e-4) -> float:
     diff = float((before.float() - after.float()).abs().max())
     if diff > atol:
-        raise CheckFailed(f"merge: merged and unmerged logits differ by {diff:.2e} (> {atol}); the merged model is not the trained one.")
+        raise CheckFailed(
+            f"merge: merged and unmerged logits differ by {diff:.2e} (> {atol}); "
+            "the merged model is not the trained one."
+        )
     return diff

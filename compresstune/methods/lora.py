@@ -36,8 +36,14 @@ def lora_config(model: nn.Module, rank: int, alpha: float, targets):
     from peft import LoraConfig
 
     spec = arch_for(model)
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_target_regex(model, targets),
-                      modules_to_save=[h.split(".")[-1] for h in spec.head_modules], bias="none")
+    return LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=lora_target_regex(model, targets),
+        modules_to_save=[h.split(".")[-1] for h in spec.head_modules],
+        bias="none",
+    )
 
 
 def _wrap(model: nn.Module, rank: int, alpha: float, targets) -> nn.Module:

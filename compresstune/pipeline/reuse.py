@@ -11,7 +11,9 @@ from ..manifest import Manifest, write_json_atomic
 NOT_REUSED = {"benchmark", "report"}  # timings belong to a moment and a machine; the report publishes this run's files
 
 
-def reuse_stage(name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log, inputs: list[str]) -> bool:
+def reuse_stage(
+    name, stype, fp, sources, manifest: Manifest, final_dir: Path, run_dir: Path, log, inputs: list[str]
+) -> bool:
     """Copy a finished stage with the same type and fingerprint (same settings, model, task and
     inputs) from another run folder instead of recomputing it. Paths in its summary that point
     into the source run are rewritten to the matching stages of this run, or made absolute."""
@@ -19,7 +21,7 @@ def reuse_stage(name, stype, fp, sources, manifest: Manifest, final_dir: Path, r
         return False
     for src in sources:
         src_man = Manifest.load(Path(src))
-        for src_name, rec in src_man.stages.items():
+        for rec in src_man.stages.values():
             if rec.get("type") != stype or rec.get("fingerprint") != fp or rec.get("status") != "done":
                 continue
             src_dir = src_man.run_dir / rec["output"]
@@ -35,12 +37,29 @@ def reuse_stage(name, stype, fp, sources, manifest: Manifest, final_dir: Path, r
                 shutil.rmtree(final_dir)
             tmp_dir.rename(final_dir)
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            manifest.update_stage(name, type=stype, fingerprint=fp, status="done", output=final_dir.name, summary=summary, inputs=inputs,
-                                  reused_from=f"{src_man.run_dir}/{rec['output']}", error=None, started_at=now, finished_at=now,
-                                  wall_time_s=rec.get("wall_time_s"), peak_rss_mb=rec.get("peak_rss_mb"))
-            log(f"[{name}] reused {src_man.run_dir / rec['output']} (same fingerprint {fp}; its wall time {rec.get('wall_time_s')} s was spent there)")
+            manifest.update_stage(
+                name,
+                type=stype,
+                fingerprint=fp,
+                status="done",
+                output=final_dir.name,
+                summary=summary,
+                inputs=inputs,
+                reused_from=f"{src_man.run_dir}/{rec['output']}",
+                error=None,
+                started_at=now,
+                finished_at=now,
+                wall_time_s=rec.get("wall_time_s"),
+                peak_rss_mb=rec.get("peak_rss_mb"),
+            )
+            log(
+                f"[{name}] reused {src_man.run_dir / rec['output']} "
+                f"(same fingerprint {fp}; its wall time {rec.get('wall_time_s')} s was spent there)"
+            )
             return True
-    log(f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {', '.join(map(str, sources))})")
+    log(
+        f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {', '.join(map(str, sources))})"
+    )
     return False
 
 

@@ -14,17 +14,17 @@ import json
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
+from ..manifest import Manifest, write_json_atomic
 from ..measure.monitor import ResourceMonitor
 from ..stages import STAGES, StageContext
 from ..stages.base import InputRef, load_task_data
 from .fingerprint import stage_fingerprints
-from ..manifest import Manifest, write_json_atomic
 from .reuse import reuse_stage
 
 FP_FILE = ".fingerprint"
@@ -71,7 +71,9 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(run_dir)
     (run_dir / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    manifest.set_run(run_name=run_dir.name, config_file=str(cfg.source), config=cfg.to_dict(), stage_order=list(cfg.stages))
+    manifest.set_run(
+        run_name=run_dir.name, config_file=str(cfg.source), config=cfg.to_dict(), stage_order=list(cfg.stages)
+    )
     plan = _plan(cfg, manifest, from_stage, until_stage, force)
     _quiet_hf()
     for name in plan.names[: plan.last + 1]:
@@ -80,8 +82,9 @@ def run_pipeline(
         if name not in plan.forced and manifest.is_done(name, fp):
             log(f"[{name}] up to date (fingerprint {fp}), skipped")
             continue
-        if name not in plan.forced and reuse_stage(name, cfg.stages[name].type, fp, reuse_from, manifest, final_dir,
-                                                   run_dir, log, cfg.stage_inputs(name)):
+        if name not in plan.forced and reuse_stage(
+            name, cfg.stages[name].type, fp, reuse_from, manifest, final_dir, run_dir, log, cfg.stage_inputs(name)
+        ):
             _mark_downstream_stale(cfg, manifest, name)
             continue
         _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
@@ -97,8 +100,10 @@ def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force
         raise UserError(f"--from {from_stage} comes after --until {until_stage}; swap them.")
     for src in reuse_from or []:
         if not (Path(src) / Manifest.FILE).is_file():
-            raise UserError(f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run "
-                            "(for example exported/quickstart).")
+            raise UserError(
+                f"--reuse-from {src}: no manifest.json there; give the folder of an earlier run "
+                "(for example exported/quickstart)."
+            )
     if reuse_from and force:
         log("note: --force recomputes every stage, so --reuse-from has nothing to do")
 
@@ -108,7 +113,7 @@ def _plan(cfg: PipelineConfig, manifest: Manifest, from_stage, until_stage, forc
     fps = fingerprints(cfg)
     forced = set(names if force else [])
     if from_stage:
-        forced |= set(names[names.index(from_stage):])
+        forced |= set(names[names.index(from_stage) :])
     last = names.index(until_stage) if until_stage else len(names) - 1
     plan = _Plan(names, last, forced, fps)
     todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
@@ -138,8 +143,17 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         out = run_dir / rec.get("output", stage_dirname(cfg, inp))
         inputs.append(InputRef(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
     ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=plan.shared)
-    manifest.update_stage(name, type=scfg.type, fingerprint=fp, status="running", output=final_dir.name, error=None,
-                          reused_from=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), inputs=[r.name for r in inputs])
+    manifest.update_stage(
+        name,
+        type=scfg.type,
+        fingerprint=fp,
+        status="running",
+        output=final_dir.name,
+        error=None,
+        reused_from=None,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        inputs=[r.name for r in inputs],
+    )
     log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
     try:
         with ResourceMonitor() as mon:
@@ -152,8 +166,14 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
     summary = {**summary, "resources": mon.summary()}
     _commit(tmp_dir, final_dir, summary)
     res = summary["resources"]
-    manifest.update_stage(name, status="done", summary=summary, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          wall_time_s=res["wall_time_s"], peak_rss_mb=res["peak_rss_mb"])
+    manifest.update_stage(
+        name,
+        status="done",
+        summary=summary,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        wall_time_s=res["wall_time_s"],
+        peak_rss_mb=res["peak_rss_mb"],
+    )
     _mark_downstream_stale(cfg, manifest, name)
     log(f"[{name}] done in {res['wall_time_s']:.1f}s, peak RSS {res['peak_rss_mb']:.0f} MB")
 
@@ -206,14 +226,23 @@ def run_status(run_dir: Path) -> dict:
     """What the manifest says of each stage, plus whether its output folder is there."""
     m = Manifest.load(run_dir)
     if not m.path.is_file():
-        raise UserError(f"{run_dir}: no manifest.json; is this a run folder? Runs live in exported/RUN "
-                        "(see `compresstune pipeline run`).")
+        raise UserError(
+            f"{run_dir}: no manifest.json; is this a run folder? Runs live in exported/RUN "
+            "(see `compresstune pipeline run`)."
+        )
     out = {"run_dir": str(run_dir), "stages": []}
     for name in m.data.get("stage_order", list(m.stages)):
         rec = m.stages.get(name, {})
-        out["stages"].append({"name": name, "type": rec.get("type"), "status": rec.get("status", "pending"),
-                              "fingerprint": rec.get("fingerprint"),
-                              "output": str(run_dir / rec["output"]) if rec.get("output") else None,
-                              "wall_time_s": rec.get("wall_time_s"), "error": rec.get("error"),
-                              "reused_from": rec.get("reused_from")})
+        out["stages"].append(
+            {
+                "name": name,
+                "type": rec.get("type"),
+                "status": rec.get("status", "pending"),
+                "fingerprint": rec.get("fingerprint"),
+                "output": str(run_dir / rec["output"]) if rec.get("output") else None,
+                "wall_time_s": rec.get("wall_time_s"),
+                "error": rec.get("error"),
+                "reused_from": rec.get("reused_from"),
+            }
+        )
     return out

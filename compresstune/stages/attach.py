@@ -23,5 +23,11 @@ class AttachStage(Stage):
         save_model(model, tok, ctx.out_dir / "model", ctx.task_meta(), {"source": source}, structure={"learners": info})
         added = sum(m.P1.numel() + m.P2.numel() for m in learner_modules(model).values())
         ctx.log(f"[{ctx.name}] rank-{cfg.rank} Learners on {len(info['paths'])} linears: +{added:,} parameters")
-        return {"rank": cfg.rank, "targets": list(cfg.targets), "learner_params": added, "linears": len(info["paths"]),
-                "total_params": sum(p.numel() for p in model.parameters()), "param_groups": group_counts(model)}
+        return {
+            "rank": cfg.rank,
+            "targets": list(cfg.targets),
+            "learner_params": added,
+            "linears": len(info["paths"]),
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "param_groups": group_counts(model),
+        }

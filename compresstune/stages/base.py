@@ -5,10 +5,10 @@ into its own temporary folder, which the pipeline renames into place on success.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -17,7 +17,7 @@ from ..data.files import load_user_files
 from ..data.glue import load_glue
 from ..data.task import TaskData
 
-STAGES: dict[str, type["Stage"]] = {}
+STAGES: dict[str, type[Stage]] = {}
 
 
 def load_task_data(pipeline: PipelineConfig) -> TaskData:
@@ -76,8 +76,14 @@ class StageContext:
 
     def task_meta(self) -> dict:
         d = self.task
-        return {"name": d.name, "num_labels": d.num_labels, "metric": d.metric, "is_regression": d.is_regression,
-                "label_names": d.label_names, "max_length": self.pipeline.task.max_length}
+        return {
+            "name": d.name,
+            "num_labels": d.num_labels,
+            "metric": d.metric,
+            "is_regression": d.is_regression,
+            "label_names": d.label_names,
+            "max_length": self.pipeline.task.max_length,
+        }
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the run folder when it is inside it (summaries stay movable), else as is."""
@@ -98,7 +104,10 @@ class StageContext:
         if mdir is None:
             from ..errors import UserError
 
-            raise UserError(f"{self.name}: {what} needs a model from an earlier stage (finetune, compress, merge, ...); put one before it in `stages:`.")
+            raise UserError(
+                f"{self.name}: {what} needs a model from an earlier stage (finetune, compress, merge, ...); "
+                "put one before it in `stages:`."
+            )
         return mdir
 
     def input_model_dir(self) -> Path | None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..models.artifacts import save_model
 from ..compress.distill import DistillLoss, every_other, keep_layers_student
 from ..compress.prune import PruneSpec, count_params, encoder_flops, prune_model, ratio_for_budget
+from ..data.batching import collate, encode
 from ..data.task import Split
 from ..errors import UserError
 from ..models.arch import encoder_layers
-from ..data.batching import collate, encode
+from ..models.artifacts import save_model
 from ..models.inputs import model_inputs
 from ..train.evaluate import evaluate
 from ..train.loop import train
@@ -45,14 +45,29 @@ def _unlabelled(ctx: StageContext) -> Split:
     return Split(tr.texts, [0] * len(tr))
 
 
+def _unlabelled_task(ctx: StageContext):
+    """The task with its training split replaced by unlabelled text (task-agnostic distillation)."""
+    from ..data.task import TaskData
+
+    task = ctx.task
+    return TaskData(
+        task.name, _unlabelled(ctx), task.dev, task.num_labels, task.metric, task.is_regression, task.label_names
+    )
+
+
 def _flop_seqs(ctx) -> list[int]:
     """128 (the budget's default length) and 64, plus every benchmark stage's sequence lengths."""
-    return sorted(set(FLOP_SEQS) | {s for st in ctx.pipeline.stages.values() if st.type == "benchmark" for s in st.seq_lengths})
+    return sorted(
+        set(FLOP_SEQS) | {s for st in ctx.pipeline.stages.values() if st.type == "benchmark" for s in st.seq_lengths}
+    )
 
 
 def _summary_of(model, seqs=FLOP_SEQS) -> dict:
-    out = {"params": count_params(model), "gflops_per_seq": {str(s): round(encoder_flops(model, s) / 1e9, 4) for s in seqs},
-           "layers": len(encoder_layers(model))}
+    out = {
+        "params": count_params(model),
+        "gflops_per_seq": {str(s): round(encoder_flops(model, s) / 1e9, 4) for s in seqs},
+        "layers": len(encoder_layers(model)),
+    }
     return out
 
 
@@ -77,15 +92,7 @@ class CompressStage(Stage):
         if cfg.method == "prune":
             student, info = self._prune(ctx, model, tok)
         else:
-            n = len(encoder_layers(model))
-            if cfg.keep_layers and not all(0 <= i < n for i in cfg.keep_layers) or len(set(cfg.keep_layers or [])) != len(cfg.keep_layers or []):
-                raise UserError(f"{ctx.name}.keep_layers: {cfg.keep_layers} must name distinct teacher layers 0..{n - 1}.")
-            if not cfg.keep_layers and cfg.student_layers >= n:
-                raise UserError(f"{ctx.name}.student_layers: {cfg.student_layers} is not fewer than the teacher's {n} layers.")
-            keep = cfg.keep_layers or every_other(n, cfg.student_layers)
-            student = keep_layers_student(model, keep)
-            info = {"keep_layers": keep}
-            ctx.log(f"[{ctx.name}] student keeps teacher layers {keep}")
+            student, info = self._layer_student(ctx, model)
         heal = cfg.method == "distill" or cfg.heal_epochs > 0
         if heal:
             info["distill"] = self._distill(ctx, teacher, student, tok, info.get("keep_layers"))
@@ -94,16 +101,71 @@ class CompressStage(Stage):
         task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific"
         if has_head or task_specific:
             after["dev"] = evaluate(student, task, dev_enc, pad)["main"]
-        save_model(student, tok, ctx.out_dir / "model", ctx.task_meta(), {"compressed_from": source, "compression": cfg.method})
+        save_model(
+            student, tok, ctx.out_dir / "model", ctx.task_meta(), {"compressed_from": source, "compression": cfg.method}
+        )
         size = os.path.getsize(ctx.out_dir / "model" / "model.safetensors")
-        ctx.log(f"[{ctx.name}] params {before['params']['total']:,} -> {after['params']['total']:,}; "
-                f"encoder GFLOPs@128 {before['gflops_per_seq']['128']} -> {after['gflops_per_seq']['128']}")
-        return {"method": cfg.method, "metric": task.metric, "before": before, "after": after, "size_mb": round(size / 2**20, 2),
-                "source": source, **info}
+        ctx.log(
+            f"[{ctx.name}] params {before['params']['total']:,} -> {after['params']['total']:,}; "
+            f"encoder GFLOPs@128 {before['gflops_per_seq']['128']} -> {after['gflops_per_seq']['128']}"
+        )
+        return {
+            "method": cfg.method,
+            "metric": task.metric,
+            "before": before,
+            "after": after,
+            "size_mb": round(size / 2**20, 2),
+            "source": source,
+            **info,
+        }
+
+    def _layer_student(self, ctx, model):
+        """A student made of some of the teacher's encoder layers (``keep_layers``, else every other one)."""
+        cfg = ctx.cfg
+        n = len(encoder_layers(model))
+        if (
+            cfg.keep_layers
+            and not all(0 <= i < n for i in cfg.keep_layers)
+            or len(set(cfg.keep_layers or [])) != len(cfg.keep_layers or [])
+        ):
+            raise UserError(f"{ctx.name}.keep_layers: {cfg.keep_layers} must name distinct teacher layers 0..{n - 1}.")
+        if not cfg.keep_layers and cfg.student_layers >= n:
+            raise UserError(
+                f"{ctx.name}.student_layers: {cfg.student_layers} is not fewer than the teacher's {n} layers."
+            )
+        keep = cfg.keep_layers or every_other(n, cfg.student_layers)
+        student = keep_layers_student(model, keep)
+        ctx.log(f"[{ctx.name}] student keeps teacher layers {keep}")
+        return student, {"keep_layers": keep}
 
     def _prune(self, ctx, model, tok):
         cfg = ctx.cfg
         spec = PruneSpec(cfg.head_ratio, cfg.ffn_ratio, cfg.mode, cfg.importance, cfg.hidden_ratio)
+        self._fit_budget(ctx, model, spec)
+        labelled = cfg.calibration == "task"
+        calib = self._calibration_batches(ctx, model, tok, labelled) if cfg.importance == "taylor" else None
+        ctx.log(
+            f"[{ctx.name}] pruning {spec.head_ratio:.0%} of heads and {spec.ffn_ratio:.0%} of FFN neurons "
+            f"({spec.mode}, {spec.importance})"
+        )
+        rep = prune_model(model, spec, calib, labelled)
+        if cfg.target != "ratio":  # the budget search ranks by magnitude; Taylor/global ranking can land elsewhere
+            self._check_budget(ctx, model)
+        return model, {
+            "prune": {
+                "head_ratio": spec.head_ratio,
+                "ffn_ratio": spec.ffn_ratio,
+                "mode": spec.mode,
+                "importance": spec.importance,
+                "layer_shapes_before": rep["before"]["layer_shapes"],
+                "layer_shapes_after": rep["after"]["layer_shapes"],
+            }
+        }
+
+    @staticmethod
+    def _fit_budget(ctx, model, spec: PruneSpec) -> None:
+        """With ``target: params`` or ``flops``, set the head and FFN ratios that meet the budget."""
+        cfg = ctx.cfg
         if cfg.target == "params":
             if not cfg.target_params:
                 raise UserError(f"{ctx.name}.target_params: required with target: params.")
@@ -114,58 +176,101 @@ class CompressStage(Stage):
                 raise UserError(f"{ctx.name}.target_gflops: required with target: flops.")
             r = ratio_for_budget(model, spec, lambda m: encoder_flops(m, cfg.flops_seq) / 1e9, cfg.target_gflops)
             spec.head_ratio = spec.ffn_ratio = r
-        calib = None
-        labelled = cfg.calibration == "task"
-        if cfg.importance == "taylor":
-            split = ctx.task.train if labelled else _unlabelled(ctx)
-            split = split.subset(cfg.calibration_examples, ctx.seed)
-            enc = encode(tok, split, ctx.pipeline.task.max_length)
-            names = model_inputs(model)
-            lab = torch.tensor(split.labels, dtype=torch.float if ctx.task.is_regression else torch.long)
-            calib = []
-            for i in range(0, len(enc), 32):
-                b = {k: v for k, v in collate(enc[i:i + 32], tok.pad_token_id or 0, "token_type_ids" in names).items() if k in names}
-                calib.append((b, lab[i:i + 32] if labelled else None))
-        ctx.log(f"[{ctx.name}] pruning {spec.head_ratio:.0%} of heads and {spec.ffn_ratio:.0%} of FFN neurons ({spec.mode}, {spec.importance})")
-        rep = prune_model(model, spec, calib, labelled)
-        if cfg.target != "ratio":  # the budget search ranks by magnitude; Taylor/global ranking can land elsewhere
-            got = count_params(model)["total"] if cfg.target == "params" else encoder_flops(model, cfg.flops_seq) / 1e9
-            want = cfg.target_params if cfg.target == "params" else cfg.target_gflops
-            if got > want * 1.001:
-                from ..errors import CheckFailed
 
-                raise CheckFailed(f"{ctx.name}: the pruned model has {got:g} ({cfg.target}), over the budget {want:g}: the ratio was searched "
-                                  "with magnitude importance and the final ranking differs. Use importance: magnitude or lower the budget a little.")
-        return model, {"prune": {"head_ratio": spec.head_ratio, "ffn_ratio": spec.ffn_ratio, "mode": spec.mode, "importance": spec.importance,
-                                 "layer_shapes_before": rep["before"]["layer_shapes"], "layer_shapes_after": rep["after"]["layer_shapes"]}}
+    @staticmethod
+    def _calibration_batches(ctx, model, tok, labelled: bool) -> list:
+        """Batches of 32 for Taylor importance: (inputs, labels), labels None for unlabelled text."""
+        cfg = ctx.cfg
+        split = ctx.task.train if labelled else _unlabelled(ctx)
+        split = split.subset(cfg.calibration_examples, ctx.seed)
+        enc = encode(tok, split, ctx.pipeline.task.max_length)
+        names = model_inputs(model)
+        lab = torch.tensor(split.labels, dtype=torch.float if ctx.task.is_regression else torch.long)
+        calib = []
+        for i in range(0, len(enc), 32):
+            b = {
+                k: v
+                for k, v in collate(enc[i : i + 32], tok.pad_token_id or 0, "token_type_ids" in names).items()
+                if k in names
+            }
+            calib.append((b, lab[i : i + 32] if labelled else None))
+        return calib
+
+    @staticmethod
+    def _check_budget(ctx, model) -> None:
+        cfg = ctx.cfg
+        got = count_params(model)["total"] if cfg.target == "params" else encoder_flops(model, cfg.flops_seq) / 1e9
+        want = cfg.target_params if cfg.target == "params" else cfg.target_gflops
+        if got > want * 1.001:
+            from ..errors import CheckFailed
+
+            raise CheckFailed(
+                f"{ctx.name}: the pruned model has {got:g} ({cfg.target}), over the budget {want:g}: the ratio was "
+                "searched with magnitude importance and the final ranking differs. Use importance: magnitude or "
+                "lower the budget a little."
+            )
 
     def _distill(self, ctx, teacher, student, tok, keep):
         cfg = ctx.cfg
-        task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific" or (cfg.method == "prune" and ctx.input_model_dir() is not None)
-        if task_specific and ctx.input_model_dir() is None:
-            raise UserError(f"{ctx.name}: distill_mode task_specific distils the teacher's logits, but the teacher is the pretrained model with an "
-                            f"untrained head. Put a fine-tuned teacher first (`{ctx.name}.input: teacher`) or use distill_mode: task_agnostic.")
+        task_specific = self._task_specific(ctx)
         teacher.to(ctx.device)  # train() moves only the student
         n_t = len(encoder_layers(teacher))
         layer_map = keep if keep is not None else list(range(n_t))
         if cfg.attention_weight:
             for m in (teacher, student):
                 m.config._attn_implementation = "eager"  # attention probabilities are returned by the eager path only
-        loss = DistillLoss(teacher, layer_map, cfg.temperature, cfg.logit_weight if task_specific else 0.0, cfg.hidden_weight,
-                           cfg.attention_weight, cfg.task_weight if task_specific else 0.0, ctx.task.is_regression)
-        task = ctx.task
-        if not task_specific:
-            from ..data.task import TaskData
-
-            task = TaskData(task.name, _unlabelled(ctx), task.dev, task.num_labels, task.metric, task.is_regression, task.label_names)
+        loss = DistillLoss(
+            teacher,
+            layer_map,
+            cfg.temperature,
+            cfg.logit_weight if task_specific else 0.0,
+            cfg.hidden_weight,
+            cfg.attention_weight,
+            cfg.task_weight if task_specific else 0.0,
+            ctx.task.is_regression,
+        )
+        task = ctx.task if task_specific else _unlabelled_task(ctx)
         over = {"select": "last"} if not task_specific else {}
         if cfg.method == "prune":
             over["epochs"] = cfg.heal_epochs
         spec = cfg.train_options(ctx.seed, **over)
         for p in student.parameters():
             p.requires_grad_(True)
-        res = train(student, task, tok, spec, ctx.out_dir / "checkpoints", max_length=ctx.pipeline.task.max_length,
-                    device=ctx.device, log=ctx.log,
-                    progress=ctx.progress, loss_fn=loss, evaluate_dev=task_specific)
-        return {"mode": "task_specific" if task_specific else "task_agnostic", "steps": res.steps, "train_time_s": res.train_time_s,
-                "layer_map": layer_map, "best_dev": res.best_metric, "history": res.history}
+        res = train(
+            student,
+            task,
+            tok,
+            spec,
+            ctx.out_dir / "checkpoints",
+            max_length=ctx.pipeline.task.max_length,
+            device=ctx.device,
+            log=ctx.log,
+            progress=ctx.progress,
+            loss_fn=loss,
+            evaluate_dev=task_specific,
+        )
+        return {
+            "mode": "task_specific" if task_specific else "task_agnostic",
+            "steps": res.steps,
+            "train_time_s": res.train_time_s,
+            "layer_map": layer_map,
+            "best_dev": res.best_metric,
+            "history": res.history,
+        }
+
+    @staticmethod
+    def _task_specific(ctx) -> bool:
+        """Whether distillation uses the teacher's logits and the task labels (needs a fine-tuned teacher)."""
+        cfg = ctx.cfg
+        task_specific = (
+            cfg.method == "distill"
+            and cfg.distill_mode == "task_specific"
+            or (cfg.method == "prune" and ctx.input_model_dir() is not None)
+        )
+        if task_specific and ctx.input_model_dir() is None:
+            raise UserError(
+                f"{ctx.name}: distill_mode task_specific distils the teacher's logits, but the teacher is the "
+                f"pretrained model with an untrained head. Put a fine-tuned teacher first (`{ctx.name}.input: "
+                "teacher`) or use distill_mode: task_agnostic."
+            )
+        return task_specific

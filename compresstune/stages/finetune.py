@@ -28,45 +28,100 @@ class FinetuneStage(Stage):
         method = get_method(cfg.method)
         torch.manual_seed(ctx.seed)  # the new classifier head's (and Learners') initialisation
         model, tok, structure, source = load_input_model(ctx)
-        ctx.log(f"[{ctx.name}] {task.name}: {len(task.train)} train / {len(task.dev)} dev examples; method {cfg.method}; "
-                f"model from {source}")
+        ctx.log(
+            f"[{ctx.name}] {task.name}: {len(task.train)} train / {len(task.dev)} dev examples; method {cfg.method}; "
+            f"model from {source}"
+        )
         self._check_structure(ctx, method, structure)
         opts = cfg.train_options(ctx.seed)
-        pctx = PrepareContext(task, tok, opts, ctx.pipeline.task.max_length, ctx.device, ctx.out_dir / "checkpoints",
-                              log=lambda s: ctx.log(f"[{ctx.name}] {s}"))
-        setup = method.prepare(model, method.options(cfg), pctx)
+        setup = method.prepare(model, method.options(cfg), self._prepare_context(ctx, tok, opts))
         model = setup.model or model
         structure = {**structure, **setup.structure}
         groups = group_counts(model)
         total, trainable_now = count_params(model)
-        res = train(model, task, tok, opts, ctx.out_dir / "checkpoints", max_length=ctx.pipeline.task.max_length,
-                    device=ctx.device, phase_hook=setup.phase_hook, optimizer_params=setup.optimizer_params,
-                    log=ctx.log, progress=ctx.progress)
+        res = self._train(ctx, model, tok, opts, setup)
         model.to("cpu")
         method.after_training(model)
-        save_model(model, tok, ctx.out_dir / "model", ctx.task_meta(), {"method": cfg.method, "source": source},
-                   structure=structure)
+        save_model(
+            model,
+            tok,
+            ctx.out_dir / "model",
+            ctx.task_meta(),
+            {"method": cfg.method, "source": source},
+            structure=structure,
+        )
+        return self._summary(ctx, res, setup, total, trainable_now, groups, structure)
+
+    @staticmethod
+    def _prepare_context(ctx: StageContext, tok, opts) -> PrepareContext:
+        return PrepareContext(
+            ctx.task,
+            tok,
+            opts,
+            ctx.pipeline.task.max_length,
+            ctx.device,
+            ctx.out_dir / "checkpoints",
+            log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
+        )
+
+    @staticmethod
+    def _train(ctx: StageContext, model, tok, opts, setup):
+        return train(
+            model,
+            ctx.task,
+            tok,
+            opts,
+            ctx.out_dir / "checkpoints",
+            max_length=ctx.pipeline.task.max_length,
+            device=ctx.device,
+            phase_hook=setup.phase_hook,
+            optimizer_params=setup.optimizer_params,
+            log=ctx.log,
+            progress=ctx.progress,
+        )
+
+    @staticmethod
+    def _summary(ctx: StageContext, res, setup, total: int, trainable_now: int, groups, structure: dict) -> dict:
+        cfg, task = ctx.cfg, ctx.task
         # time spent inside prepare (FAR's priming run) is part of the method's cost: count it, shift the curve by it
         extra = setup.extra_train_time_s
         train_time = round(res.train_time_s + extra, 2) if extra else res.train_time_s
-        history = [{**h, "train_time_s": round(h["train_time_s"] + extra, 3)} for h in res.history] if extra else res.history
+        history = (
+            [{**h, "train_time_s": round(h["train_time_s"] + extra, 3)} for h in res.history] if extra else res.history
+        )
         return {
-            "method": cfg.method, "metric": task.metric,
+            "method": cfg.method,
+            "metric": task.metric,
             "dev_metric": res.best_metric if cfg.select == "best" else res.final_metric,
-            "best_dev_metric": res.best_metric, "best_step": res.best_step, "final_dev_metric": res.final_metric,
-            "steps": res.steps, "epochs": res.epochs, "train_time_s": train_time, "resumed_from_step": res.resumed_from_step,
-            "total_params": total, "trainable_params": trainable_now, "optimizer_params": res.trainable_params,
-            "param_groups": groups, "structure": structure,
-            "train_examples": len(task.train), "dev_examples": len(task.dev), "history": history, **setup.summary,
+            "best_dev_metric": res.best_metric,
+            "best_step": res.best_step,
+            "final_dev_metric": res.final_metric,
+            "steps": res.steps,
+            "epochs": res.epochs,
+            "train_time_s": train_time,
+            "resumed_from_step": res.resumed_from_step,
+            "total_params": total,
+            "trainable_params": trainable_now,
+            "optimizer_params": res.trainable_params,
+            "param_groups": groups,
+            "structure": structure,
+            "train_examples": len(task.train),
+            "dev_examples": len(task.dev),
+            "history": history,
+            **setup.summary,
         }
 
     @staticmethod
     def _check_structure(ctx: StageContext, method, structure: dict) -> None:
         extra = [k for k in structure if k not in method.continues]
         if extra:
-            raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; method {method.name} needs a "
-                            "plain model (put a merge stage before it, or use method: learner).")
+            raise UserError(
+                f"{ctx.name}: the input model carries {', '.join(structure)}; method {method.name} needs a "
+                "plain model (put a merge stage before it, or use method: learner)."
+            )
         if structure.get("learners"):
             s = structure["learners"]
-            ctx.log(f"[{ctx.name}] the input already carries rank-{s['rank']} Learners (from its attach stage); "
-                    "this stage's rank/targets/scale/init are not used")
+            ctx.log(
+                f"[{ctx.name}] the input already carries rank-{s['rank']} Learners (from its attach stage); "
+                "this stage's rank/targets/scale/init are not used"
+            )

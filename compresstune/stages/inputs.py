@@ -16,14 +16,18 @@ def load_input_model(ctx: StageContext):
         want = ctx.task_meta()
         got = meta.get("task", {})
         if got and got.get("num_labels") != want["num_labels"]:
-            raise UserError(f"{ctx.name}: the input model {mdir} has {got.get('num_labels')} labels but task "
-                            f"{want['name']} needs {want['num_labels']}.")
+            raise UserError(
+                f"{ctx.name}: the input model {mdir} has {got.get('num_labels')} labels but task "
+                f"{want['name']} needs {want['num_labels']}."
+            )
         return model, tok, meta.get("structure") or {}, str(mdir)
     if ctx.inputs:
         names = ", ".join(r.name for r in ctx.inputs)
-        raise UserError(f"{ctx.name}: reads from {names}, which produced no model. Set `{ctx.name}.input` to a stage that "
-                        "outputs a model (finetune, compress, attach, merge), or `input: pretrained` to start from the "
-                        "pipeline's model.")
+        raise UserError(
+            f"{ctx.name}: reads from {names}, which produced no model. Set `{ctx.name}.input` to a stage that "
+            "outputs a model (finetune, compress, attach, merge), or `input: pretrained` to start from the "
+            "pipeline's model."
+        )
     ref = resolve_model_path(ctx.pipeline.model, ctx.pipeline.base_dir)
     tok = load_tokenizer(ref)
     task = ctx.task
@@ -38,5 +42,7 @@ def load_plain_input_model(ctx: StageContext, action: str):
     """Like :func:`load_input_model`, for stages that need a model without Learners/adapters/LoRA."""
     model, tok, structure, source = load_input_model(ctx)
     if structure:
-        raise UserError(f"{ctx.name}: the input model carries {', '.join(structure)}; {action} a plain model (merge first).")
+        raise UserError(
+            f"{ctx.name}: the input model carries {', '.join(structure)}; {action} a plain model (merge first)."
+        )
     return model, tok, source

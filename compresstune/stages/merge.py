@@ -37,9 +37,21 @@ class MergeStage(Stage):
         with torch.no_grad():
             after = merged(**batch).logits
         diff = check_merge(before, after, cfg.atol)
-        save_model(merged, tok, ctx.out_dir / "model", meta.get("task", ctx.task_meta()),
-                   {"merged_from": str(mdir), "method": meta.get("method")}, structure=structure)
+        save_model(
+            merged,
+            tok,
+            ctx.out_dir / "model",
+            meta.get("task", ctx.task_meta()),
+            {"merged_from": str(mdir), "method": meta.get("method")},
+            structure=structure,
+        )
         ctx.log(f"[{ctx.name}] {how}; max |logit diff| {diff:.2e} on {len(enc)} dev examples")
-        return {"how": how, "max_abs_diff": diff, "atol": cfg.atol, "check_examples": len(enc),
-                "params_before": params_before, "params_after": sum(p.numel() for p in merged.parameters()),
-                "plain_hf": not structure}
+        return {
+            "how": how,
+            "max_abs_diff": diff,
+            "atol": cfg.atol,
+            "check_examples": len(enc),
+            "params_before": params_before,
+            "params_after": sum(p.numel() for p in merged.parameters()),
+            "plain_hf": not structure,
+        }

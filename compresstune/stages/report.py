@@ -9,9 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..models.artifacts import versions
-from ..measure.latency import machine_info
 from ..manifest import Manifest, write_json_atomic
+from ..measure.latency import machine_info
+from ..measure.markdown import md_table
+from ..models.artifacts import versions
 from .base import Stage, StageContext, register
 
 
@@ -72,12 +73,25 @@ class ReportStage(Stage):
         stages = {}
         for ref in ctx.inputs:
             rec = manifest.stages.get(ref.name, {})
-            stages[ref.name] = {"type": ref.type, "fingerprint": rec.get("fingerprint"), "output": rec.get("output"),
-                                "wall_time_s": rec.get("wall_time_s"), "peak_rss_mb": rec.get("peak_rss_mb"), "summary": ref.summary,
-                                "reused_from": rec.get("reused_from")}
-        report = {"run": ctx.run_dir.name, "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "config_file": ctx.pipeline.source,
-                  "model": ctx.pipeline.model, "task": ctx.pipeline.task.name, "machine": machine_info(), "versions": versions(),
-                  "stages": stages}
+            stages[ref.name] = {
+                "type": ref.type,
+                "fingerprint": rec.get("fingerprint"),
+                "output": rec.get("output"),
+                "wall_time_s": rec.get("wall_time_s"),
+                "peak_rss_mb": rec.get("peak_rss_mb"),
+                "summary": ref.summary,
+                "reused_from": rec.get("reused_from"),
+            }
+        report = {
+            "run": ctx.run_dir.name,
+            "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "config_file": ctx.pipeline.source,
+            "model": ctx.pipeline.model,
+            "task": ctx.pipeline.task.name,
+            "machine": machine_info(),
+            "versions": versions(),
+            "stages": stages,
+        }
         md = self._markdown(report, ctx)
         hist = {n: s["summary"].get("history") for n, s in stages.items() if s["type"] == "finetune"}
         metric = next((s["summary"].get("metric") for s in stages.values() if s["summary"].get("metric")), "metric")
@@ -104,70 +118,160 @@ class ReportStage(Stage):
         return out
 
     def _markdown(self, r: dict, ctx: StageContext) -> str:
-        L = [f"# compresstune report: {r['run']}", "",
-             f"Pipeline `{r['config_file']}`, model `{r['model']}`, task `{r['task']}`. Generated {r['generated_at']}.",
-             f"Machine: {r['machine']['cpu']} ({r['machine']['logical_cores']} logical cores){', GPU ' + r['machine']['gpu'] if r['machine'].get('gpu') else ''}.",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
-             "## Stages", "", "| stage | type | wall time (s) | peak RSS (MB) | fingerprint |", "|---|---|---|---|---|"]
+        L = _md_head(r) + _md_stage_table(r["stages"])
         for n, s in r["stages"].items():
-            L.append(f"| {n} | {s['type']} | {_fmt(s['wall_time_s'], 1)}{' (reused from ' + s['reused_from'] + ')' if s.get('reused_from') else ''} "
-                     f"| {_fmt(s['peak_rss_mb'], 0)} | `{s['fingerprint']}` |")
-        for n, s in r["stages"].items():
-            sm = s["summary"]
-            if s["type"] == "finetune":
-                L += ["", f"## Training: {n}", "",
-                      f"Method `{sm['method']}`; {sm['train_examples']} train / {sm['dev_examples']} dev examples; {sm['steps']} steps ({sm['epochs']} epochs) in {_fmt(sm['train_time_s'], 1)} s"
-                      + (f" (evaluation excluded; resumed once from step {sm['resumed_from_step']})" if sm.get("resumed_from_step") else " (evaluation excluded)") + ".",
-                      f"Parameters: {sm['total_params']:,} total, {sm['trainable_params']:,} trained.",
-                      f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), final {_fmt(sm['final_dev_metric'])}; the stage outputs the {getattr(ctx.pipeline.stages.get(n), 'select', 'best')} weights."]
-            elif s["type"] == "export":
-                L += ["", f"## Export: {n}", "",
-                      f"ONNX opset {sm['opset']}, {sm['size_mb']} MB. Max |logit difference| vs PyTorch: "
-                      + ", ".join(f"{k}: {v:.2e}" for k, v in sm["max_abs_diff"].items()) + f" (tolerance {sm['atol']}).", "",
-                      "| dev metric | PyTorch | ONNX Runtime |", "|---|---|---|"]
-                for k in sm["dev_pytorch"]:
-                    if k != "main":
-                        L.append(f"| {k} | {sm['dev_pytorch'][k]:.2f} | {sm['dev_onnx'][k]:.2f} |")
-            elif s["type"] == "benchmark":
-                L += ["", f"## Benchmark: {n}", "",
-                      f"{sm['threads']} threads; providers {sm['active_providers']}. Latency in ms over full-length random inputs.", "",
-                      "| engine | batch | seq | p50 | p90 | p99 | seq/s |", "|---|---|---|---|---|---|---|"]
-                for row in sm["rows"]:
-                    L.append(f"| {row['engine']} | {row['batch']} | {row['seq']} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | {row['p99_ms']:.2f} | {row['throughput_seq_s']:.1f} |")
-                cmp = sm.get("comparison")
-                if cmp:
-                    L += ["", f"Back to back against `{cmp['baseline']}` ({cmp['baseline_onnx']}, {cmp['baseline_onnx_mb']} MB vs this model's "
-                          f"{cmp['onnx_mb']} MB): {cmp['rounds']} rounds per point, each timing both back to back (order alternating); p50s are medians over "
-                          "rounds, the speed-up the median of the per-round ratios.", "",
-                          "| engine | batch x seq | this p50 (ms) | baseline p50 (ms) | speed-up |", "|---|---|---|---|---|"]
-                    for row in cmp["rows"]:
-                        L.append(f"| {row['engine']} | {row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | {row['baseline_p50_ms']:.2f} | {row['speedup']:.2f}x |")
-            elif s["type"] == "compress":
-                b, a = sm["before"], sm["after"]
-                L += ["", f"## Compression: {n} ({sm['method']})", "",
-                      "| | before | after |", "|---|---|---|",
-                      f"| parameters | {b['params']['total']:,} | {a['params']['total']:,} |",
-                      f"| embeddings | {b['params']['embeddings']:,} | {a['params']['embeddings']:,} |",
-                      f"| encoder | {b['params']['encoder']:,} | {a['params']['encoder']:,} |",
-                      f"| encoder layers | {b['layers']} | {a['layers']} |"]
-                for seq in b["gflops_per_seq"]:
-                    L.append(f"| encoder GFLOPs / sequence of {seq} | {b['gflops_per_seq'][seq]} | {a['gflops_per_seq'][seq]} |")
-                L.append(f"| dev {sm['metric']} | {_fmt(b.get('dev'))} | {_fmt(a.get('dev'))} |")
-                L.append(f"| weights on disk (MB) | | {sm['size_mb']} |")
-                if sm.get("prune"):
-                    L += ["", "Per-layer (heads, FFN) after pruning: " + ", ".join(f"({x['heads']}, {x['ffn']})" for x in sm["prune"]["layer_shapes_after"])]
-        benches = [(n, s["summary"]) for n, s in r["stages"].items() if s["type"] == "benchmark"]
-        if len(benches) >= 2:
-            base_name, base = benches[0]
-            L += ["", f"## Latency against {base_name}", "", "ONNX Runtime p50 (ms) per grid point; speed-up = baseline p50 / this p50. The stages ran at "
-                  "different times, so machine drift enters these ratios; a benchmark stage with `baseline:` measures back to back (above).", "",
-                  "| benchmark | engine | batch x seq | p50 (ms) | speed-up |", "|---|---|---|---|---|"]
-            ref = {(row["engine"], row["batch"], row["seq"]): row["p50_ms"] for row in base["rows"]}
-            for name, sm in benches:
-                for row in sm["rows"]:
-                    if not row["engine"].startswith("ort"):
-                        continue
-                    k = (row["engine"], row["batch"], row["seq"])
-                    sp = f"{ref[k] / row['p50_ms']:.2f}x" if k in ref else "-"
-                    L.append(f"| {name} | {row['engine']} | {row['batch']} x {row['seq']} | {row['p50_ms']:.2f} | {sp} |")
+            section = _MD_SECTIONS.get(s["type"])
+            if section is not None:
+                L += section(n, s["summary"], ctx)
+        L += _md_latency(r["stages"])
         return "\n".join(L) + "\n"
+
+
+def _md_head(r: dict) -> list[str]:
+    m = r["machine"]
+    return [
+        f"# compresstune report: {r['run']}",
+        "",
+        f"Pipeline `{r['config_file']}`, model `{r['model']}`, task `{r['task']}`. Generated {r['generated_at']}.",
+        f"Machine: {m['cpu']} ({m['logical_cores']} logical cores){', GPU ' + m['gpu'] if m.get('gpu') else ''}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+    ]
+
+
+def _md_stage_table(stages: dict) -> list[str]:
+    rows = []
+    for n, s in stages.items():
+        reused = f" (reused from {s['reused_from']})" if s.get("reused_from") else ""
+        rows.append(
+            [n, s["type"], _fmt(s["wall_time_s"], 1) + reused, _fmt(s["peak_rss_mb"], 0), f"`{s['fingerprint']}`"]
+        )
+    headers = ["stage", "type", "wall time (s)", "peak RSS (MB)", "fingerprint"]
+    return ["", "## Stages", "", md_table(headers, rows)]
+
+
+def _md_finetune(n: str, sm: dict, ctx: StageContext) -> list[str]:
+    if sm.get("resumed_from_step"):
+        excluded = f" (evaluation excluded; resumed once from step {sm['resumed_from_step']})"
+    else:
+        excluded = " (evaluation excluded)"
+    select = getattr(ctx.pipeline.stages.get(n), "select", "best")
+    return [
+        "",
+        f"## Training: {n}",
+        "",
+        f"Method `{sm['method']}`; {sm['train_examples']} train / {sm['dev_examples']} dev examples; "
+        f"{sm['steps']} steps ({sm['epochs']} epochs) in {_fmt(sm['train_time_s'], 1)} s{excluded}.",
+        f"Parameters: {sm['total_params']:,} total, {sm['trainable_params']:,} trained.",
+        f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), "
+        f"final {_fmt(sm['final_dev_metric'])}; the stage outputs the {select} weights.",
+    ]
+
+
+def _md_export(n: str, sm: dict, ctx: StageContext) -> list[str]:
+    diffs = ", ".join(f"{k}: {v:.2e}" for k, v in sm["max_abs_diff"].items())
+    rows = [[k, f"{sm['dev_pytorch'][k]:.2f}", f"{sm['dev_onnx'][k]:.2f}"] for k in sm["dev_pytorch"] if k != "main"]
+    return [
+        "",
+        f"## Export: {n}",
+        "",
+        f"ONNX opset {sm['opset']}, {sm['size_mb']} MB. Max |logit difference| vs PyTorch: {diffs}"
+        f" (tolerance {sm['atol']}).",
+        "",
+        md_table(["dev metric", "PyTorch", "ONNX Runtime"], rows),
+    ]
+
+
+def _md_benchmark(n: str, sm: dict, ctx: StageContext) -> list[str]:
+    rows = [
+        [
+            row["engine"],
+            row["batch"],
+            row["seq"],
+            f"{row['p50_ms']:.2f}",
+            f"{row['p90_ms']:.2f}",
+            f"{row['p99_ms']:.2f}",
+            f"{row['throughput_seq_s']:.1f}",
+        ]
+        for row in sm["rows"]
+    ]
+    L = [
+        "",
+        f"## Benchmark: {n}",
+        "",
+        f"{sm['threads']} threads; providers {sm['active_providers']}. Latency in ms over full-length random inputs.",
+        "",
+        md_table(["engine", "batch", "seq", "p50", "p90", "p99", "seq/s"], rows),
+    ]
+    cmp = sm.get("comparison")
+    return L + _md_comparison(cmp) if cmp else L
+
+
+def _md_comparison(cmp: dict) -> list[str]:
+    rows = [
+        [
+            row["engine"],
+            f"{row['batch']} x {row['seq']}",
+            f"{row['p50_ms']:.2f}",
+            f"{row['baseline_p50_ms']:.2f}",
+            f"{row['speedup']:.2f}x",
+        ]
+        for row in cmp["rows"]
+    ]
+    headers = ["engine", "batch x seq", "this p50 (ms)", "baseline p50 (ms)", "speed-up"]
+    return [
+        "",
+        f"Back to back against `{cmp['baseline']}` ({cmp['baseline_onnx']}, {cmp['baseline_onnx_mb']} MB vs this "
+        f"model's {cmp['onnx_mb']} MB): {cmp['rounds']} rounds per point, each timing both back to back (order "
+        "alternating); p50s are medians over rounds, the speed-up the median of the per-round ratios.",
+        "",
+        md_table(headers, rows),
+    ]
+
+
+def _md_compress(n: str, sm: dict, ctx: StageContext) -> list[str]:
+    b, a = sm["before"], sm["after"]
+    rows = [
+        ["parameters", f"{b['params']['total']:,}", f"{a['params']['total']:,}"],
+        ["embeddings", f"{b['params']['embeddings']:,}", f"{a['params']['embeddings']:,}"],
+        ["encoder", f"{b['params']['encoder']:,}", f"{a['params']['encoder']:,}"],
+        ["encoder layers", b["layers"], a["layers"]],
+    ]
+    for seq in b["gflops_per_seq"]:
+        rows.append([f"encoder GFLOPs / sequence of {seq}", b["gflops_per_seq"][seq], a["gflops_per_seq"][seq]])
+    rows.append([f"dev {sm['metric']}", _fmt(b.get("dev")), _fmt(a.get("dev"))])
+    rows.append(["weights on disk (MB)", "", sm["size_mb"]])
+    L = ["", f"## Compression: {n} ({sm['method']})", "", md_table(["", "before", "after"], rows)]
+    if sm.get("prune"):
+        shapes = ", ".join(f"({x['heads']}, {x['ffn']})" for x in sm["prune"]["layer_shapes_after"])
+        L += ["", "Per-layer (heads, FFN) after pruning: " + shapes]
+    return L
+
+
+_MD_SECTIONS = {"finetune": _md_finetune, "export": _md_export, "benchmark": _md_benchmark, "compress": _md_compress}
+
+
+def _md_latency(stages: dict) -> list[str]:
+    """ONNX Runtime p50s of every benchmark stage against the first one's (when there are two or more)."""
+    benches = [(n, s["summary"]) for n, s in stages.items() if s["type"] == "benchmark"]
+    if len(benches) < 2:
+        return []
+    base_name, base = benches[0]
+    ref = {(row["engine"], row["batch"], row["seq"]): row["p50_ms"] for row in base["rows"]}
+    rows = []
+    for name, sm in benches:
+        for row in sm["rows"]:
+            if not row["engine"].startswith("ort"):
+                continue
+            k = (row["engine"], row["batch"], row["seq"])
+            sp = f"{ref[k] / row['p50_ms']:.2f}x" if k in ref else "-"
+            rows.append([name, row["engine"], f"{row['batch']} x {row['seq']}", f"{row['p50_ms']:.2f}", sp])
+    return [
+        "",
+        f"## Latency against {base_name}",
+        "",
+        "ONNX Runtime p50 (ms) per grid point; speed-up = baseline p50 / this p50. The stages ran at "
+        "different times, so machine drift enters these ratios; a benchmark stage with `baseline:` measures "
+        "back to back (above).",
+        "",
+        md_table(["benchmark", "engine", "batch x seq", "p50 (ms)", "speed-up"], rows),
+    ]

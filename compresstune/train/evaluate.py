@@ -11,8 +11,11 @@ from ..data.metrics import compute_metrics
 from ..data.task import TaskData
 from ..models.inputs import model_inputs
 
+
 @torch.no_grad()
-def predict(model: nn.Module, encoded: list[dict], pad_id: int, batch_size: int = 128, device: str = "cpu") -> np.ndarray:
+def predict(
+    model: nn.Module, encoded: list[dict], pad_id: int, batch_size: int = 128, device: str = "cpu"
+) -> np.ndarray:
     """Raw logits for every example, in order (fp32, eval mode)."""
     was_training = model.training
     model.eval()
@@ -39,4 +42,3 @@ def logits_to_preds(task: TaskData, logits: np.ndarray) -> np.ndarray:
 def evaluate(model, task: TaskData, dev_encoded, pad_id, batch_size=128, device="cpu") -> dict:
     logits = predict(model, dev_encoded, pad_id, batch_size, device)
     return compute_metrics(task, logits_to_preds(task, logits), task.dev.labels)
-

@@ -21,9 +21,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -66,11 +66,16 @@ def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], floa
 
 
 def diverged(what: str, step: int, ckpt_step, ckpt_path, opts: TrainOptions) -> str:
-    kept = (f"the last good checkpoint ({ckpt_path}, step {ckpt_step}) is kept" if ckpt_step is not None
-            else "no checkpoint had been written yet")
-    return (f"training diverged: {what} at step {step}; the weights were not updated with it, and {kept}. Running the "
-            f"same command again would diverge again at the same step: lower the learning rate (now {opts.lr:g}, e.g. "
-            f"finetune.lr={opts.lr / 3:.2g}) or turn off bf16. A changed setting starts the stage over.")
+    kept = (
+        f"the last good checkpoint ({ckpt_path}, step {ckpt_step}) is kept"
+        if ckpt_step is not None
+        else "no checkpoint had been written yet"
+    )
+    return (
+        f"training diverged: {what} at step {step}; the weights were not updated with it, and {kept}. Running the "
+        f"same command again would diverge again at the same step: lower the learning rate (now {opts.lr:g}, e.g. "
+        f"finetune.lr={opts.lr / 3:.2g}) or turn off bf16. A changed setting starts the stage over."
+    )
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -86,10 +91,22 @@ def _is_no_decay(name: str, p: nn.Parameter) -> bool:
 class Trainer:
     """The state of one training run; :meth:`run` goes through the named steps."""
 
-    def __init__(self, model: nn.Module, task: TaskData, tokenizer, opts: TrainOptions, ckpt_dir: str | Path,
-                 max_length: int = 128, device: str = "cpu", phase_hook: Callable[[int, float], None] | None = None,
-                 optimizer_params: list[nn.Parameter] | None = None, log: Callable[[str], None] = print,
-                 progress: bool = True, loss_fn: Callable | None = None, evaluate_dev: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskData,
+        tokenizer,
+        opts: TrainOptions,
+        ckpt_dir: str | Path,
+        max_length: int = 128,
+        device: str = "cpu",
+        phase_hook: Callable[[int, float], None] | None = None,
+        optimizer_params: list[nn.Parameter] | None = None,
+        log: Callable[[str], None] = print,
+        progress: bool = True,
+        loss_fn: Callable | None = None,
+        evaluate_dev: bool = True,
+    ):
         if opts.seed is None:
             raise ValueError("TrainOptions.seed must be resolved before training (use train_options(seed))")
         self.model, self.task, self.tok, self.opts = model, task, tokenizer, opts
@@ -136,8 +153,9 @@ class Trainer:
         named = [(nm, p) for nm, p in model.named_parameters() if id(p) in ids]
         decay = [p for nm, p in named if not _is_no_decay(nm, p)]
         no_decay = [p for nm, p in named if _is_no_decay(nm, p)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=o.lr)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr
+        )
         warmup = int(o.warmup_ratio * self.total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.total_steps, warmup))
 
@@ -161,8 +179,14 @@ class Trainer:
     def _train_steps(self) -> None:
         kill_after = int(os.environ.get(_KILL_ENV, "0") or 0)
         self.model.train()
-        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, desc="train",
-                        dynamic_ncols=True, mininterval=2.0)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            desc="train",
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
         lengths = [len(e["input_ids"]) for e in self.train_enc]
         batches, batches_epoch = None, -1
         while self.step < self.total_steps:
@@ -190,8 +214,9 @@ class Trainer:
         dev = self.device
         batch = collate([self.train_enc[i] for i in idx], self.pad_id, "token_type_ids" in self.names)
         batch = {k: v.to(dev) for k, v in batch.items() if k in self.names}
-        with torch.autocast(device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=torch.bfloat16,
-                            enabled=self.opts.bf16):
+        with torch.autocast(
+            device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=self.opts.bf16
+        ):
             if self.loss_fn is not None:
                 loss = self.loss_fn(self.model, batch, self.labels[idx].to(dev))
             else:
@@ -223,9 +248,13 @@ class Trainer:
         raise CheckFailed(diverged(what, self.step + 1, self.last_ckpt_step, self.last_path, self.opts))
 
     def _evaluate(self) -> None:
-        rec = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-               "train_time_s": round(self.elapsed_before + self.train_clock, 3),
-               "train_loss": (self.loss_sum / self.loss_n) if self.loss_n else None, "lr": self.sched.get_last_lr()[0]}
+        rec = {
+            "step": self.step,
+            "epoch": round(self.step / self.steps_per_epoch, 4),
+            "train_time_s": round(self.elapsed_before + self.train_clock, 3),
+            "train_loss": (self.loss_sum / self.loss_n) if self.loss_n else None,
+            "lr": self.sched.get_last_lr()[0],
+        }
         if not self.evaluate_dev:
             self.history.append({**rec, "dev_main": None})
             self.log(f"step {self.step}/{self.total_steps} epoch {rec['epoch']:.2f} train_loss {rec['train_loss']:.4f}")
@@ -237,16 +266,31 @@ class Trainer:
             self.best, self.best_step = metrics["main"], self.step
             atomic_save(self.model.state_dict(), self.best_path)  # serialized as it stands: no copy, no memory spike
         loss = rec["train_loss"] if rec["train_loss"] is None else round(rec["train_loss"], 4)
-        self.log(f"step {self.step}/{self.total_steps} epoch {rec['epoch']:.2f} train_loss {loss} "
-                 f"dev_{self.task.metric} {metrics['main']:.2f}")
+        self.log(
+            f"step {self.step}/{self.total_steps} epoch {rec['epoch']:.2f} train_loss {loss} "
+            f"dev_{self.task.metric} {metrics['main']:.2f}"
+        )
 
     def _save_checkpoint(self) -> None:
         self.last_ckpt_step = self.step
-        atomic_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                     "scheduler": self.sched.state_dict(), "step": self.step, "history": self.history,
-                     "best": self.best, "best_step": self.best_step, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
-                     "rng": rng_state(), "total_steps": self.total_steps, "n_train": self.n,
-                     "train_elapsed_s": self.elapsed_before + self.train_clock}, self.last_path)
+        atomic_save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "step": self.step,
+                "history": self.history,
+                "best": self.best,
+                "best_step": self.best_step,
+                "loss_sum": self.loss_sum,
+                "loss_n": self.loss_n,
+                "rng": rng_state(),
+                "total_steps": self.total_steps,
+                "n_train": self.n,
+                "train_elapsed_s": self.elapsed_before + self.train_clock,
+            },
+            self.last_path,
+        )
 
     def _finish(self) -> TrainResult:
         train_time = self.elapsed_before + self.train_clock
@@ -255,9 +299,18 @@ class Trainer:
             self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         total, _ = count_params(self.model)
         (self.ckpt_dir / "history.json").write_text(json.dumps(self.history, indent=1))
-        return TrainResult(self.best, self.best_step, final, self.step, round(self.step / self.steps_per_epoch, 4),
-                           self.history, round(train_time, 2), self.resumed,
-                           sum(p.numel() for p in self.params), total)
+        return TrainResult(
+            self.best,
+            self.best_step,
+            final,
+            self.step,
+            round(self.step / self.steps_per_epoch, 4),
+            self.history,
+            round(train_time, 2),
+            self.resumed,
+            sum(p.numel() for p in self.params),
+            total,
+        )
 
 
 def train(model: nn.Module, task: TaskData, tokenizer, opts: TrainOptions, ckpt_dir: str | Path, **kw) -> TrainResult:

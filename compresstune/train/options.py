@@ -17,19 +17,27 @@ class TrainOptions(Section):
     lr: float = Field(2e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
     batch_size: int = Field(32, gt=0)
     eval_batch_size: int = Field(128, gt=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="linear warm-up share of the steps, then linear decay to 0")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="linear warm-up share of the steps, then linear decay to 0"
+    )
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     bf16: bool = Field(False, description="bf16 autocast for the forward pass (weights stay fp32)")
-    eval_every_steps: int | None = Field(None, gt=0, description="also evaluate every N steps (always at each epoch end)")
+    eval_every_steps: int | None = Field(
+        None, gt=0, description="also evaluate every N steps (always at each epoch end)"
+    )
     checkpoint_every_steps: int = Field(
-        200, gt=0, json_schema_extra={"fingerprint": False},
+        200,
+        gt=0,
+        json_schema_extra={"fingerprint": False},
         description="save a resumable checkpoint every N steps (and at each epoch end)",
     )
     group_by_length: bool = Field(
         True, description="batch examples of similar length together (less padding, same randomness across epochs)"
     )
-    select: Literal["best", "last"] = Field("best", description="which weights the stage outputs: best dev metric or last step")
+    select: Literal["best", "last"] = Field(
+        "best", description="which weights the stage outputs: best dev metric or last step"
+    )
     seed: int | None = Field(None, description="default: the pipeline seed")
 
     def train_options(self, seed: int, **override) -> TrainOptions:

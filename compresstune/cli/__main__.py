@@ -1,0 +1,5 @@
+"""``python -m compresstune.cli``."""
+
+from . import main
+
+main()
