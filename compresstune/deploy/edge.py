@@ -1,0 +1,142 @@
+"""Edge packaging with ONNX Runtime's own tools.
+
+* :func:`to_ort_format`: the ``.ort`` (flatbuffer) model that ONNX Runtime Mobile / minimal builds load,
+  plus the ``required_operators.config`` file a reduced ORT build is compiled with
+  (``build.sh --minimal_build --include_ops_by_config <file>``).
+* :func:`fixed_shape`: a copy with static input shapes for accelerators that need them (NNAPI,
+  CoreML, QNN, some NPUs); run it with inputs padded to exactly that (batch, seq).
+
+Both verify the result against the source model with ONNX Runtime and raise
+:class:`~compresstune.errors.CheckFailed` when the logits differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckFailed, UserError
+from .predictor import make_session
+
+ATOL = 1e-3  # logits: fusions done at conversion time reorder float sums
+
+
+def sample_feed(session, batch: int, seq: int, seed: int = 0) -> dict:
+    """Random BERT-style int64 inputs for ``session``'s inputs; later rows padded to exercise the mask.
+
+    Token ids are drawn from [1000, 2000): present in every BERT/DistilBERT vocabulary."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 2000, size=(batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    for b in range(1, batch):
+        keep = max(2, seq - (b * seq) // (batch + 1))
+        mask[b, keep:] = 0
+        ids[b, keep:] = 0
+    types = np.zeros((batch, seq), dtype=np.int64)
+    types[:, seq // 2:] = 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
+    names = [i.name for i in session.get_inputs()]
+    unknown = [n for n in names if n not in feed]
+    if unknown:
+        raise UserError(f"model inputs {unknown} are not BERT-style token inputs; cannot build test inputs.")
+    return {n: feed[n] for n in names}
+
+
+def compare(ref_session, session, shapes, atol: float = ATOL, what: str = "model") -> dict:
+    """Max |logits difference| between two sessions at each (batch, seq); :class:`CheckFailed` above ``atol``."""
+    diffs = {}
+    for b, s in shapes:
+        feed = sample_feed(ref_session, b, s, seed=b * 1000 + s)
+        ref = ref_session.run(None, feed)[0]
+        got = session.run(None, feed)[0]
+        if got.shape != ref.shape:
+            raise CheckFailed(f"{what}: output shape {got.shape} != source model's {ref.shape} at {b} x {s}.")
+        diffs[f"{b}x{s}"] = float(np.abs(got - ref).max())
+    worst = max(diffs.values())
+    if not np.isfinite(worst) or worst > atol:
+        raise CheckFailed(f"{what}: logits differ from the source ONNX model by {worst:.2e} (> {atol}) at {diffs}.")
+    return diffs
+
+
+def _read_operators(config_path: Path) -> list[str]:
+    """``domain;opset;Op1,Op2`` lines of a required_operators.config as ``domain:opset:Op`` strings."""
+    ops = []
+    for line in config_path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        domain, opset, names = (line.split(";") + ["", ""])[:3]
+        ops += [f"{domain}:{opset}:{n.strip()}" for n in names.split(",") if n.strip()]
+    return ops
+
+
+def to_ort_format(onnx_path, out_dir, *, verify_shapes=((1, 7), (3, 19)), atol: float = ATOL) -> dict:
+    """Convert ``onnx_path`` to ORT format in ``out_dir`` with ``onnxruntime.tools.convert_onnx_models_to_ort``
+    (fixed optimizations at level ``all``, portable: no x86-only NCHWc layout).
+
+    Returns ``{"ort_model", "operators_config", "operators", "onnx_bytes", "ort_bytes", "max_abs_diff"}``; the
+    ``.ort`` model is loaded in an InferenceSession and compared with the ONNX model at ``verify_shapes``."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    src = Path(onnx_path).resolve()
+    if not src.is_file() or src.suffix.lower() != ".onnx":
+        raise UserError(f"{onnx_path}: not an existing .onnx file.")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = io.StringIO()
+    quiet = logging.getLogger("ort_format_model.utils")  # it logs "Created config in ..." at INFO
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(log):
+            convert_onnx_models_to_ort(src, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
+    except Exception as e:  # noqa: BLE001 - the tool raises plain exceptions and prints its progress
+        raise CheckFailed(f"ORT-format conversion of {src} failed: {e}\n{log.getvalue()[-2000:]}") from None
+    finally:
+        quiet.setLevel(level)
+    ort_model = out / (src.stem + ".ort")
+    configs = sorted(out.glob(src.stem + ".required_operators*.config"))
+    if not ort_model.is_file() or not configs:
+        raise CheckFailed(f"ORT-format conversion of {src} wrote no {ort_model.name} / operator config in {out}:\n"
+                          + log.getvalue()[-2000:])
+    diffs = compare(make_session(src), make_session(ort_model), verify_shapes, atol, what=str(ort_model))
+    return {"ort_model": str(ort_model), "operators_config": str(configs[0]), "operators": _read_operators(configs[0]),
+            "onnx_bytes": src.stat().st_size, "ort_bytes": ort_model.stat().st_size, "max_abs_diff": diffs}
+
+
+def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> dict:
+    """Write a copy of ``onnx_path`` to ``dst`` whose inputs are fixed at ``(batch, seq)``
+    (``onnxruntime.tools.onnx_model_utils.make_input_shape_fixed`` + ``fix_output_shapes``, as the
+    ``make_dynamic_shape_fixed`` tool does), then run it at that shape against the source model.
+
+    Returns ``{"path", "input_shape", "output_shape", "max_abs_diff"}``. Metadata props are kept."""
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_input_shape_fixed
+
+    for name, v in (("batch", batch), ("seq", seq)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UserError(f"fixed_shape: {name} must be a positive integer, not {v!r}.")
+    src, dst = Path(onnx_path), Path(dst)
+    if not src.is_file():
+        raise UserError(f"{onnx_path}: no such ONNX file.")
+    model = onnx.load(str(src))
+    inits = {t.name for t in model.graph.initializer}
+    for inp in [i for i in model.graph.input if i.name not in inits]:
+        try:
+            make_input_shape_fixed(model.graph, inp.name, [batch, seq])
+        except ValueError as e:
+            raise UserError(f"{src}: cannot fix input {inp.name} to {batch} x {seq}: {e}") from None
+    fix_output_shapes(model)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    onnx.save(model, str(tmp))
+    shutil.move(str(tmp), str(dst))
+    ref, fixed = make_session(src), make_session(dst)
+    diffs = compare(ref, fixed, [(batch, seq)], atol, what=str(dst))
+    return {"path": str(dst), "input_shape": [batch, seq], "output_shape": fixed.get_outputs()[0].shape,
+            "max_abs_diff": diffs}

@@ -1,0 +1,379 @@
+"""Run a deployment bundle: ``Predictor`` and the ``compresstune predict`` command body.
+
+A bundle is a folder with ``model.onnx``, ``tokenizer.json`` and ``config.json`` (see
+``compresstune.deploy.bundle``). This module imports only the standard library, numpy,
+onnxruntime and tokenizers (never torch or transformers), so a bundle runs in a small
+environment: ``pip install onnxruntime tokenizers numpy`` plus this package.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+CONFIG_FILE = "config.json"
+BUNDLE_FORMAT = "compresstune-bundle"
+PROBLEM_TYPES = ("single_label_classification", "regression")
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider", "qnn": "QNNExecutionProvider", "nnapi": "NnapiExecutionProvider",
+}
+CHUNK = 8192  # predict_main predicts and prints this many inputs at a time
+
+
+def load_config(bundle_dir: str | Path) -> dict:
+    """Read and check ``config.json`` of a bundle; a missing or malformed file is a :class:`UserError`."""
+    path = Path(bundle_dir) / CONFIG_FILE
+    if not Path(bundle_dir).is_dir():
+        raise UserError(f"bundle {bundle_dir}: not a folder. Pass the folder written by the export/bundle step.")
+    if not path.is_file():
+        raise UserError(f"bundle {bundle_dir}: no {CONFIG_FILE}; this folder is not a compresstune bundle.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}).") from None
+    problems = _config_problems(cfg)
+    if problems:
+        raise UserError(f"{path}: " + "; ".join(problems) + ".")
+    return cfg
+
+
+def _config_problems(cfg) -> list[str]:
+    if not isinstance(cfg, dict):
+        return ["the top level must be a JSON object"]
+    out = []
+    if cfg.get("problem_type") not in PROBLEM_TYPES:
+        out.append(f"problem_type must be one of {list(PROBLEM_TYPES)}, not {cfg.get('problem_type')!r}")
+    labels = cfg.get("labels")
+    ok = isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
+    if cfg.get("problem_type") == "single_label_classification" and not ok:
+        out.append("labels must be a list of at least two label names (index = class id)")
+    ml = cfg.get("max_length")
+    if not isinstance(ml, int) or isinstance(ml, bool) or ml < 4:
+        out.append(f"max_length must be an integer >= 4, not {ml!r}")
+    tf = cfg.get("text_fields")
+    if not isinstance(tf, list) or len(tf) not in (1, 2) or not all(isinstance(x, str) and x for x in tf):
+        out.append(f"text_fields must be a list of one or two field names, not {tf!r}")
+    return out
+
+
+def provider_name(provider: str) -> str:
+    """The ONNX Runtime execution-provider name for a short name (``cpu``, ``cuda``, ...) or a full EP name."""
+    if provider in PROVIDERS:
+        return PROVIDERS[provider]
+    if isinstance(provider, str) and provider.endswith("ExecutionProvider"):
+        return provider
+    raise UserError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)} or a full ONNX Runtime "
+                    "execution-provider name such as CUDAExecutionProvider.")
+
+
+def make_session(model_path: str | Path, provider: str = "cpu", threads: int | None = None):
+    """An ``onnxruntime.InferenceSession`` whose first active provider is exactly ``provider``.
+
+    ONNX Runtime silently falls back to CPU when e.g. the CUDA libraries are missing; that is
+    an error here, checked with ``get_providers()`` after creation."""
+    import onnxruntime as ort
+
+    ep = provider_name(provider)
+    available = ort.get_available_providers()
+    if ep not in available:
+        raise UserError(f"ONNX Runtime provider {provider} ({ep}) is not available in this onnxruntime build "
+                        f"(available: {', '.join(available)}). For CUDA install onnxruntime-gpu, "
+                        "or use --provider cpu.")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise UserError(f"threads must be a positive integer, not {threads!r}.")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    try:
+        sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile, ...)
+        raise UserError(f"{model_path}: ONNX Runtime could not load the model ({type(e).__name__}: {e}).") from None
+    active = sess.get_providers()
+    if not active or active[0] != ep:
+        raise UserError(f"ONNX Runtime did not activate {ep} for {model_path} (active: {active}); it fell back "
+                        "silently, usually because the libraries that provider needs (CUDA/cuDNN, ...) are missing.")
+    return sess
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def check_item(item, n_fields: int, fields: list[str], where: str):
+    """One input as a string (one text field) or a tuple of strings (a pair); ``where`` names it in errors."""
+    if isinstance(item, dict):
+        missing = [f for f in fields if f not in item]
+        if missing:
+            raise UserError(f"{where}: missing field {missing[0]!r} (this model reads {fields}).")
+        item = tuple(item[f] for f in fields) if n_fields == 2 else item[fields[0]]
+    if n_fields == 1:
+        if isinstance(item, (tuple, list)) and len(item) == 1:
+            item = item[0]
+        if not isinstance(item, str):
+            raise UserError(f"{where}: expected a string, got {type(item).__name__} (this model takes one text).")
+        if not item.strip():
+            raise UserError(f"{where}: the text is empty.")
+        return item
+    if not isinstance(item, (tuple, list)) or len(item) != 2 or not all(isinstance(x, str) for x in item):
+        got = type(item).__name__ + (f" of {len(item)}" if isinstance(item, (tuple, list)) else "")
+        raise UserError(f"{where}: this model takes a pair of texts ({fields[0]}, {fields[1]}); got {got}.")
+    for name, x in zip(fields, item):
+        if not x.strip():
+            raise UserError(f"{where}: {name} is empty.")
+    return tuple(item)
+
+
+class Predictor:
+    """Predictions from a bundle folder with ONNX Runtime and the bundle's own tokenizer.
+
+    ``provider`` is ``cpu``, ``cuda`` (or another short name / full EP name); a provider that is not
+    active after session creation is an error. ``threads`` sets ORT's intra-op threads (None: ORT's
+    default). ``model_file`` picks another model file in the bundle (e.g. ``model.ort``)."""
+
+    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", threads: int | None = None,
+                 model_file: str | None = None):
+        self.bundle_dir = Path(bundle_dir)
+        self.config = load_config(self.bundle_dir)
+        self.problem_type = self.config["problem_type"]
+        self.labels = list(self.config.get("labels") or [])
+        self.text_fields = list(self.config["text_fields"])
+        model_path = self.bundle_dir / (model_file or self.config.get("files", {}).get("model", "model.onnx"))
+        if not model_path.is_file():
+            raise UserError(f"bundle {self.bundle_dir}: model file {model_path.name} is missing.")
+        self.session = make_session(model_path, provider, threads)
+        self.input_names = self._check_model_io(model_path)
+        self.fixed_batch, fixed_seq = self._static_shape()
+        self.fixed_seq = fixed_seq
+        self.max_length = min(int(self.config["max_length"]), fixed_seq or 1 << 30)
+        self.tokenizer = self._load_tokenizer()
+        self.pad_id = self._pad_id()
+        self.last_truncated = 0
+
+    def _check_model_io(self, model_path: Path) -> list[str]:
+        ins = self.session.get_inputs()
+        names = [i.name for i in ins]
+        unknown = [n for n in names if n not in KNOWN_INPUTS]
+        if unknown or "input_ids" not in names:
+            raise UserError(f"{model_path}: model inputs {names} are not BERT-style token inputs {list(KNOWN_INPUTS)}.")
+        bad = [i.name for i in ins if i.type != "tensor(int64)"]
+        if bad:
+            raise UserError(f"{model_path}: inputs {bad} are not int64 tensors; this predictor feeds int64 token ids.")
+        outs = [o.name for o in self.session.get_outputs()]
+        want = self.config.get("output", "logits")
+        self.output_name = want if want in outs else outs[0]
+        width = self.session.get_outputs()[outs.index(self.output_name)].shape[-1]
+        expect = 1 if self.problem_type == "regression" else len(self.labels)
+        if isinstance(width, int) and width != expect:
+            raise UserError(f"{model_path}: the model outputs {width} values per input but {CONFIG_FILE} describes "
+                            f"{expect} ({self.problem_type}, labels {self.labels}).")
+        return names
+
+    def _static_shape(self) -> tuple[int | None, int | None]:
+        """(batch, seq) when the model was made fixed-shape (fixed_shape()), else (None, None)."""
+        shape = self.session.get_inputs()[0].shape
+        b, s = (shape + [None, None])[:2]
+        return (b if isinstance(b, int) else None), (s if isinstance(s, int) else None)
+
+    def _load_tokenizer(self):
+        from tokenizers import Tokenizer
+
+        path = self.bundle_dir / self.config.get("files", {}).get("tokenizer", "tokenizer.json")
+        if not path.is_file():
+            raise UserError(f"bundle {self.bundle_dir}: {path.name} is missing.")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses for bad files
+            raise UserError(f"{path}: the tokenizers library could not read it ({e}).") from None
+        # A saved tokenizer.json may carry fixed padding (e.g. to 128) and another truncation length: override both.
+        tok.no_padding()
+        need = tok.num_special_tokens_to_add(len(self.text_fields) == 2) + len(self.text_fields)
+        if self.max_length < need:
+            raise UserError(f"max_length {self.max_length} leaves no room for text after "
+                            f"{need - len(self.text_fields)} special tokens.")
+        tok.enable_truncation(self.max_length, strategy="longest_first")
+        return tok
+
+    def _pad_id(self) -> int:
+        if isinstance(self.config.get("pad_id"), int):
+            return self.config["pad_id"]
+        for t in ("[PAD]", "<pad>"):
+            i = self.tokenizer.token_to_id(t)
+            if i is not None:
+                return i
+        return 0
+
+    def predict(self, inputs, batch_size: int = 32, warn: bool = True) -> list[dict]:
+        """Predict each input (a string, or an ``(a, b)`` pair / dict of text fields for pair tasks).
+
+        Returns one dict per input, in input order: ``{"label", "label_id", "score"}`` (softmax
+        probability of the predicted label) for classification, ``{"value"}`` for regression.
+        Inputs longer than ``max_length`` tokens are truncated; their count is ``last_truncated``
+        and, when ``warn``, a warning says how many."""
+        items = self._normalize(inputs)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a positive integer, not {batch_size!r}.")
+        encs = self.tokenizer.encode_batch(items)
+        self.last_truncated = sum(1 for e in encs if e.overflowing)
+        if self.last_truncated and warn:
+            warnings.warn(f"{self.last_truncated} of {len(items)} inputs were longer than max_length="
+                          f"{self.max_length} tokens and were truncated.", UserWarning, stacklevel=2)
+        logits = self._run(encs, self.fixed_batch or batch_size)
+        return self._format(logits)
+
+    def _normalize(self, inputs) -> list:
+        if isinstance(inputs, (str, bytes, dict)):
+            raise UserError("predict() takes a list of inputs; wrap a single text in a list.")
+        try:
+            items = list(inputs)
+        except TypeError:
+            raise UserError(f"predict() takes a list of inputs, not {type(inputs).__name__}.") from None
+        if not items:
+            raise UserError("no inputs: pass at least one text.")
+        n = len(self.text_fields)
+        return [check_item(x, n, self.text_fields, f"input {i}") for i, x in enumerate(items)]
+
+    def _run(self, encs, batch_size: int) -> np.ndarray:
+        lengths = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+        order = np.argsort(-lengths, kind="stable")  # longest first: peak memory is known at the first batch
+        out = None
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            feed = self._arrays([encs[i] for i in idx])
+            res = self.session.run([self.output_name], feed)[0][: len(idx)]
+            if out is None:
+                out = np.empty((len(encs), res.shape[1]), dtype=np.float32)
+            out[idx] = res
+        return out
+
+    def _arrays(self, batch) -> dict:
+        width = self.fixed_seq or max(len(e.ids) for e in batch)
+        rows = self.fixed_batch or len(batch)
+        ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        types = np.zeros((rows, width), dtype=np.int64)
+        for r, e in enumerate(batch):
+            n = len(e.ids)
+            ids[r, :n] = e.ids
+            mask[r, :n] = 1
+            types[r, :n] = e.type_ids
+        mask[len(batch):, 0] = 1  # filler rows of a fixed-shape batch: one visible token, results dropped
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: feed[k] for k in self.input_names}
+
+    def _format(self, logits: np.ndarray) -> list[dict]:
+        if self.problem_type == "regression":
+            return [{"value": float(v)} for v in logits[:, 0]]
+        probs = _softmax(logits.astype(np.float64))
+        top = probs.argmax(axis=1)
+        return [{"label": self.labels[k], "label_id": int(k), "score": round(float(p[k]), 6)}
+                for k, p in zip(top, probs)]
+
+
+def _decode_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) for every non-blank line; non-UTF-8 bytes name the line."""
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as e:
+        raise UserError(f"input file {path}: cannot read it ({e.strerror or e}).") from None
+    out = []
+    for n, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise UserError(f"input file {path} line {n}: not UTF-8 (byte {e.start + 1} of the line); "
+                            "save the file as UTF-8.") from None
+        if line.strip():
+            out.append((n, line))
+    return out
+
+
+def read_input_file(path: str | Path, text_fields: list[str]) -> tuple[list, list[int]]:
+    """Inputs and their line numbers from a text file (one input per line, pairs tab-separated; ``-`` is
+    stdin) or a ``.jsonl`` file (one JSON object per line with the text fields). Blank lines are skipped;
+    there is no header line."""
+    path = Path(path)
+    if str(path) != "-" and not path.is_file():
+        raise UserError(f"input file {path} " + ("is not a file." if path.exists() else "does not exist."))
+    lines = _decode_lines(path)
+    if not lines:
+        raise UserError(f"input file {path} has no inputs (it is empty or blank).")
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    n = len(text_fields)
+    items = []
+    for ln, line in lines:
+        where = f"input file {path} line {ln}"
+        if jsonl:
+            items.append(check_item(_json_row(line, where, text_fields), n, text_fields, where))
+            continue
+        parts = line.split("\t")
+        if len(parts) != n:
+            raise UserError(f"{where}: {len(parts)} tab-separated field{'s' if len(parts) != 1 else ''} but this model "
+                            f"takes {n} ({', '.join(text_fields)}); put {'one text' if n == 1 else 'the two texts'} "
+                            f"per line{'' if n == 1 else ', separated by one tab'}.")
+        items.append(check_item(parts[0] if n == 1 else tuple(parts), n, text_fields, where))
+    return items, [ln for ln, _ in lines]
+
+
+def _json_row(line: str, where: str, fields: list[str]) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise UserError(f"{where}: not valid JSON ({e}).") from None
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with fields {fields}, got {type(row).__name__}.")
+    for f in fields:
+        if f not in row:
+            raise UserError(f"{where}: missing field {f!r} (the line has {sorted(row)}; this model reads {fields}).")
+        if not isinstance(row[f], str):
+            raise UserError(f"{where}: field {f!r} must be a string, not {type(row[f]).__name__}.")
+    return row
+
+
+def predict_main(bundle, texts=(), file=None, batch_size: int = 32, provider: str = "cpu",
+                 threads: int | None = None, out=None) -> int:
+    """Body of ``compresstune predict BUNDLE [TEXT...] [--file FILE]``: one JSON line per input on ``out``.
+
+    Give either ``texts`` (pair tasks: each text is ``a<TAB>b``) or ``file`` (see :func:`read_input_file`).
+    Each line holds ``index`` (0-based), ``line`` (file inputs) and the prediction. A truncation count goes
+    to stderr. Returns the exit code (0); bad input raises :class:`UserError`."""
+    out = out or sys.stdout
+    texts = list(texts or ())
+    if texts and file:
+        raise UserError("give input texts or --file, not both.")
+    if not texts and not file:
+        raise UserError("nothing to predict: give one or more TEXT arguments or --file FILE.")
+    pred = Predictor(bundle, provider=provider, threads=threads)
+    fields = pred.text_fields
+    if file:
+        items, lines = read_input_file(file, fields)
+    else:
+        lines = None
+        items = [check_item(t.split("\t") if len(fields) == 2 else t, len(fields), fields, f"TEXT argument {i + 1}")
+                 for i, t in enumerate(texts)]
+    truncated = 0
+    for s in range(0, len(items), CHUNK):
+        res = pred.predict(items[s: s + CHUNK], batch_size=batch_size, warn=False)
+        truncated += pred.last_truncated
+        buf = []
+        for i, r in enumerate(res, start=s):
+            rec = {"index": i, **({"line": lines[i]} if lines else {}), **r}
+            buf.append(json.dumps(rec, ensure_ascii=False))
+        out.write("\n".join(buf) + "\n")
+    if truncated:
+        print(f"compresstune predict: {truncated} of {len(items)} inputs were longer than max_length="
+              f"{pred.max_length} tokens and were truncated.", file=sys.stderr)
+    return 0
