@@ -23,10 +23,18 @@ from compresstune.deploy.vocab import trim_vocab
 from compresstune.errors import CheckFailed, UserError
 
 REPO = Path(__file__).resolve().parent.parent
-SENTS = ["a gripping , funny film .", "dull and far too long", "the cast is great but the plot is thin",
-         "it works .", "an utterly forgettable sequel that nobody asked for"]
-PAIRS = [("A man plays a guitar.", "Someone is making music."), ("The cat sleeps.", "A dog barks loudly at night."),
-         ("Stocks fell sharply today.", "Markets dropped.")]
+SENTS = [
+    "a gripping , funny film .",
+    "dull and far too long",
+    "the cast is great but the plot is thin",
+    "it works .",
+    "an utterly forgettable sequel that nobody asked for",
+]
+PAIRS = [
+    ("A man plays a guitar.", "Someone is making music."),
+    ("The cat sleeps.", "A dog barks loudly at night."),
+    ("Stocks fell sharply today.", "Markets dropped."),
+]
 LONG = " ".join(["remarkably"] * 60)
 MAXLEN = 32
 
@@ -55,13 +63,34 @@ def _bundle(tmp, folder, num_labels, cfg, name):
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory, tiny_bert, tiny_distilbert):
     tmp = tmp_path_factory.mktemp("bundles")
-    single = {"name": "sst2", "label_names": ["negative", "positive"], "is_regression": False, "metric": "accuracy",
-              "dev_metric": 51.5, "text_fields": ["sentence"], "variant": "fp32"}
+    single = {
+        "name": "sst2",
+        "label_names": ["negative", "positive"],
+        "is_regression": False,
+        "metric": "accuracy",
+        "dev_metric": 51.5,
+        "text_fields": ["sentence"],
+        "variant": "fp32",
+    }
     out = {"single": _bundle(tmp, tiny_bert, 2, single, "single")}
-    out["pair"] = _bundle(tmp, tiny_bert, 3, {"name": "mnli", "label_names": ["contradiction", "entailment", "neutral"],
-                                               "text_fields": ["premise", "hypothesis"]}, "pair")
-    out["reg"] = _bundle(tmp, tiny_bert, 1, {"name": "stsb", "is_regression": True, "metric": "pearson",
-                                              "text_fields": ["sentence1", "sentence2"]}, "reg")
+    out["pair"] = _bundle(
+        tmp,
+        tiny_bert,
+        3,
+        {
+            "name": "mnli",
+            "label_names": ["contradiction", "entailment", "neutral"],
+            "text_fields": ["premise", "hypothesis"],
+        },
+        "pair",
+    )
+    out["reg"] = _bundle(
+        tmp,
+        tiny_bert,
+        1,
+        {"name": "stsb", "is_regression": True, "metric": "pearson", "text_fields": ["sentence1", "sentence2"]},
+        "reg",
+    )
     out["distil"] = _bundle(tmp, tiny_distilbert, 2, {**single, "variant": "distil"}, "distil")
     out["tok"] = tiny_bert
     return out
@@ -74,8 +103,14 @@ def _torch_logits(model, folder, items):
     cols = list(zip(*items)) if isinstance(items[0], tuple) else [items]
     enc = tok(*[list(c) for c in cols], truncation=True, max_length=MAXLEN, padding=True, return_tensors="pt")
     with torch.no_grad():
-        return model(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-                        and (k != "token_type_ids" or model.config.model_type != "distilbert")}).logits.numpy()
+        return model(
+            **{
+                k: v
+                for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+                and (k != "token_type_ids" or model.config.model_type != "distilbert")
+            }
+        ).logits.numpy()
 
 
 def _ort_logits(bundle_dir, folder, items):
@@ -101,8 +136,9 @@ def test_predictor_subprocess_imports_no_torch(bundles):
         "print(json.dumps({'labels': [r['label'] for r in res], 'heavy': heavy, 'heavy_all': heavy_all}))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["heavy"] == [] and got["heavy_all"] == []  # Predictor: not even onnx; bundle/edge/vocab: no torch
@@ -153,8 +189,14 @@ def test_truncation_is_counted_and_reported(bundles, capsys):
 
 def test_bad_inputs_are_user_errors(bundles):
     pred = Predictor(bundles["single"][0])
-    for bad, msg in [([], "no inputs"), ([""], "input 0: the text is empty"), (["ok", "  "], "input 1"),
-                     ("just a string", "list of inputs"), ([3], "expected a string"), (["a"] * 2, None)]:
+    for bad, msg in [
+        ([], "no inputs"),
+        ([""], "input 0: the text is empty"),
+        (["ok", "  "], "input 1"),
+        ("just a string", "list of inputs"),
+        ([3], "expected a string"),
+        (["a"] * 2, None),
+    ]:
         if msg is None:
             pred.predict(bad)
             continue
@@ -181,8 +223,13 @@ def test_provider_checks(bundles, monkeypatch):
     # A provider ORT claims to have but silently does not activate (missing CUDA libraries) is an error.
     real = ort.InferenceSession
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", lambda path, sess_options=None, providers=None:
-                        real(path, sess_options=sess_options, providers=["CPUExecutionProvider"]))
+    monkeypatch.setattr(
+        ort,
+        "InferenceSession",
+        lambda path, sess_options=None, providers=None: real(
+            path, sess_options=sess_options, providers=["CPUExecutionProvider"]
+        ),
+    )
     with pytest.raises(UserError, match="did not activate CUDAExecutionProvider"):
         Predictor(bdir, provider="cuda")
 
@@ -207,8 +254,9 @@ def test_predict_main_files(bundles, tmp_path, monkeypatch):
     predict_main(pair, (), str(fp), out=out)
     assert [r["label"] for r in _lines(out)] == [r["label"] for r in Predictor(pair).predict(PAIRS)]
     fj = tmp_path / "pairs.jsonl"
-    fj.write_text("".join(json.dumps({"premise": a, "hypothesis": b, "id": i}) + "\n"
-                          for i, (a, b) in enumerate(PAIRS)))
+    fj.write_text(
+        "".join(json.dumps({"premise": a, "hypothesis": b, "id": i}) + "\n" for i, (a, b) in enumerate(PAIRS))
+    )
     out2 = io.StringIO()
     predict_main(pair, (), fj, out=out2)
     assert [r["label"] for r in _lines(out2)] == [r["label"] for r in _lines(out)]
@@ -224,18 +272,21 @@ def test_predict_main_files(bundles, tmp_path, monkeypatch):
     assert [r["label"] for r in _lines(out)] == ref
 
 
-@pytest.mark.parametrize("name,content,task,msg", [
-    ("missing.txt", None, "single", "does not exist"),
-    ("latin1.txt", "ok\ncaf\xe9 bad\n".encode("latin-1"), "single", "line 2: not UTF-8"),
-    ("bad.jsonl", '{"sentence": "ok"}\n{not json}\n', "single", "line 2: not valid JSON"),
-    ("field.jsonl", '{"sentence": "ok"}\n\n{"text": "x"}\n', "single", "line 3: missing field 'sentence'"),
-    ("type.jsonl", '{"sentence": 5}\n', "single", "line 1: field 'sentence' must be a string"),
-    ("tabs.tsv", "a\tb\nonly one\n", "pair", "line 2: 1 tab-separated field but this model takes 2"),
-    ("three.tsv", "a\tb\tc\n", "pair", "line 1: 3 tab-separated fields"),
-    ("tab_single.txt", "fine\nwith\tlabel\n", "single", "line 2: 2 tab-separated fields but this model takes 1"),
-    ("emptypair.tsv", "a\t \n", "pair", "line 1: hypothesis is empty"),
-    ("blank.txt", "\n  \n", "single", "no inputs"),
-])
+@pytest.mark.parametrize(
+    "name,content,task,msg",
+    [
+        ("missing.txt", None, "single", "does not exist"),
+        ("latin1.txt", "ok\ncaf\xe9 bad\n".encode("latin-1"), "single", "line 2: not UTF-8"),
+        ("bad.jsonl", '{"sentence": "ok"}\n{not json}\n', "single", "line 2: not valid JSON"),
+        ("field.jsonl", '{"sentence": "ok"}\n\n{"text": "x"}\n', "single", "line 3: missing field 'sentence'"),
+        ("type.jsonl", '{"sentence": 5}\n', "single", "line 1: field 'sentence' must be a string"),
+        ("tabs.tsv", "a\tb\nonly one\n", "pair", "line 2: 1 tab-separated field but this model takes 2"),
+        ("three.tsv", "a\tb\tc\n", "pair", "line 1: 3 tab-separated fields"),
+        ("tab_single.txt", "fine\nwith\tlabel\n", "single", "line 2: 2 tab-separated fields but this model takes 1"),
+        ("emptypair.tsv", "a\t \n", "pair", "line 1: hypothesis is empty"),
+        ("blank.txt", "\n  \n", "single", "no inputs"),
+    ],
+)
 def test_predict_main_bad_files(bundles, tmp_path, name, content, task, msg):
     f = tmp_path / name
     if isinstance(content, str):
@@ -285,12 +336,22 @@ def test_bundle_metadata_sizes_and_card(bundles, tmp_path):
     assert sizes["total_bytes"] == sum(sizes["files"].values()) == sum(p.stat().st_size for p in bdir.iterdir())
     assert sizes["compressed"]["format"] == "tar.gz" and 0 < sizes["compressed"]["bytes"] < sizes["total_bytes"]
     card = (bdir / "README.md").read_text()
-    for section in ("## What it is", "## Data", "## Quality", "## Latency", "## How it was made", "## How to run it",
-                    "## Limits", "compresstune predict", "Predictor("):
+    for section in (
+        "## What it is",
+        "## Data",
+        "## Quality",
+        "## Latency",
+        "## How it was made",
+        "## How to run it",
+        "## Limits",
+        "compresstune predict",
+        "Predictor(",
+    ):
         assert section in card
     snippet = card_python_snippet(card)
-    proc = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=bdir, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, cwd=bdir, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     want = Predictor(bdir).predict(["a gripping, funny film"])[0]["label"]
     assert f"'label': '{want}'" in proc.stdout
@@ -308,11 +369,18 @@ def test_write_bundle_errors(bundles, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not a bundle"):
-        write_bundle(tmp_path / "busy", src / "model.onnx", src, {"max_length": 8, "num_labels": 2,
-                                                                  "text_fields": ["t"]}, "card")
+        write_bundle(
+            tmp_path / "busy", src / "model.onnx", src, {"max_length": 8, "num_labels": 2, "text_fields": ["t"]}, "card"
+        )
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
-    r = write_bundle(tmp_path / "again", src / "model.onnx", src / "tokenizer.json",
-                     {"max_length": 16, "num_labels": 2, "text_fields": ["t"]}, "# card", compress=False)
+    r = write_bundle(
+        tmp_path / "again",
+        src / "model.onnx",
+        src / "tokenizer.json",
+        {"max_length": 16, "num_labels": 2, "text_fields": ["t"]},
+        "# card",
+        compress=False,
+    )
     assert "compressed" not in r and r["config"]["labels"] == ["0", "1"]
     props = [p.key for p in onnx.load(str(tmp_path / "again" / "model.onnx")).metadata_props]
     assert len(props) == len(set(props))  # the source's compresstune.* keys were replaced, not duplicated

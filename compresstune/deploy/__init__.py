@@ -9,12 +9,27 @@ from __future__ import annotations
 from .predictor import Predictor, predict_main, read_input_file
 
 _LAZY = {
-    "write_bundle": "bundle", "model_card": "bundle", "bundle_config": "bundle", "bundle_sizes": "bundle",
-    "to_ort_format": "edge", "fixed_shape": "edge", "trim_vocab": "vocab",
+    "write_bundle": "bundle",
+    "model_card": "bundle",
+    "bundle_config": "bundle",
+    "bundle_sizes": "bundle",
+    "to_ort_format": "edge",
+    "fixed_shape": "edge",
+    "trim_vocab": "vocab",
 }
 
-__all__ = ["Predictor", "predict_main", "read_input_file", "write_bundle", "model_card", "bundle_config",
-           "bundle_sizes", "to_ort_format", "fixed_shape", "trim_vocab"]
+__all__ = [
+    "Predictor",
+    "predict_main",
+    "read_input_file",
+    "write_bundle",
+    "model_card",
+    "bundle_config",
+    "bundle_sizes",
+    "to_ort_format",
+    "fixed_shape",
+    "trim_vocab",
+]
 
 
 def __getattr__(name: str):

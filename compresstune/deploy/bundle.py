@@ -33,8 +33,20 @@ TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "README.md"
 META_PREFIX = "compresstune."
 # labels.json (export stage) keys that bundle_config() renames or derives from
-_CONSUMED = {"name", "task", "label_names", "labels", "is_regression", "problem_type", "max_length", "text_fields",
-             "metric", "dev_metric", "variant", "num_labels"}
+_CONSUMED = {
+    "name",
+    "task",
+    "label_names",
+    "labels",
+    "is_regression",
+    "problem_type",
+    "max_length",
+    "text_fields",
+    "metric",
+    "dev_metric",
+    "variant",
+    "num_labels",
+}
 
 
 def versions() -> dict:
@@ -46,8 +58,14 @@ def versions() -> dict:
 
     import compresstune
 
-    return {"compresstune": compresstune.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "tokenizers": tokenizers.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    return {
+        "compresstune": compresstune.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _labels(config: dict, problem_type: str) -> list[str]:
@@ -77,15 +95,23 @@ def normalize_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"bundle config must be a dict, not {type(config).__name__}.")
     if "text_fields" not in config:
-        raise UserError("bundle config: `text_fields` is required: the input field names, one for a single-text task "
-                        "(e.g. [\"sentence\"]) or two for a sentence-pair task (e.g. [\"sentence1\", \"sentence2\"]).")
+        raise UserError(
+            "bundle config: `text_fields` is required: the input field names, one for a single-text task "
+            '(e.g. ["sentence"]) or two for a sentence-pair task (e.g. ["sentence1", "sentence2"]).'
+        )
     pt = config.get("problem_type") or ("regression" if config.get("is_regression") else "single_label_classification")
     labels = _labels(config, pt)
     tf = config["text_fields"]
-    out = {"task": config.get("task") or config.get("name"), "variant": config.get("variant"), "problem_type": pt,
-           "labels": labels, "num_labels": 1 if pt == "regression" else len(labels),
-           "max_length": config.get("max_length"), "text_fields": list(tf) if isinstance(tf, (list, tuple)) else tf,
-           "metric": _metric(config)}
+    out = {
+        "task": config.get("task") or config.get("name"),
+        "variant": config.get("variant"),
+        "problem_type": pt,
+        "labels": labels,
+        "num_labels": 1 if pt == "regression" else len(labels),
+        "max_length": config.get("max_length"),
+        "text_fields": list(tf) if isinstance(tf, (list, tuple)) else tf,
+        "metric": _metric(config),
+    }
     problems = _config_problems(out)
     if problems:
         raise UserError("bundle config: " + "; ".join(problems) + ".")
@@ -105,10 +131,17 @@ def bundle_config(config: dict, input_names: list[str], output_names: list[str],
         pad_id, metric {name, dev}, files {model, tokenizer, card}, versions, created, + the caller's extra keys
     """
     task = normalize_config(config)
-    out = {"format": BUNDLE_FORMAT, "format_version": FORMAT_VERSION, **task,
-           "inputs": list(input_names), "output": "logits" if "logits" in output_names else output_names[0],
-           "pad_id": pad_id, "files": {"model": MODEL_FILE, "tokenizer": TOKENIZER_FILE, "card": CARD_FILE},
-           "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **task,
+        "inputs": list(input_names),
+        "output": "logits" if "logits" in output_names else output_names[0],
+        "pad_id": pad_id,
+        "files": {"model": MODEL_FILE, "tokenizer": TOKENIZER_FILE, "card": CARD_FILE},
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out.update({k: v for k, v in config.items() if k not in _CONSUMED and k not in out})
     return out
 
@@ -119,8 +152,10 @@ def _write_tokenizer(tokenizer_dir: Path, dst: Path, max_length: int) -> int:
 
     src = tokenizer_dir if tokenizer_dir.is_file() else tokenizer_dir / TOKENIZER_FILE
     if not src.is_file():
-        raise UserError(f"tokenizer {tokenizer_dir}: no {TOKENIZER_FILE}; only fast (Rust) tokenizers can be bundled. "
-                        "Save the tokenizer with a transformers fast tokenizer's save_pretrained().")
+        raise UserError(
+            f"tokenizer {tokenizer_dir}: no {TOKENIZER_FILE}; only fast (Rust) tokenizers can be bundled. "
+            "Save the tokenizer with a transformers fast tokenizer's save_pretrained()."
+        )
     try:
         tok = Tokenizer.from_file(str(src))
     except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses
@@ -144,8 +179,21 @@ def set_metadata(model, config: dict) -> None:
     fields a runtime needs as their own keys (``compresstune.labels`` etc., JSON-encoded). Existing
     ``compresstune.*`` keys are replaced (duplicate keys make the model invalid)."""
     flat = {"config": config}
-    flat.update({k: config.get(k) for k in ("task", "variant", "problem_type", "labels", "max_length", "text_fields",
-                                            "pad_id", "format_version")})
+    flat.update(
+        {
+            k: config.get(k)
+            for k in (
+                "task",
+                "variant",
+                "problem_type",
+                "labels",
+                "max_length",
+                "text_fields",
+                "pad_id",
+                "format_version",
+            )
+        }
+    )
     keep = [(p.key, p.value) for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
     del model.metadata_props[:]
     for k, v in keep:
@@ -188,8 +236,9 @@ def _prepare_dst(dst: Path) -> Path:
     return tmp
 
 
-def write_bundle(dst_dir, onnx_path, tokenizer_dir, config: dict, card: str | None = None, *, archive=None,
-                 compress: bool = True) -> dict:
+def write_bundle(
+    dst_dir, onnx_path, tokenizer_dir, config: dict, card: str | None = None, *, archive=None, compress: bool = True
+) -> dict:
     """Write a bundle folder ``dst_dir`` (replaced atomically if it is already a bundle).
 
     ``onnx_path``: the exported model; ``tokenizer_dir``: a folder with ``tokenizer.json`` (HF
@@ -248,8 +297,12 @@ def _fmt_metric(config: dict) -> str:
 def _latency_table(latency, machine) -> list[str]:
     if not latency:
         return ["Not measured for this bundle."]
-    L = [f"Measured on {machine or 'an unrecorded machine'}; milliseconds per call.", "",
-         "| engine | batch | seq | p50 | p90 | p99 |", "|---|---|---|---|---|---|"]
+    L = [
+        f"Measured on {machine or 'an unrecorded machine'}; milliseconds per call.",
+        "",
+        "| engine | batch | seq | p50 | p90 | p99 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in latency:
         cells = [r.get("engine", r.get("variant", "")), r.get("batch", ""), r.get("seq", "")]
         cells += [f"{r[k]:.2f}" if isinstance(r.get(k), (int, float)) else "-" for k in ("p50_ms", "p90_ms", "p99_ms")]
@@ -262,64 +315,131 @@ def _usage(config: dict, name: str) -> list[str]:
     ex = '"A man is playing a guitar.\\tSomeone plays music."' if pair else '"a gripping, funny film"'
     py_in = '[("A man is playing a guitar.", "Someone plays music.")]' if pair else '["a gripping, funny film"]'
     enc_in = "[(a, b) for a, b in inputs]" if pair else "inputs"
-    head = ('print([{"label": cfg["labels"][k], "score": float(p[k])} for p, k in zip(probs, probs.argmax(1))])'
-            if config["problem_type"] != "regression" else 'print(logits[:, 0].tolist())')
+    head = (
+        'print([{"label": cfg["labels"][k], "score": float(p[k])} for p, k in zip(probs, probs.argmax(1))])'
+        if config["problem_type"] != "regression"
+        else "print(logits[:, 0].tolist())"
+    )
     return [
         "Command line (JSON line per input; `--file` takes one input per line"
         + (", the two texts tab-separated," if pair else ",")
         + f" or `.jsonl` with fields {', '.join(config['text_fields'])}):",
-        "", "```bash", f"compresstune predict {name} {ex}", f"compresstune predict {name} --file inputs.txt", "```", "",
-        "Python, without torch or transformers:", "", "```python", "from compresstune.deploy import Predictor", "",
-        f"pred = Predictor(\"{name}\", provider=\"cpu\")", f"print(pred.predict({py_in}))", "```", "",
-        "Plain onnxruntime + tokenizers (run inside the bundle folder):", "", "```python",
-        "import json", "import numpy as np", "import onnxruntime as ort", "from tokenizers import Tokenizer", "",
+        "",
+        "```bash",
+        f"compresstune predict {name} {ex}",
+        f"compresstune predict {name} --file inputs.txt",
+        "```",
+        "",
+        "Python, without torch or transformers:",
+        "",
+        "```python",
+        "from compresstune.deploy import Predictor",
+        "",
+        f'pred = Predictor("{name}", provider="cpu")',
+        f"print(pred.predict({py_in}))",
+        "```",
+        "",
+        "Plain onnxruntime + tokenizers (run inside the bundle folder):",
+        "",
+        "```python",
+        "import json",
+        "import numpy as np",
+        "import onnxruntime as ort",
+        "from tokenizers import Tokenizer",
+        "",
         'cfg = json.load(open("config.json"))',
         'tok = Tokenizer.from_file("tokenizer.json")  # truncates at max_length',
-        'tok.enable_padding(pad_id=cfg["pad_id"])', f"inputs = {py_in}", f"encs = tok.encode_batch({enc_in})",
+        'tok.enable_padding(pad_id=cfg["pad_id"])',
+        f"inputs = {py_in}",
+        f"encs = tok.encode_batch({enc_in})",
         'arrays = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs],',
         '          "token_type_ids": [e.type_ids for e in encs]}',
         'feed = {k: np.array(arrays[k], dtype=np.int64) for k in cfg["inputs"]}',
         'sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])',
         'logits = sess.run([cfg["output"]], feed)[0]',
-        "probs = np.exp(logits - logits.max(1, keepdims=True))", "probs /= probs.sum(1, keepdims=True)", head, "```",
+        "probs = np.exp(logits - logits.max(1, keepdims=True))",
+        "probs /= probs.sum(1, keepdims=True)",
+        head,
+        "```",
     ]
 
 
-def model_card(config: dict, *, title: str | None = None, description: str | None = None, data: str | None = None,
-               latency: list[dict] | None = None, machine: str | None = None, how_made: str | None = None,
-               limits: list[str] | None = None, bundle_name: str = "BUNDLE") -> str:
+def model_card(
+    config: dict,
+    *,
+    title: str | None = None,
+    description: str | None = None,
+    data: str | None = None,
+    latency: list[dict] | None = None,
+    machine: str | None = None,
+    how_made: str | None = None,
+    limits: list[str] | None = None,
+    bundle_name: str = "BUNDLE",
+) -> str:
     """Markdown model card (README.md) for a bundle described by ``config`` (as for :func:`write_bundle`).
 
     ``latency`` rows: ``{"engine", "batch", "seq", "p50_ms", "p90_ms", "p99_ms"}``; ``machine``: CPU/GPU in words;
     ``how_made``: base model, compression and fine-tuning steps; ``limits``: extra caveats (defaults added)."""
     config = {**normalize_config(config), "versions": config.get("versions") or versions()}
     task, variant = config.get("task") or "a text classification task", config.get("variant")
-    kind = "regression (one score)" if config["problem_type"] == "regression" else \
-        f"classification into {len(config['labels'])} labels ({', '.join(config['labels'])})"
+    kind = (
+        "regression (one score)"
+        if config["problem_type"] == "regression"
+        else f"classification into {len(config['labels'])} labels ({', '.join(config['labels'])})"
+    )
     fields = " + ".join(config["text_fields"])
-    L = [f"# {title or (str(task) + (' - ' + variant if variant else ''))}", "", "## What it is", "",
-         description or f"A BERT-family model for {task}: {kind} of {fields}, exported to ONNX.",
-         "", f"Inputs: {fields}, truncated to {config['max_length']} tokens. Outputs: "
-         + ("`value`." if config["problem_type"] == "regression"
-            else "`label`, `label_id`, `score` (softmax probability)."),
-         "", "## Data", "", data or f"Trained and evaluated on {task}.", "",
-         "## Quality", "", f"Dev set: {_fmt_metric(config)}.", "", "## Latency", ""]
+    L = [
+        f"# {title or (str(task) + (' - ' + variant if variant else ''))}",
+        "",
+        "## What it is",
+        "",
+        description or f"A BERT-family model for {task}: {kind} of {fields}, exported to ONNX.",
+        "",
+        f"Inputs: {fields}, truncated to {config['max_length']} tokens. Outputs: "
+        + (
+            "`value`."
+            if config["problem_type"] == "regression"
+            else "`label`, `label_id`, `score` (softmax probability)."
+        ),
+        "",
+        "## Data",
+        "",
+        data or f"Trained and evaluated on {task}.",
+        "",
+        "## Quality",
+        "",
+        f"Dev set: {_fmt_metric(config)}.",
+        "",
+        "## Latency",
+        "",
+    ]
     L += _latency_table(latency, machine)
-    L += ["", "## How it was made", "", how_made or "Fine-tuned and exported with compresstune.", "",
-          "## How to run it", ""]
+    L += [
+        "",
+        "## How it was made",
+        "",
+        how_made or "Fine-tuned and exported with compresstune.",
+        "",
+        "## How to run it",
+        "",
+    ]
     L += _usage(config, bundle_name)
     lim = list(limits or []) + [
         f"Text beyond {config['max_length']} tokens is cut off (the predictor counts and reports it).",
         "Scores are softmax probabilities of an uncalibrated model, not calibrated confidences."
-        if config["problem_type"] != "regression" else "Values outside the training range are extrapolations.",
+        if config["problem_type"] != "regression"
+        else "Values outside the training range are extrapolations.",
         "Quality was measured on the dev set named above only; other domains and languages may score lower.",
     ]
     L += ["", "## Limits", ""] + [f"- {x}" for x in lim]
     vers = config.get("versions") or {}
-    L += ["", "## Files and versions", "",
-          f"`{MODEL_FILE}` (metadata in `metadata_props`), `{TOKENIZER_FILE}`, `{CONFIG_FILE}`, `{CARD_FILE}`. "
-          "Written with "
-          + ", ".join(f"{k} {v}" for k, v in vers.items()) + "."]
+    L += [
+        "",
+        "## Files and versions",
+        "",
+        f"`{MODEL_FILE}` (metadata in `metadata_props`), `{TOKENIZER_FILE}`, `{CONFIG_FILE}`, `{CARD_FILE}`. "
+        "Written with " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
+    ]
     return "\n".join(L) + "\n"
 
 

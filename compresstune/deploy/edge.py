@@ -38,7 +38,7 @@ def sample_feed(session, batch: int, seq: int, seed: int = 0) -> dict:
         mask[b, keep:] = 0
         ids[b, keep:] = 0
     types = np.zeros((batch, seq), dtype=np.int64)
-    types[:, seq // 2:] = 1
+    types[:, seq // 2 :] = 1
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
     names = [i.name for i in session.get_inputs()]
     unknown = [n for n in names if n not in feed]
@@ -102,11 +102,19 @@ def to_ort_format(onnx_path, out_dir, *, verify_shapes=((1, 7), (3, 19)), atol: 
     ort_model = out / (src.stem + ".ort")
     configs = sorted(out.glob(src.stem + ".required_operators*.config"))
     if not ort_model.is_file() or not configs:
-        raise CheckFailed(f"ORT-format conversion of {src} wrote no {ort_model.name} / operator config in {out}:\n"
-                          + log.getvalue()[-2000:])
+        raise CheckFailed(
+            f"ORT-format conversion of {src} wrote no {ort_model.name} / operator config in {out}:\n"
+            + log.getvalue()[-2000:]
+        )
     diffs = compare(make_session(src), make_session(ort_model), verify_shapes, atol, what=str(ort_model))
-    return {"ort_model": str(ort_model), "operators_config": str(configs[0]), "operators": _read_operators(configs[0]),
-            "onnx_bytes": src.stat().st_size, "ort_bytes": ort_model.stat().st_size, "max_abs_diff": diffs}
+    return {
+        "ort_model": str(ort_model),
+        "operators_config": str(configs[0]),
+        "operators": _read_operators(configs[0]),
+        "onnx_bytes": src.stat().st_size,
+        "ort_bytes": ort_model.stat().st_size,
+        "max_abs_diff": diffs,
+    }
 
 
 def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> dict:
@@ -138,5 +146,9 @@ def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> 
     shutil.move(str(tmp), str(dst))
     ref, fixed = make_session(src), make_session(dst)
     diffs = compare(ref, fixed, [(batch, seq)], atol, what=str(dst))
-    return {"path": str(dst), "input_shape": [batch, seq], "output_shape": fixed.get_outputs()[0].shape,
-            "max_abs_diff": diffs}
+    return {
+        "path": str(dst),
+        "input_shape": [batch, seq],
+        "output_shape": fixed.get_outputs()[0].shape,
+        "max_abs_diff": diffs,
+    }

@@ -22,9 +22,15 @@ BUNDLE_FORMAT = "compresstune-bundle"
 PROBLEM_TYPES = ("single_label_classification", "regression")
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROVIDERS = {
-    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider", "dml": "DmlExecutionProvider",
-    "rocm": "ROCMExecutionProvider", "qnn": "QNNExecutionProvider", "nnapi": "NnapiExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "nnapi": "NnapiExecutionProvider",
 }
 CHUNK = 8192  # predict_main predicts and prints this many inputs at a time
 
@@ -71,8 +77,10 @@ def provider_name(provider: str) -> str:
         return PROVIDERS[provider]
     if isinstance(provider, str) and provider.endswith("ExecutionProvider"):
         return provider
-    raise UserError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)} or a full ONNX Runtime "
-                    "execution-provider name such as CUDAExecutionProvider.")
+    raise UserError(
+        f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)} or a full ONNX Runtime "
+        "execution-provider name such as CUDAExecutionProvider."
+    )
 
 
 def make_session(model_path: str | Path, provider: str = "cpu", threads: int | None = None):
@@ -85,9 +93,11 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
     ep = provider_name(provider)
     available = ort.get_available_providers()
     if ep not in available:
-        raise UserError(f"ONNX Runtime provider {provider} ({ep}) is not available in this onnxruntime build "
-                        f"(available: {', '.join(available)}). For CUDA install onnxruntime-gpu, "
-                        "or use --provider cpu.")
+        raise UserError(
+            f"ONNX Runtime provider {provider} ({ep}) is not available in this onnxruntime build "
+            f"(available: {', '.join(available)}). For CUDA install onnxruntime-gpu, "
+            "or use --provider cpu."
+        )
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UserError(f"threads must be a positive integer, not {threads!r}.")
     so = ort.SessionOptions()
@@ -102,8 +112,10 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
         raise UserError(f"{model_path}: ONNX Runtime could not load the model ({type(e).__name__}: {e}).") from None
     active = sess.get_providers()
     if not active or active[0] != ep:
-        raise UserError(f"ONNX Runtime did not activate {ep} for {model_path} (active: {active}); it fell back "
-                        "silently, usually because the libraries that provider needs (CUDA/cuDNN, ...) are missing.")
+        raise UserError(
+            f"ONNX Runtime did not activate {ep} for {model_path} (active: {active}); it fell back "
+            "silently, usually because the libraries that provider needs (CUDA/cuDNN, ...) are missing."
+        )
     return sess
 
 
@@ -144,8 +156,9 @@ class Predictor:
     active after session creation is an error. ``threads`` sets ORT's intra-op threads (None: ORT's
     default). ``model_file`` picks another model file in the bundle (e.g. ``model.ort``)."""
 
-    def __init__(self, bundle_dir: str | Path, provider: str = "cpu", threads: int | None = None,
-                 model_file: str | None = None):
+    def __init__(
+        self, bundle_dir: str | Path, provider: str = "cpu", threads: int | None = None, model_file: str | None = None
+    ):
         self.bundle_dir = Path(bundle_dir)
         self.config = load_config(self.bundle_dir)
         self.problem_type = self.config["problem_type"]
@@ -178,8 +191,10 @@ class Predictor:
         width = self.session.get_outputs()[outs.index(self.output_name)].shape[-1]
         expect = 1 if self.problem_type == "regression" else len(self.labels)
         if isinstance(width, int) and width != expect:
-            raise UserError(f"{model_path}: the model outputs {width} values per input but {CONFIG_FILE} describes "
-                            f"{expect} ({self.problem_type}, labels {self.labels}).")
+            raise UserError(
+                f"{model_path}: the model outputs {width} values per input but {CONFIG_FILE} describes "
+                f"{expect} ({self.problem_type}, labels {self.labels})."
+            )
         return names
 
     def _static_shape(self) -> tuple[int | None, int | None]:
@@ -202,8 +217,10 @@ class Predictor:
         tok.no_padding()
         need = tok.num_special_tokens_to_add(len(self.text_fields) == 2) + len(self.text_fields)
         if self.max_length < need:
-            raise UserError(f"max_length {self.max_length} leaves no room for text after "
-                            f"{need - len(self.text_fields)} special tokens.")
+            raise UserError(
+                f"max_length {self.max_length} leaves no room for text after "
+                f"{need - len(self.text_fields)} special tokens."
+            )
         tok.enable_truncation(self.max_length, strategy="longest_first")
         return tok
 
@@ -229,8 +246,12 @@ class Predictor:
         encs = self.tokenizer.encode_batch(items)
         self.last_truncated = sum(1 for e in encs if e.overflowing)
         if self.last_truncated and warn:
-            warnings.warn(f"{self.last_truncated} of {len(items)} inputs were longer than max_length="
-                          f"{self.max_length} tokens and were truncated.", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.last_truncated} of {len(items)} inputs were longer than max_length="
+                f"{self.max_length} tokens and were truncated.",
+                UserWarning,
+                stacklevel=2,
+            )
         logits = self._run(encs, self.fixed_batch or batch_size)
         return self._format(logits)
 
@@ -251,7 +272,7 @@ class Predictor:
         order = np.argsort(-lengths, kind="stable")  # longest first: peak memory is known at the first batch
         out = None
         for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
+            idx = order[s : s + batch_size]
             feed = self._arrays([encs[i] for i in idx])
             res = self.session.run([self.output_name], feed)[0][: len(idx)]
             if out is None:
@@ -270,7 +291,7 @@ class Predictor:
             ids[r, :n] = e.ids
             mask[r, :n] = 1
             types[r, :n] = e.type_ids
-        mask[len(batch):, 0] = 1  # filler rows of a fixed-shape batch: one visible token, results dropped
+        mask[len(batch) :, 0] = 1  # filler rows of a fixed-shape batch: one visible token, results dropped
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {k: feed[k] for k in self.input_names}
 
@@ -279,8 +300,9 @@ class Predictor:
             return [{"value": float(v)} for v in logits[:, 0]]
         probs = _softmax(logits.astype(np.float64))
         top = probs.argmax(axis=1)
-        return [{"label": self.labels[k], "label_id": int(k), "score": round(float(p[k]), 6)}
-                for k, p in zip(top, probs)]
+        return [
+            {"label": self.labels[k], "label_id": int(k), "score": round(float(p[k]), 6)} for k, p in zip(top, probs)
+        ]
 
 
 def _decode_lines(path: Path) -> list[tuple[int, str]]:
@@ -294,8 +316,9 @@ def _decode_lines(path: Path) -> list[tuple[int, str]]:
         try:
             line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
         except UnicodeDecodeError as e:
-            raise UserError(f"input file {path} line {n}: not UTF-8 (byte {e.start + 1} of the line); "
-                            "save the file as UTF-8.") from None
+            raise UserError(
+                f"input file {path} line {n}: not UTF-8 (byte {e.start + 1} of the line); save the file as UTF-8."
+            ) from None
         if line.strip():
             out.append((n, line))
     return out
@@ -321,9 +344,11 @@ def read_input_file(path: str | Path, text_fields: list[str]) -> tuple[list, lis
             continue
         parts = line.split("\t")
         if len(parts) != n:
-            raise UserError(f"{where}: {len(parts)} tab-separated field{'s' if len(parts) != 1 else ''} but this model "
-                            f"takes {n} ({', '.join(text_fields)}); put {'one text' if n == 1 else 'the two texts'} "
-                            f"per line{'' if n == 1 else ', separated by one tab'}.")
+            raise UserError(
+                f"{where}: {len(parts)} tab-separated field{'s' if len(parts) != 1 else ''} but this model "
+                f"takes {n} ({', '.join(text_fields)}); put {'one text' if n == 1 else 'the two texts'} "
+                f"per line{'' if n == 1 else ', separated by one tab'}."
+            )
         items.append(check_item(parts[0] if n == 1 else tuple(parts), n, text_fields, where))
     return items, [ln for ln, _ in lines]
 
@@ -343,8 +368,9 @@ def _json_row(line: str, where: str, fields: list[str]) -> dict:
     return row
 
 
-def predict_main(bundle, texts=(), file=None, batch_size: int = 32, provider: str = "cpu",
-                 threads: int | None = None, out=None) -> int:
+def predict_main(
+    bundle, texts=(), file=None, batch_size: int = 32, provider: str = "cpu", threads: int | None = None, out=None
+) -> int:
     """Body of ``compresstune predict BUNDLE [TEXT...] [--file FILE]``: one JSON line per input on ``out``.
 
     Give either ``texts`` (pair tasks: each text is ``a<TAB>b``) or ``file`` (see :func:`read_input_file`).
@@ -362,11 +388,13 @@ def predict_main(bundle, texts=(), file=None, batch_size: int = 32, provider: st
         items, lines = read_input_file(file, fields)
     else:
         lines = None
-        items = [check_item(t.split("\t") if len(fields) == 2 else t, len(fields), fields, f"TEXT argument {i + 1}")
-                 for i, t in enumerate(texts)]
+        items = [
+            check_item(t.split("\t") if len(fields) == 2 else t, len(fields), fields, f"TEXT argument {i + 1}")
+            for i, t in enumerate(texts)
+        ]
     truncated = 0
     for s in range(0, len(items), CHUNK):
-        res = pred.predict(items[s: s + CHUNK], batch_size=batch_size, warn=False)
+        res = pred.predict(items[s : s + CHUNK], batch_size=batch_size, warn=False)
         truncated += pred.last_truncated
         buf = []
         for i, r in enumerate(res, start=s):
@@ -374,6 +402,9 @@ def predict_main(bundle, texts=(), file=None, batch_size: int = 32, provider: st
             buf.append(json.dumps(rec, ensure_ascii=False))
         out.write("\n".join(buf) + "\n")
     if truncated:
-        print(f"compresstune predict: {truncated} of {len(items)} inputs were longer than max_length="
-              f"{pred.max_length} tokens and were truncated.", file=sys.stderr)
+        print(
+            f"compresstune predict: {truncated} of {len(items)} inputs were longer than max_length="
+            f"{pred.max_length} tokens and were truncated.",
+            file=sys.stderr,
+        )
     return 0

@@ -28,17 +28,24 @@ def _embedding_initializer(model):
     inits = {t.name: t for t in model.graph.initializer}
     ids = {"input_ids"} | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "input_ids"}
     fused = ("EmbedLayerNormalization", "QEmbedLayerNormalization")  # ORT transformer-optimizer fusions (+ int8)
-    hits = [n for n in model.graph.node
-            if (n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and n.input[0] in inits)
-            or (n.op_type in fused and n.input[0] in ids and n.input[2] in inits)]
+    hits = [
+        n
+        for n in model.graph.node
+        if (n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in ids and n.input[0] in inits)
+        or (n.op_type in fused and n.input[0] in ids and n.input[2] in inits)
+    ]
     if len(hits) != 1:
-        raise UserError(f"trim_vocab: found {len(hits)} word-embedding lookups of input_ids (Gather or "
-                        "[Q]EmbedLayerNormalization on an initializer); need exactly one.")
+        raise UserError(
+            f"trim_vocab: found {len(hits)} word-embedding lookups of input_ids (Gather or "
+            "[Q]EmbedLayerNormalization on an initializer); need exactly one."
+        )
     name = hits[0].input[0] if hits[0].op_type == "Gather" else hits[0].input[2]
     users = [n for n in model.graph.node if name in n.input]
     if len(users) != 1:
-        raise UserError(f"trim_vocab: the embedding {name} is also used by {len(users) - 1} other node(s) "
-                        "(tied weights); trimming it would change them.")
+        raise UserError(
+            f"trim_vocab: the embedding {name} is also used by {len(users) - 1} other node(s) "
+            "(tied weights); trimming it would change them."
+        )
     return inits[name]
 
 
@@ -51,7 +58,7 @@ def _kept_ids(tok, texts, specials: set[int]) -> list[int]:
     used = set(specials)
     items = [tuple(t) if isinstance(t, (list, tuple)) else t for t in texts]
     for s in range(0, len(items), 4096):
-        for e in full.encode_batch(items[s: s + 4096]):
+        for e in full.encode_batch(items[s : s + 4096]):
             used.update(e.ids)
     return sorted(used)
 
@@ -82,8 +89,10 @@ def _load(bundle: Path):
     tok_path = bundle / cfg.get("files", {}).get("tokenizer", "tokenizer.json")
     tj = json.loads(tok_path.read_text(encoding="utf-8"))
     if tj.get("model", {}).get("type") != "WordPiece":
-        raise UserError(f"trim_vocab: {tok_path} is a {tj.get('model', {}).get('type')} tokenizer; only WordPiece "
-                        "(BERT/DistilBERT) vocabularies can be trimmed.")
+        raise UserError(
+            f"trim_vocab: {tok_path} is a {tj.get('model', {}).get('type')} tokenizer; only WordPiece "
+            "(BERT/DistilBERT) vocabularies can be trimmed."
+        )
     model = onnx.load(str(bundle / cfg.get("files", {}).get("model", "model.onnx")))
     return cfg, tj, model
 
@@ -94,8 +103,11 @@ def _token_stats(a: Predictor, b: Predictor, texts, old_to_new: dict[int, int]) 
     ea, eb = a.tokenizer.encode_batch(texts), b.tokenizer.encode_batch(texts)
     changed = sum(1 for x, y in zip(ea, eb) if [old_to_new.get(i, -1) for i in x.ids] != y.ids)
     n_tok = sum(len(e.ids) for e in eb)
-    return {"inputs": len(texts), "tokenization_changed": round(changed / len(texts), 5),
-            "unk_rate": round(sum(e.ids.count(unk) for e in eb) / max(n_tok, 1), 5)}
+    return {
+        "inputs": len(texts),
+        "tokenization_changed": round(changed / len(texts), 5),
+        "unk_rate": round(sum(e.ids.count(unk) for e in eb) / max(n_tok, 1), 5),
+    }
 
 
 def _compare(a: Predictor, b: Predictor, texts) -> tuple[float, float]:
@@ -113,17 +125,24 @@ def _verify(src: Path, dst: Path, covered, check, old_to_new, atol: float, min_a
     stats = _token_stats(a, b, covered, old_to_new)
     agree, diff = _compare(a, b, covered)
     if stats["tokenization_changed"] or agree < 1 or diff > atol:
-        raise CheckFailed(f"trim_vocab: on {len(covered)} texts made of kept tokens the trimmed bundle {dst} differs "
-                          f"from {src} (tokenization changed for {stats['tokenization_changed']:.1%}, labels agree "
-                          f"{agree:.1%}, max difference {diff:.2e}); the trimmed bundle is not usable.")
+        raise CheckFailed(
+            f"trim_vocab: on {len(covered)} texts made of kept tokens the trimmed bundle {dst} differs "
+            f"from {src} (tokenization changed for {stats['tokenization_changed']:.1%}, labels agree "
+            f"{agree:.1%}, max difference {diff:.2e}); the trimmed bundle is not usable."
+        )
     out = {"covered": {**stats, "label_agreement": agree, "max_diff": diff}}
     if check:
         c_agree, c_diff = _compare(a, b, check)
-        out["check"] = {**_token_stats(a, b, check, old_to_new), "label_agreement": round(c_agree, 5),
-                        "max_diff": c_diff}
+        out["check"] = {
+            **_token_stats(a, b, check, old_to_new),
+            "label_agreement": round(c_agree, 5),
+            "max_diff": c_diff,
+        }
         if min_agreement is not None and c_agree < min_agreement:
-            raise CheckFailed(f"trim_vocab: labels on the {len(check)} check texts agree {c_agree:.1%} with the source "
-                              f"bundle, below min_agreement {min_agreement:.1%}; keep more text or do not trim.")
+            raise CheckFailed(
+                f"trim_vocab: labels on the {len(check)} check texts agree {c_agree:.1%} with the source "
+                f"bundle, below min_agreement {min_agreement:.1%}; keep more text or do not trim."
+            )
     return out
 
 
@@ -140,19 +159,35 @@ def _trim(src: Path, keep_texts) -> tuple[dict, dict, object, dict, int]:
     weights = numpy_helper.to_array(init)
     before = len(tj["model"]["vocab"])
     if weights.shape[0] < kept[-1] + 1:
-        raise UserError(f"trim_vocab: embedding {init.name} has {weights.shape[0]} rows but the tokenizer "
-                        f"uses id {kept[-1]}.")
+        raise UserError(
+            f"trim_vocab: embedding {init.name} has {weights.shape[0]} rows but the tokenizer uses id {kept[-1]}."
+        )
     init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(weights[np.array(kept)]), init.name))
     tj = _remap_tokenizer(tj, old_to_new)
     Tokenizer.from_str(json.dumps(tj))  # the rewritten tokenizer must load
-    new_cfg = {**cfg, "pad_id": old_to_new.get(cfg.get("pad_id", 0), 0),
-               "vocab": {"trimmed_from": before, "size": len(kept), "embedding": init.name,
-                         "embedding_rows_before": int(weights.shape[0])}}
+    new_cfg = {
+        **cfg,
+        "pad_id": old_to_new.get(cfg.get("pad_id", 0), 0),
+        "vocab": {
+            "trimmed_from": before,
+            "size": len(kept),
+            "embedding": init.name,
+            "embedding_rows_before": int(weights.shape[0]),
+        },
+    }
     return new_cfg, tj, model, old_to_new, before
 
 
-def trim_vocab(bundle_dir, keep_texts, dst_dir, *, check_texts=None, atol: float = 1e-5,
-               min_agreement: float | None = None, n_covered: int = 512) -> dict:
+def trim_vocab(
+    bundle_dir,
+    keep_texts,
+    dst_dir,
+    *,
+    check_texts=None,
+    atol: float = 1e-5,
+    min_agreement: float | None = None,
+    n_covered: int = 512,
+) -> dict:
     """Write a copy of bundle ``bundle_dir`` to ``dst_dir`` whose vocabulary is the tokens of ``keep_texts``
     (strings or pairs: the task's training text) plus all special/added tokens.
 
@@ -173,8 +208,14 @@ def trim_vocab(bundle_dir, keep_texts, dst_dir, *, check_texts=None, atol: float
     covered = keep_texts[::step][:n_covered]
     check = [tuple(t) if isinstance(t, list) else t for t in check_texts] if check_texts is not None else []
     result = _verify(src, dst, covered, check, old_to_new, atol, min_agreement)
-    return {"vocab_before": before, "vocab_after": len(old_to_new), "bytes_before": _dir_bytes(src),
-            "bytes_after": _dir_bytes(dst), "bytes_saved": _dir_bytes(src) - _dir_bytes(dst), **result}
+    return {
+        "vocab_before": before,
+        "vocab_after": len(old_to_new),
+        "bytes_before": _dir_bytes(src),
+        "bytes_after": _dir_bytes(dst),
+        "bytes_saved": _dir_bytes(src) - _dir_bytes(dst),
+        **result,
+    }
 
 
 def _dir_bytes(d: Path) -> int:
