@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up compresstune in ./.venv (idempotent; a second run only checks).
 #   bash scripts/setup.sh              CPU machine (torch 2.13.0 CPU build, onnxruntime)
-#   COMPRESSTUNE_GPU=1 bash scripts/setup.sh   GPU machine (your CUDA torch, onnxruntime-gpu)
+#   COMPRESSTUNE_GPU=1 bash scripts/setup.sh   GPU machine (torch 2.13.0 from PyPI, a CUDA build; onnxruntime-gpu)
 # torch is installed FIRST and pinned: an unpinned torch would pull a multi-GB CUDA build
 # onto a CPU machine.
 set -euo pipefail
@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip_q() { pip install -q "$@"; }
 if ! python -c "import torch" 2>/dev/null; then
-  if [ "${COMPRESSTUNE_GPU:-0}" = "1" ]; then pip_q torch; else pip_q "torch==${COMPRESSTUNE_TORCH:-2.13.0}"; fi
+  # the tested torch (pyproject caps it): on a GPU machine PyPI's default wheel of it is the CUDA build
+  pip_q "torch==${COMPRESSTUNE_TORCH:-2.13.0}"
 fi
 if [ "${COMPRESSTUNE_GPU:-0}" = "1" ]; then
   pip_q -e ".[test,gpu]"

@@ -85,6 +85,8 @@ benchmark:
   warmup: 1
   iters: 3
   min_time_s: 0
+report:
+  ship_shape: [1, 16]
 {extra}
 """)
     return path

@@ -13,6 +13,7 @@ from .. import __version__
 from .bench import bench
 from .common import Group
 from .inspect import inspect
+from .predict import predict
 
 PIPELINE_DIR_ENV = "COMPRESSTUNE_PIPELINES"
 
@@ -25,6 +26,7 @@ def main():
 
 main.add_command(inspect)
 main.add_command(bench)
+main.add_command(predict)
 
 
 @main.group(cls=Group)

@@ -192,3 +192,36 @@ def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf1
     if out:
         Path(out).write_text(md)
         Path(out).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+@bench.command("onnx")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--batch-sizes", default="1,32", show_default=True)
+@click.option("--seq-lengths", default="64,128", show_default=True)
+@click.option("--shapes", default=None, help="Explicit BxS points instead of the grid, e.g. 1x128,32x64.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--iters", type=int, default=100, show_default=True, help="Timed calls per file and point, all rounds.")
+@click.option("--rounds", type=int, default=4, show_default=True)
+@click.option("--no-footprint", is_flag=True, help="Skip the per-file cold-load / peak-RSS subprocess.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON (and .md beside)."
+)
+def bench_onnx_cmd(files, batch_sizes, seq_lengths, shapes, threads, provider, iters, rounds, no_footprint, out):
+    """Time ONNX FILES side by side, back to back (interleaved rounds); speed-ups against the first file."""
+    from ..bench.onnx import bench_onnx, to_markdown
+
+    try:
+        points = (
+            [tuple(int(x) for x in p.lower().split("x")) for p in _csv(shapes)]
+            if shapes
+            else [(int(b), int(s)) for b in _csv(batch_sizes) for s in _csv(seq_lengths)]
+        )
+    except ValueError:
+        raise click.BadParameter("give batch x seq points like 1x128,32x64", param_hint="--shapes") from None
+    res = bench_onnx(list(files), points, threads, provider, iters, rounds, footprint=not no_footprint, log=click.echo)
+    md = to_markdown(res)
+    click.echo(md)
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2))
+        Path(out).with_suffix(".md").write_text(md)

@@ -150,6 +150,7 @@ def config_from_dict(
     task = _validate_section(TaskConfig, raw.get("task"), ("task",), problems)
     stages = _validate_stages(raw, stage_list, problems)
     _check_stage_references(stages, stage_list, problems)
+    _check_ship_shape(stages, problems)
     name = raw.get("name") or default_name
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problems.add(("name",), f"name: {name!r} must be letters, digits, '-', '_' or '.', as it names the run folder.")
@@ -306,4 +307,20 @@ def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str
                 (name, "baseline"),
                 f"{name}.baseline: {base!r} is also the model this stage times (its input); "
                 "the baseline must be another export stage, such as the uncompressed model's.",
+            )
+
+
+def _check_ship_shape(stages: dict[str, StageConfig], problems: _Problems) -> None:
+    """The report chooses the shipped variant at ``ship_shape``: the last benchmark must time that point."""
+    benches = [c for c in stages.values() if c.type == "benchmark"]
+    for name, cfg in stages.items():
+        if cfg.type != "report" or not benches or not cfg.bundle:
+            continue
+        points = benches[-1].points()
+        if tuple(cfg.ship_shape) not in points:
+            shown = ", ".join(f"[{b}, {s}]" for b, s in points)
+            problems.add(
+                (name, "ship_shape"),
+                f"{name}.ship_shape: {list(cfg.ship_shape)} is not timed by the benchmark "
+                f"(it times {shown}); pick one of those or add it to the benchmark's shapes.",
             )

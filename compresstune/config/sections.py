@@ -203,6 +203,14 @@ class MergeConfig(StageConfig):
     check_examples: int = Field(64, gt=0, description="dev examples in the check batch")
 
 
+class VariantTolerances(Section):
+    """Largest dev-metric difference (points) from PyTorch that a variant may have and still ship."""
+
+    optimized: float = Field(0.1, ge=0, description="the fused fp32 graph")
+    fp16: float = Field(0.3, ge=0)
+    int8: float = Field(1.0, ge=0, description="int8_dynamic and int8_static")
+
+
 class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
@@ -211,6 +219,20 @@ class ExportConfig(StageConfig):
         default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape"
     )
     metric_tolerance: float = Field(0.1, ge=0, description="max dev-metric difference ONNX vs PyTorch, in points")
+    variants: list[Literal["fp32", "optimized", "int8_dynamic", "int8_static", "fp16"]] | Literal["auto"] = Field(
+        "auto",
+        description="variants built from the fp32 export and verified; auto: cpu -> fp32, optimized, "
+        "int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
+    )
+    per_channel: bool = Field(False, description="int8: per-channel weight scales")
+    quantize_embeddings: bool = Field(False, description="int8_dynamic: the embedding tables too")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="int8_static")
+    calibration_examples: int = Field(256, gt=0, description="int8_static: training examples for calibration")
+    static_fallback: bool = Field(
+        True,
+        description="int8_static: keep the most sensitive layers in float until the dev metric is within tolerance",
+    )
+    tolerances: VariantTolerances = Field(default_factory=VariantTolerances)
 
 
 class BenchmarkConfig(StageConfig):
@@ -221,22 +243,50 @@ class BenchmarkConfig(StageConfig):
     threads: int = Field(2, gt=0, description="ONNX Runtime intra-op threads and torch threads on CPU")
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32], min_length=1)
     seq_lengths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1)
-    warmup: int = Field(5, ge=1)
-    iters: int = Field(30, ge=3, description="timed runs per grid point (at least min_time_s is spent too)")
-    min_time_s: float = Field(1.0, ge=0)
-    pytorch: bool = Field(True, description="also time PyTorch eager on the same grid as the baseline")
+    shapes: list[tuple[PositiveInt, PositiveInt]] | None = Field(
+        None, description="(batch, seq) points to time instead of the batch_sizes x seq_lengths grid"
+    )
+    warmup: int = Field(3, ge=1, description="untimed calls per engine per round")
+    iters: int = Field(
+        100, ge=3, description="timed calls per engine and point, over all rounds (100: p99 is not just the maximum)"
+    )
+    min_time_s: float = Field(0.0, ge=0, description="at least this long per engine and point, over all rounds")
+    pytorch: bool = Field(
+        True, description="also time PyTorch eager (this model's, and the baseline's) on the same points"
+    )
     baseline: str | None = Field(
         None,
-        description="an earlier export stage (e.g. the uncompressed model's) timed in this stage, interleaved with "
-        "this model round by round on ONNX Runtime, so the speed-up is measured back to back",
+        description="an earlier export stage (e.g. the uncompressed model's): its fp32 ONNX model and its PyTorch "
+        "model are timed in this stage, interleaved with this model's variants, so speed-ups are measured back to back",
     )
-    rounds: int = Field(
-        3, ge=1, description="interleaved rounds per grid point when a baseline is given; the median round is reported"
-    )
+    rounds: int = Field(4, ge=1, description="interleaved rounds per point, the engine order rotating between rounds")
+    variants: list[str] | Literal["all"] = Field("all", description="which verified export variants to time")
+    footprint: bool = Field(True, description="per variant: cold load time and peak RSS of a fresh process running it")
+
+    def points(self) -> list[tuple[int, int]]:
+        return (
+            [tuple(p) for p in self.shapes]
+            if self.shapes
+            else [(b, s) for b in self.batch_sizes for s in self.seq_lengths]
+        )
 
 
 class ReportConfig(StageConfig):
     type: Literal["report"] = "report"
+    ship_shape: tuple[PositiveInt, PositiveInt] = Field(
+        (1, 128), description="(batch, seq) at which the shipped variant is chosen; the benchmark must time it"
+    )
+    ship_rule: Literal["fastest", "smallest", "most_accurate"] = Field(
+        "fastest",
+        description="among the variants that passed verification: lowest p50 at ship_shape, fewest bytes, "
+        "or highest dev metric",
+    )
+    bundle: bool = Field(True, description="write exported/RUN/deploy/ with the shipped variant")
+    edge: bool = Field(True, description="also an ORT-format model and its operator config in deploy/edge/")
+    fixed_shape: tuple[PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="also a fixed-shape (batch, seq) copy in deploy/edge/ for accelerators that need static shapes",
+    )
 
 
 def stage_types() -> dict[str, type[StageConfig]]:

@@ -8,6 +8,7 @@ the caller must check outputs at shapes other than the export shape
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,37 @@ class _LogitsOnly(nn.Module):
         return self.model(**dict(zip(self.names, args))).logits
 
 
+@contextmanager
+def eager_attention(model: nn.Module):
+    """Trace the eager attention path: transformers 5's default SDPA path exports a graph that ONNX
+    Runtime's transformer optimizer cannot fuse, and that runs slower (see PITFALLS). Same weights,
+    same function; the model's setting is restored afterwards."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(m, "config")}
+    saved = {k: getattr(c, "_attn_implementation", None) for k, c in configs.items()}
+    try:
+        for c in configs.values():
+            c._attn_implementation = "eager"
+        yield model
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+
+
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
-    """Write ``model`` (fp32, eval) as ONNX with inputs named like the HF ones and a ``logits`` output."""
+    """Write ``model`` (fp32, eval, eager attention) as ONNX with inputs named like the HF ones and a
+    ``logits`` output. The model is left in eval mode."""
     path = Path(path)
     model = model.float().eval().to("cpu")
+    with eager_attention(model):
+        _trace(model, path, opset)
+    model.eval()  # torch.onnx.export restores the wrapper's training flag, which would leave dropout on
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _trace(model: nn.Module, path: Path, opset: int) -> None:
     names = model_inputs(model)
     example = dummy_inputs(names, *EXPORT_SHAPE, model.config.vocab_size)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
@@ -44,7 +72,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _LogitsOnly(model, names),
+            _LogitsOnly(model, names).eval(),
             tuple(example[n] for n in names),
             str(path),
             input_names=list(names),
@@ -54,10 +82,6 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 17) -> Path:
             do_constant_folding=True,
             dynamo=False,
         )
-    import onnx
-
-    onnx.checker.check_model(str(path))
-    return path
 
 
 def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"):

@@ -1,19 +1,30 @@
-"""``benchmark``: latency of the exported model on ONNX Runtime (CPU always, CUDA when
-present or asked), with PyTorch eager on the same grid as the baseline."""
+"""``benchmark``: latency of every verified export variant, back to back with the references users
+compare against, on ONNX Runtime (CPU always, CUDA when present or asked).
+
+Engines per point, all timed in the same interleaved rounds (measure/compare.py):
+``ort-PROV`` (the fp32 export), ``ort-PROV:VARIANT`` (optimized, int8_dynamic, ...),
+``torch-PROV`` (this model in PyTorch eager) and, with ``baseline: EXPORT_STAGE`` (the
+uncompressed model's export), ``baseline:ort-PROV`` and ``baseline:torch-PROV``. Speed-ups
+are the median over rounds of per-round ratios; the references are the uncompressed model's
+PyTorch eager and fp32 ONNX (the baseline's when given, else this model's own)."""
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 
 import torch
 
 from ..errors import UserError
 from ..export.onnx import make_session, ort_run
-from ..measure.latency import bench_grid, machine_info, time_fn
-from ..methods import load_artifact as load_model
+from ..export.variants import variant_file
+from ..measure.compare import interleaved, process_footprint, speedup
+from ..measure.latency import machine_info
+from ..methods import load_artifact
 from ..models.inputs import dummy_inputs, model_inputs
 from .base import Stage, StageContext, register
+
+GPU_VARIANTS = ("fp32", "optimized", "fp16")  # int8 is a CPU path: the CUDA provider does not run it
+CPU_VARIANTS = ("fp32", "optimized", "int8_dynamic", "int8_static")
 
 
 def resolve_providers(requested) -> list[str]:
@@ -49,39 +60,32 @@ def _cuda_iobinding_runner(sess, feed: dict):
     return fn
 
 
-def _runner_factory(sessions: dict, model, names, vocab: int):
-    """``make_runner(engine, batch, seq)`` for ``bench_grid``: a no-argument function that runs
-    ``engine`` (ort-PROVIDER or torch-DEVICE) once on random inputs, and its sync function (or None)."""
+@dataclasses.dataclass
+class _Engine:
+    """One thing to time: an ONNX Runtime session or a PyTorch model on a provider."""
 
-    def make_runner(engine, b, s):
-        inp = dummy_inputs(names, b, s, vocab, pad_tail=False)
-        kind, prov = engine.split("-")
-        if kind == "ort":
-            sess = sessions[prov]
-            feed = {k: v.numpy() for k, v in inp.items()}
-            if prov == "cuda":
-                return _cuda_iobinding_runner(sess, feed), None
-            return (lambda: ort_run(sess, feed)), None
-        dev = "cuda" if prov == "cuda" else "cpu"
-        m = model.to(dev).eval()
-        tin = {k: v.to(dev) for k, v in inp.items()}
+    name: str
+    provider: str
+    session: object = None
+    model: object = None
+
+    def runner(self, inp: dict):
+        if self.session is not None:
+            names = {i.name for i in self.session.get_inputs()}
+            feed = {k: v.numpy() for k, v in inp.items() if k in names}
+            if self.provider == "cuda":
+                return _cuda_iobinding_runner(self.session, feed), None
+            return (lambda: ort_run(self.session, feed)), None
+        dev = "cuda" if self.provider == "cuda" else "cpu"
+        m = self.model.to(dev).eval()
+        names = set(model_inputs(m))
+        tin = {k: v.to(dev) for k, v in inp.items() if k in names}
 
         def fn():
             with torch.inference_mode():
                 m(**tin)
 
         return fn, (torch.cuda.synchronize if dev == "cuda" else None)
-
-    return make_runner
-
-
-def _back_to_back(runners: dict, cfg) -> dict[str, list[float]]:
-    """p50 (ms) of the "model" and "baseline" runners in each of ``cfg.rounds`` rounds, the order alternating."""
-    per = {"model": [], "baseline": []}
-    for r in range(cfg.rounds):
-        for key in ("model", "baseline") if r % 2 == 0 else ("baseline", "model"):
-            per[key].append(time_fn(runners[key], cfg.warmup, cfg.iters, cfg.min_time_s)["p50_ms"])
-    return per
 
 
 @register
@@ -91,49 +95,37 @@ class BenchmarkStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
-        ctx, base_ref, onnx_path = self._split_inputs(ctx)
+        ctx, base_ref, export_ref = self._split_inputs(ctx)
         providers = self._providers(ctx)
         torch.set_num_threads(cfg.threads)
-        sessions = {p: make_session(onnx_path, p, cfg.threads) for p in providers}
-        model = None
-        mdir = ctx.input_model_dir()
-        if cfg.pytorch and mdir is not None:
-            model, _, _ = load_model(mdir)
-        names = (
-            model_inputs(model)
-            if model is not None
-            else tuple(i.name for i in next(iter(sessions.values())).get_inputs())
+        variants = self._variants_to_time(ctx, export_ref)
+        engines = self._engines(ctx, providers, export_ref, base_ref, variants)
+        ctx.log(
+            f"[{ctx.name}] {', '.join(e.name for e in engines)}; {cfg.threads} threads; "
+            f"{cfg.rounds} interleaved rounds of {max(3, -(-cfg.iters // cfg.rounds))} calls per point"
         )
-        vocab = model.config.vocab_size if model is not None else 30000
-        engines = [f"ort-{p}" for p in providers] + ([f"torch-{p}" for p in providers] if model is not None else [])
-        ctx.log(f"[{ctx.name}] {onnx_path} on {', '.join(engines)}; {cfg.threads} threads")
-        rows = bench_grid(
-            _runner_factory(sessions, model, names, vocab),
-            engines,
-            cfg.batch_sizes,
-            cfg.seq_lengths,
-            cfg.warmup,
-            cfg.iters,
-            cfg.min_time_s,
-            ctx.log,
-        )
+        stats = self._time(ctx, engines)
         import onnxruntime as ort
 
-        comparison = self._compare(ctx, sessions, onnx_path, base_ref, names, vocab) if base_ref is not None else None
-        return {
-            "comparison": comparison,
-            "onnx": ctx.rel(onnx_path),
+        summary = {
+            "onnx": ctx.rel(export_ref.dir / "model.onnx"),
             "providers": providers,
-            "active_providers": {p: s.get_providers() for p, s in sessions.items()},
+            "active_providers": {e.name: e.session.get_providers() for e in engines if e.session is not None},
             "threads": cfg.threads,
-            "rows": rows,
+            "iters": cfg.iters,
+            "rounds": cfg.rounds,
+            "rows": self._rows(stats),
             "machine": machine_info(),
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
+            "references": self._references(base_ref, providers[0], engines),
         }
+        summary["variants"] = self._variant_table(ctx, export_ref, variants, stats, summary["references"])
+        summary["comparison"] = self._comparison(ctx, base_ref, export_ref, stats) if base_ref is not None else None
+        return summary
 
     @staticmethod
     def _split_inputs(ctx: StageContext):
-        """The context without the baseline input, the baseline's input (or None), and the model.onnx to time."""
+        """The context without the baseline input, the baseline's input (or None), and the export input to time."""
         cfg = ctx.cfg
         base_ref = next((r for r in ctx.inputs if cfg.baseline and r.name == cfg.baseline), None)
         if base_ref is not None:  # the baseline is an extra input; the model to time is the main one
@@ -144,13 +136,17 @@ class BenchmarkStage(Stage):
                 f"{ctx.name}: benchmark needs an exported model.onnx from an earlier export stage; "
                 "put `export` before it."
             )
-        onnx_path = ref.dir / "model.onnx"
-        if base_ref is not None and (base_ref.dir / "model.onnx").resolve() == onnx_path.resolve():
+        if base_ref is not None and not (base_ref.dir / "model.onnx").is_file():
+            raise UserError(
+                f"{ctx.name}.baseline: {cfg.baseline!r} has no model.onnx in {base_ref.dir}; "
+                "the baseline must be an export stage."
+            )
+        if base_ref is not None and (base_ref.dir / "model.onnx").resolve() == (ref.dir / "model.onnx").resolve():
             raise UserError(
                 f"{ctx.name}.baseline: {cfg.baseline!r} is the model this stage times; "
                 "name another export stage (the uncompressed model's)."
             )
-        return ctx, base_ref, onnx_path
+        return ctx, base_ref, ref
 
     @staticmethod
     def _providers(ctx: StageContext) -> list[str]:
@@ -162,58 +158,130 @@ class BenchmarkStage(Stage):
             )
         return providers
 
-    def _compare(self, ctx: StageContext, sessions: dict, onnx_path, base_ref, names, vocab) -> dict:
-        """This model against the baseline export's model.onnx on ONNX Runtime: per grid point,
-        ``rounds`` rounds, each timing both models back to back (order alternating between rounds),
-        so a machine whose speed drifts slows both alike; speed-up = the median over rounds of the
-        per-round ratio baseline p50 / this p50."""
-        cfg = ctx.cfg
-        base_path = base_ref.dir / "model.onnx"
-        if not base_path.is_file():
+    @staticmethod
+    def _variants_to_time(ctx: StageContext, export_ref) -> list[str]:
+        """The verified variants of the export (fp32 only for an export made before variants existed)."""
+        recorded = export_ref.summary.get("variants") or {"fp32": {"passed": True}}
+        wanted = list(recorded) if ctx.cfg.variants == "all" else list(ctx.cfg.variants)
+        unknown = [v for v in wanted if v not in recorded]
+        if unknown:
             raise UserError(
-                f"{ctx.name}.baseline: {cfg.baseline!r} has no model.onnx in {base_ref.dir}; "
-                "the baseline must be an export stage."
+                f"{ctx.name}.variants: {unknown} were not built by {export_ref.name} "
+                f"(it built {', '.join(recorded)}); set {export_ref.name}.variants or drop them here."
             )
-        rows = []
-        for prov, sess in sessions.items():
-            base_sess = make_session(base_path, prov, cfg.threads)
-            base_names = tuple(i.name for i in base_sess.get_inputs())
-            for b in cfg.batch_sizes:
-                for s in cfg.seq_lengths:
-                    inp = dummy_inputs(tuple(set(names) | set(base_names)), b, s, vocab, pad_tail=False)
-                    runners = {}
-                    for key, se, nm in (("model", sess, names), ("baseline", base_sess, base_names)):
-                        feed = {k: v.numpy() for k, v in inp.items() if k in nm}
-                        runners[key] = (
-                            _cuda_iobinding_runner(se, feed)
-                            if prov == "cuda"
-                            else (lambda se=se, feed=feed: ort_run(se, feed))
-                        )
-                    rows.append(self._compared_point(ctx, prov, b, s, _back_to_back(runners, cfg)))
-        return {
-            "baseline": cfg.baseline,
-            "baseline_onnx": ctx.rel(base_path),
-            "rounds": cfg.rounds,
-            "rows": rows,
-            "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2),
-            "baseline_onnx_mb": round(base_path.stat().st_size / 2**20, 2),
-        }
+        return [v for v in wanted if recorded[v].get("passed")]
+
+    def _engines(self, ctx, providers, export_ref, base_ref, variants) -> list[_Engine]:
+        cfg = ctx.cfg
+        out = []
+        model = load_artifact(ctx.input_model_dir())[0] if cfg.pytorch and ctx.input_model_dir() else None
+        base_model = None
+        if base_ref is not None and cfg.pytorch and base_ref.summary.get("model_dir"):
+            base_model = load_artifact(ctx.run_dir / base_ref.summary["model_dir"])[0]
+        for prov in providers:
+            usable = GPU_VARIANTS if prov == "cuda" else CPU_VARIANTS
+            for v in (v for v in variants if v in usable):
+                sess = make_session(variant_file(export_ref.dir, v), prov, cfg.threads)
+                out.append(_Engine(f"ort-{prov}" + ("" if v == "fp32" else f":{v}"), prov, session=sess))
+            if model is not None:
+                out.append(_Engine(f"torch-{prov}", prov, model=model))
+            if base_ref is not None:
+                sess = make_session(base_ref.dir / "model.onnx", prov, cfg.threads)
+                out.append(_Engine(f"baseline:ort-{prov}", prov, session=sess))
+                if base_model is not None:
+                    out.append(_Engine(f"baseline:torch-{prov}", prov, model=base_model))
+        return out
 
     @staticmethod
-    def _compared_point(ctx: StageContext, prov: str, b: int, s: int, per: dict) -> dict:
-        """One grid point's row from its per-round p50s (and its log line)."""
-        m, bl = statistics.median(per["model"]), statistics.median(per["baseline"])
-        sp = statistics.median(x / y for x, y in zip(per["baseline"], per["model"]))
-        ctx.log(
-            f"  vs {ctx.cfg.baseline}: ort-{prov} batch {b:3d} x seq {s:4d}: {m:8.2f} ms vs {bl:8.2f} ms -> {sp:.2f}x"
+    def _time(ctx: StageContext, engines: list[_Engine]) -> dict:
+        """(batch, seq) -> engine name -> statistics, every engine of a provider interleaved at each point."""
+        cfg = ctx.cfg
+        vocab = (
+            min(30000, *(e.model.config.vocab_size for e in engines if e.model is not None))
+            if any(e.model is not None for e in engines)
+            else 30000
         )
+        stats = {}
+        for b, s in cfg.points():
+            inp = dummy_inputs(("input_ids", "attention_mask", "token_type_ids"), b, s, vocab, pad_tail=False)
+            point = {}
+            for prov in dict.fromkeys(e.provider for e in engines):
+                runners = {e.name: e.runner(inp) for e in engines if e.provider == prov}
+                point.update(interleaved(runners, cfg.warmup, cfg.iters, cfg.rounds, cfg.min_time_s))
+            stats[(b, s)] = point
+            ctx.log(
+                "  " + f"batch {b:3d} x seq {s:4d}: " + ", ".join(f"{n} {r['p50_ms']:.2f}" for n, r in point.items())
+            )
+        return stats
+
+    @staticmethod
+    def _rows(stats: dict) -> list[dict]:
+        return [
+            {**r, "engine": name, "batch": b, "seq": s, "throughput_seq_s": b * 1000.0 / r["p50_ms"]}
+            for (b, s), point in stats.items()
+            for name, r in point.items()
+        ]
+
+    @staticmethod
+    def _references(base_ref, prov: str, engines) -> dict:
+        names = {e.name for e in engines}
+        pre = "baseline:" if base_ref is not None else ""
+        torch_ref = f"{pre}torch-{prov}" if f"{pre}torch-{prov}" in names else None
+        return {"pytorch_eager": torch_ref, "onnx_fp32": f"{pre}ort-{prov}", "of": "baseline" if pre else "this model"}
+
+    def _variant_table(self, ctx, export_ref, variants, stats, refs) -> dict:
+        """Per variant: size, footprint, and per point its latency and speed-ups against the references."""
+        cfg, out = ctx.cfg, {}
+        prov = self._providers(ctx)[0]
+        for v in variants:
+            name = f"ort-{prov}" + ("" if v == "fp32" else f":{v}")
+            if not any(name in point for point in stats.values()):
+                continue
+            path = variant_file(export_ref.dir, v)
+            points = {}
+            for (b, s), point in stats.items():
+                r = point[name]
+                points[f"{b}x{s}"] = {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "runs")} | {
+                    f"speedup_vs_{key}": round(speedup(point, name, ref), 3)
+                    for key, ref in (("pytorch_eager", refs["pytorch_eager"]), ("onnx_fp32", refs["onnx_fp32"]))
+                    if ref is not None and ref in point
+                }
+            fp = process_footprint(path, cfg.points(), prov, cfg.threads) if cfg.footprint else None
+            out[v] = {
+                "engine": name,
+                "file": ctx.rel(path),
+                "size_mb": round(path.stat().st_size / 2**20, 2),
+                "footprint": fp,
+                "points": points,
+            }
+        return out
+
+    @staticmethod
+    def _comparison(ctx: StageContext, base_ref, export_ref, stats: dict) -> dict:
+        """fp32 ONNX against the baseline's fp32 ONNX (what `bench tradeoff` reads)."""
+        rows = []
+        for (b, s), point in stats.items():
+            for name in [n for n in point if n.startswith("ort-") and ":" not in n]:
+                base = f"baseline:{name}"
+                m, bl = point[name], point[base]
+                rows.append(
+                    {
+                        "engine": name,
+                        "batch": b,
+                        "seq": s,
+                        "p50_ms": m["p50_ms"],
+                        "baseline_p50_ms": bl["p50_ms"],
+                        "speedup": speedup(point, name, base),
+                        "rounds_p50_ms": m["rounds_p50_ms"],
+                        "rounds_baseline_p50_ms": bl["rounds_p50_ms"],
+                    }
+                )
+        base_path, path = base_ref.dir / "model.onnx", export_ref.dir / "model.onnx"
         return {
-            "engine": f"ort-{prov}",
-            "batch": b,
-            "seq": s,
-            "p50_ms": m,
-            "baseline_p50_ms": bl,
-            "speedup": sp,
-            "rounds_p50_ms": per["model"],
-            "rounds_baseline_p50_ms": per["baseline"],
+            "baseline": ctx.cfg.baseline,
+            "baseline_onnx": ctx.rel(base_path),
+            "rounds": ctx.cfg.rounds,
+            "rows": rows,
+            "onnx_mb": round(path.stat().st_size / 2**20, 2),
+            "baseline_onnx_mb": round(base_path.stat().st_size / 2**20, 2),
         }

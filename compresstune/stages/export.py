@@ -1,22 +1,35 @@
-"""``export``: ONNX model + verification.
+"""``export``: ONNX model, its optimised and quantised variants, and their verification.
 
-Writes ``model.onnx`` with the tokenizer and label metadata beside it (a self-contained
-deployable folder), then checks (1) logits against PyTorch at shapes other than the
-export shape and (2) the dev-set metric computed with ONNX Runtime against the
-PyTorch one. Either check failing stops the run."""
+Writes ``model.onnx`` (fp32) with the tokenizer and label metadata beside it, then checks
+(1) logits against PyTorch at shapes other than the export shape and (2) the dev-set metric
+computed with ONNX Runtime against the PyTorch one; either failing stops the run. Then it
+builds the configured variants (export/variants.py: ``model.optimized.onnx``,
+``model.int8_dynamic.onnx``, ...) and verifies each the same way with its own tolerance; a
+variant that fails is recorded as failed and never shipped, and the stage goes on."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from ..data.batching import encode
+from ..data.batching import collate, encode
+from ..data.glue import GLUE_TASKS
 from ..data.metrics import compute_metrics
 from ..errors import CheckFailed, UserError
 from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
+from ..export.variants import VariantBuilder, kind_of, resolve_variants, verify_variant
 from ..methods import load_artifact as load_model
+from ..models.arch import arch_for
+from ..models.artifacts import layer_shapes
+from ..models.inputs import model_inputs
 from ..train.evaluate import logits_to_preds, predict
 from .base import Stage, StageContext, register
+
+
+def text_fields(ctx: StageContext) -> list[str]:
+    """The names of the task's text inputs (one, or two for a sentence pair), for the deploy bundle."""
+    t = ctx.pipeline.task
+    return list(t.text_columns) if t.name == "custom" else list(GLUE_TASKS[t.name].hf_text)
 
 
 @register
@@ -36,25 +49,28 @@ class ExportStage(Stage):
         ctx.log(f"[{ctx.name}] exporting {mdir} to ONNX (opset {cfg.opset})")
         export_onnx(model, path, cfg.opset)
         tok.save_pretrained(ctx.out_dir / "tokenizer")
-        (ctx.out_dir / "labels.json").write_text(json.dumps(meta.get("task", {}), indent=2))
+        labels = {**meta.get("task", {}), "text_fields": text_fields(ctx)}
+        (ctx.out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
+        check = _Checker(ctx, model, tok)
+        summary = self._fp32(ctx, path, check)
+        summary["model_dir"] = ctx.rel(mdir)
+        summary["variants"] = self._variants(ctx, model, path, check, summary["dev_pytorch"]["main"])
+        return summary
 
+    def _fp32(self, ctx: StageContext, path, check) -> dict:
+        cfg, task = ctx.cfg, ctx.task
         sess = make_session(path, "cpu")
-        diffs = max_abs_diff_at_shapes(model, sess, cfg.verify_shapes)
+        diffs = max_abs_diff_at_shapes(check.model, sess, cfg.verify_shapes)
         worst = max(diffs.values())
         if worst > cfg.atol:
             raise CheckFailed(
                 f"{ctx.name}: ONNX logits differ from PyTorch by {worst:.2e} (> atol {cfg.atol}) at shapes {diffs}; "
                 "the export is wrong."
             )
-
-        task = ctx.task
-        enc = encode(tok, task.dev, ctx.pipeline.task.max_length)
-        pad = tok.pad_token_id or 0
-        torch_metrics = compute_metrics(task, logits_to_preds(task, predict(model, enc, pad)), task.dev.labels)
-        onnx_logits = ort_predict(sess, enc, pad)
-        onnx_metrics = compute_metrics(task, logits_to_preds(task, onnx_logits), task.dev.labels)
+        torch_metrics = check.torch_metrics()
+        onnx_metrics = check.dev_metric_of_session(sess)
         gap = abs(onnx_metrics["main"] - torch_metrics["main"])
-        cuda = self._check_cuda(path, enc, pad, task, torch_metrics, cfg, ctx)
+        cuda = self._check_cuda(path, check, torch_metrics, cfg, ctx)
         ctx.log(
             f"[{ctx.name}] max |diff| {worst:.2e}; "
             f"dev {task.metric}: onnx {onnx_metrics['main']:.2f} vs pytorch {torch_metrics['main']:.2f}"
@@ -68,7 +84,7 @@ class ExportStage(Stage):
             "onnx": "model.onnx",
             "opset": cfg.opset,
             "size_mb": round(os.path.getsize(path) / 2**20, 2),
-            "model_dir": ctx.rel(mdir),
+            "attention": "eager",
             "max_abs_diff": diffs,
             "atol": cfg.atol,
             "metric": task.metric,
@@ -78,8 +94,55 @@ class ExportStage(Stage):
             **cuda,
         }
 
+    def _variants(self, ctx: StageContext, model, fp32_path, check, reference: float) -> dict:
+        cfg = ctx.cfg
+        shapes = layer_shapes(model)
+        heads = [s["heads"] for s in shapes]
+        builder = VariantBuilder(
+            fp32_path,
+            ctx.out_dir,
+            heads[0] if len(set(heads)) == 1 else heads,
+            getattr(model.config, arch_for(model).config_hidden),
+            model.config.model_type,
+            cfg,
+            check.calibration_feeds,
+            lambda p: check.dev_metric(p)["main"],
+            reference,
+            log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
+        )
+        out = {}
+        for name in resolve_variants(cfg.variants, ctx.device):
+            tol = cfg.metric_tolerance if name == "fp32" else getattr(cfg.tolerances, kind_of(name))
+            details = {}
+            if name != "fp32":
+                try:
+                    details = builder.build(name)
+                except Exception as exc:  # noqa: BLE001 - a variant that cannot be built is reported, never shipped
+                    out[name] = {
+                        "passed": False,
+                        "error": f"build failed: {exc.__class__.__name__}: {str(exc)[:300]}",
+                        "tolerance": tol,
+                    }
+                    ctx.log(f"[{ctx.name}] {name}: FAILED to build ({out[name]['error']})")
+                    continue
+            res = verify_variant(name, builder.built[name], check.logit_diffs, check.dev_metric, reference, tol)
+            out[name] = {**res, "details": details}
+            self._log_variant(ctx, name, out[name])
+        return out
+
     @staticmethod
-    def _check_cuda(path, enc, pad, task, torch_metrics, cfg, ctx) -> dict:
+    def _log_variant(ctx: StageContext, name: str, v: dict) -> None:
+        if "dev" not in v:
+            ctx.log(f"[{ctx.name}] {name}: FAILED ({v.get('error')})")
+            return
+        verdict = "ok" if v["passed"] else f"FAILED (more than {v['tolerance']} points from PyTorch)"
+        ctx.log(
+            f"[{ctx.name}] {name}: {v['size_mb']} MB, dev {ctx.task.metric} {v['dev']['main']:.2f} "
+            f"(gap {v['gap_points']:.2f}), max |logit diff| {max(v['max_abs_diff'].values()):.2e}: {verdict}"
+        )
+
+    @staticmethod
+    def _check_cuda(path, check, torch_metrics, cfg, ctx) -> dict:
         """Where a GPU and onnxruntime-gpu are present, the CUDA provider's dev metric is checked too
         (TF32 and fused kernels change the numbers)."""
         import onnxruntime as ort
@@ -87,13 +150,52 @@ class ExportStage(Stage):
 
         if not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()):
             return {}
-        sess = make_session(path, "cuda")
-        m = compute_metrics(task, logits_to_preds(task, ort_predict(sess, enc, pad)), task.dev.labels)
+        m = check.dev_metric_of_session(make_session(path, "cuda"))
         gap = abs(m["main"] - torch_metrics["main"])
-        ctx.log(f"[{ctx.name}] dev {task.metric} on the CUDA provider: {m['main']:.2f}")
+        ctx.log(f"[{ctx.name}] dev {ctx.task.metric} on the CUDA provider: {m['main']:.2f}")
         if gap > cfg.metric_tolerance:
             raise CheckFailed(
-                f"{ctx.name}: ONNX Runtime CUDA dev {task.metric} {m['main']:.2f} differs from "
+                f"{ctx.name}: ONNX Runtime CUDA dev {ctx.task.metric} {m['main']:.2f} differs from "
                 f"PyTorch {torch_metrics['main']:.2f} by more than {cfg.metric_tolerance} points."
             )
         return {"dev_onnx_cuda": m, "dev_gap_points_cuda": gap}
+
+
+class _Checker:
+    """The verification data of one export: dev examples encoded once, PyTorch's metric computed once."""
+
+    def __init__(self, ctx: StageContext, model, tok):
+        self.ctx, self.model, self.tok = ctx, model, tok
+        self.enc = encode(tok, ctx.task.dev, ctx.pipeline.task.max_length)
+        self.pad = tok.pad_token_id or 0
+        self._torch = None
+
+    def torch_metrics(self) -> dict:
+        if self._torch is None:
+            task = self.ctx.task
+            self._torch = compute_metrics(
+                task, logits_to_preds(task, predict(self.model, self.enc, self.pad)), task.dev.labels
+            )
+        return self._torch
+
+    def dev_metric_of_session(self, sess) -> dict:
+        task = self.ctx.task
+        return compute_metrics(task, logits_to_preds(task, ort_predict(sess, self.enc, self.pad)), task.dev.labels)
+
+    def dev_metric(self, path) -> dict:
+        return self.dev_metric_of_session(make_session(path, "cpu"))
+
+    def logit_diffs(self, path) -> dict:
+        return max_abs_diff_at_shapes(self.model, make_session(path, "cpu"), self.ctx.cfg.verify_shapes)
+
+    def calibration_feeds(self) -> list[dict]:
+        """Training examples (a fixed subset), batched with dynamic padding, as ONNX Runtime feeds."""
+        ctx = self.ctx
+        split = ctx.task.train.subset(ctx.cfg.calibration_examples, ctx.seed)
+        enc = encode(self.tok, split, ctx.pipeline.task.max_length)
+        names = model_inputs(self.model)
+        feeds = []
+        for i in range(0, len(enc), 16):
+            batch = collate(enc[i : i + 16], self.pad, "token_type_ids" in names)
+            feeds.append({k: v.numpy() for k, v in batch.items() if k in names})
+        return feeds

@@ -13,6 +13,7 @@ from ..manifest import Manifest, write_json_atomic
 from ..measure.latency import machine_info
 from ..measure.markdown import md_table
 from ..models.artifacts import versions
+from . import ship
 from .base import Stage, StageContext, register
 
 
@@ -46,18 +47,22 @@ def _plot_history(histories: dict[str, list], metric: str, path: Path) -> bool:
     return True
 
 
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _publish(src: Path, dst: Path) -> None:
     """Hard-link (else copy) ``src`` to ``dst``, replacing it atomically."""
     tmp = dst.with_name(dst.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     if src.is_dir():
-        shutil.copytree(src, tmp)
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
     else:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
+        _link_or_copy(src, tmp)
     if dst.is_dir():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
@@ -97,15 +102,55 @@ class ReportStage(Stage):
         metric = next((s["summary"].get("metric") for s in stages.values() if s["summary"].get("metric")), "metric")
         if _plot_history(hist, metric, ctx.out_dir / "training_curve.png"):
             md += "\n![training curve](training_curve.png)\n"
+        ship_md, report["ship"], pngs = self._ship(ctx, stages, metric)
+        md += "\n".join(ship_md) + "\n" + "".join(f"\n![{p[:-4]}]({p})\n" for p in pngs)
         (ctx.out_dir / "REPORT.md").write_text(md)
         write_json_atomic(ctx.out_dir / "report.json", report)
-        published = self._publish_all(ctx, stages)
-        return {"published": published}
+        published = self._publish_all(ctx, stages, pngs)
+        return {"published": published, "ship": report["ship"]}
 
-    def _publish_all(self, ctx: StageContext, stages: dict) -> list[str]:
+    def _ship(self, ctx: StageContext, stages: dict, metric: str) -> tuple[list[str], dict, list[str]]:
+        """Choose the variant to ship by the stated rule, write its deploy bundle; markdown, record, plots."""
+        cfg = ctx.cfg
+        cands = ship.candidates(stages, cfg.ship_shape)
+        if not cands:
+            return [], {}, []
+        decision = ship.choose(cands, cfg.ship_rule, cfg.ship_shape)
+        decision["candidates"] = [{k: v for k, v in c.items() if k != "timed"} for c in cands]
+        pngs = ship.plots(cands, stages, cfg.ship_shape, metric, ctx.out_dir)
+        if decision["chosen"] and cfg.bundle:
+            decision["bundle"] = self._bundle(ctx, stages, decision)
+        ctx.log(f"[{ctx.name}] shipped: {decision['chosen']} ({decision['why']})")
+        return ship.variant_markdown(cands, decision, stages, metric), decision, pngs
+
+    def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:
+        from ..deploy.bundle import model_card, normalize_config, write_bundle
+
+        cfg, path, tok_dir = ship.bundle_config(stages, decision, ctx.run_dir)
+        m = machine_info()
+        card = model_card(
+            {
+                **normalize_config(cfg),
+                "problem_type": "regression" if cfg.get("is_regression") else "single_label_classification",
+            },
+            description=None,
+            data=f"{ctx.pipeline.task.name}: trained on its training set, evaluated on its dev set.",
+            latency=ship.card_latency(stages, decision["chosen"]),
+            machine=f"{m['cpu']}, {m['logical_cores']} cores",
+            how_made=f"compresstune pipeline `{ctx.pipeline.source}` (stages: {', '.join(ctx.pipeline.stages)}); "
+            f"variant {decision['chosen']} chosen by {decision['why']}.",
+            bundle_name="deploy",
+        )
+        rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card)
+        if ctx.cfg.edge or ctx.cfg.fixed_shape:
+            rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
+        rep["dir"] = "deploy"
+        return rep
+
+    def _publish_all(self, ctx: StageContext, stages: dict, pngs: list[str]) -> list[str]:
         out = []
-        for name in ("REPORT.md", "report.json", "training_curve.png"):
-            if (ctx.out_dir / name).is_file():
+        for name in ("REPORT.md", "report.json", "training_curve.png", "deploy", *pngs):
+            if (ctx.out_dir / name).exists():
                 _publish(ctx.out_dir / name, ctx.run_dir / name)
                 out.append(name)
         exports = [n for n, s in stages.items() if s["type"] == "export"]

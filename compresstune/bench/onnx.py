@@ -1,0 +1,132 @@
+"""``compresstune bench onnx FILE...``: any ONNX models timed side by side, back to back.
+
+The benchmark stage's protocol (measure/compare.py: interleaved rounds, rotating order,
+p50/p90/p99 over all calls, speed-ups as medians of per-round ratios against the first file),
+plus each file's size, cold load time and the peak RSS of a fresh process that runs it. Only
+onnxruntime and numpy are needed (no torch), so it runs on a target device without a training
+stack; its JSON (``--out``) records the machine and is what a latency budget can be read from."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..deploy.predictor import make_session
+from ..errors import UserError
+from ..measure.compare import interleaved, process_footprint, speedup
+from ..measure.markdown import md_table
+
+
+def _feed(sess, batch: int, seq: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 2000, (batch, seq)).astype(np.int64)
+    out = {}
+    for i in sess.get_inputs():
+        out[i.name] = ids if i.name == "input_ids" else np.ones((batch, seq), dtype=np.int64)
+        if i.name == "token_type_ids":
+            out[i.name] = np.zeros((batch, seq), dtype=np.int64)
+    return out
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def bench_onnx(
+    files: list[str],
+    points: list[tuple[int, int]],
+    threads: int = 2,
+    provider: str = "cpu",
+    iters: int = 100,
+    rounds: int = 4,
+    warmup: int = 3,
+    footprint: bool = True,
+    log=print,
+) -> dict:
+    """Time ``files`` back to back at every (batch, seq) point; speed-ups are against the first file."""
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.is_file():
+            raise UserError(f"bench onnx: {p} does not exist; give paths of .onnx files.")
+    names = [p.name if [q.name for q in paths].count(p.name) == 1 else str(p) for p in paths]
+    sessions = {n: make_session(p, provider, threads) for n, p in zip(names, paths)}
+    rows = []
+    for b, s in points:
+        runners = {}
+        for n, sess in sessions.items():
+            feed = _feed(sess, b, s)
+            runners[n] = ((lambda sess=sess, feed=feed: sess.run(None, feed)), None)
+        stats = interleaved(runners, warmup, iters, rounds)
+        for n, r in stats.items():
+            rows.append(
+                {"file": n, "batch": b, "seq": s, **r, "speedup_vs_first": round(speedup(stats, n, names[0]), 3)}
+            )
+        log(f"  batch {b:3d} x seq {s:4d}: " + ", ".join(f"{n} {r['p50_ms']:.2f} ms" for n, r in stats.items()))
+    files_info = {
+        n: {
+            "path": str(p),
+            "size_mb": round(p.stat().st_size / 2**20, 2),
+            "footprint": process_footprint(p, points, provider, threads) if footprint else None,
+        }
+        for n, p in zip(names, paths)
+    }
+    import onnxruntime as ort
+
+    return {
+        "machine": _machine(),
+        "provider": provider,
+        "threads": threads,
+        "iters": iters,
+        "rounds": rounds,
+        "onnxruntime": ort.__version__,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "files": files_info,
+        "rows": rows,
+    }
+
+
+def to_markdown(res: dict) -> str:
+    m = res["machine"]
+    head = (
+        f"ONNX Runtime {res['onnxruntime']} on {res['provider']}, {res['threads']} threads, {m['cpu']} "
+        f"({m['logical_cores']} cores); {res['rounds']} interleaved rounds, {res['iters']} calls per file and "
+        "point; speed-up = median over rounds of (first file p50 / this p50)."
+    )
+    rows = [
+        [
+            r["file"],
+            f"{r['batch']} x {r['seq']}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            r["runs"],
+            f"{r['speedup_vs_first']:.2f}x",
+        ]
+        for r in res["rows"]
+    ]
+    files = [
+        [n, f["size_mb"], (f["footprint"] or {}).get("load_s", "-"), (f["footprint"] or {}).get("peak_rss_mb", "-")]
+        for n, f in res["files"].items()
+    ]
+    return (
+        "\n".join(
+            [
+                head,
+                "",
+                md_table(["file", "batch x seq", "p50 (ms)", "p90", "p99", "calls", "speed-up"], rows),
+                "",
+                md_table(["file", "size (MB)", "cold load (s)", "peak RSS (MB)"], files),
+            ]
+        )
+        + "\n"
+    )

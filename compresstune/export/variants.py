@@ -1,0 +1,155 @@
+"""Export variants built from the verified fp32 ONNX model, each verified on its own.
+
+| variant | how | default for |
+|---|---|---|
+| ``fp32`` | the plain export (export/onnx.py) | cpu, cuda |
+| ``optimized`` | ORT's transformer optimizer, real head counts and hidden size (optimize.py) | cpu, cuda |
+| ``int8_dynamic`` | ``quantize_dynamic`` on the optimized graph (quantize.py) | cpu |
+| ``int8_static`` | QDQ ``quantize_static`` on training examples, accuracy-driven fallback | cpu |
+| ``fp16`` | ORT's float16 conversion of the optimized graph, int64 ids in, fp32 logits out | cuda |
+
+Every variant is verified like the fp32 export: logits at shapes other than the export shape
+(recorded) and the dev metric through ONNX Runtime against PyTorch, within a tolerance per
+kind. A variant that fails is marked failed with its numbers and never shipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CompresstuneError
+
+VARIANTS = ("fp32", "optimized", "int8_dynamic", "int8_static", "fp16")
+DEFAULT_VARIANTS = {"cpu": ("fp32", "optimized", "int8_dynamic", "int8_static"), "cuda": ("fp32", "optimized", "fp16")}
+
+
+def kind_of(variant: str) -> str:
+    """The tolerance class of a variant: fp32, optimized, fp16 or int8."""
+    return "int8" if variant.startswith("int8") else variant
+
+
+def resolve_variants(requested, device: str) -> list[str]:
+    """``auto`` -> the defaults of the target device; fp32 always comes first (the others are built from it)."""
+    names = list(DEFAULT_VARIANTS["cuda" if device.startswith("cuda") else "cpu"] if requested == "auto" else requested)
+    return ["fp32"] + [v for v in names if v != "fp32"]
+
+
+def variant_file(out_dir: Path, variant: str) -> Path:
+    return out_dir / ("model.onnx" if variant == "fp32" else f"model.{variant}.onnx")
+
+
+class VariantBuilder:
+    """Builds variants from ``fp32_path`` into ``out_dir``; ``evaluate(path) -> dev metric`` is used by the
+    static-quantisation fallback, ``calibration_feeds`` by static quantisation."""
+
+    def __init__(
+        self,
+        fp32_path: Path,
+        out_dir: Path,
+        heads: int | list[int],
+        hidden: int,
+        model_type: str,
+        cfg,
+        calibration_feeds: Callable[[], list[dict[str, np.ndarray]]],
+        evaluate: Callable[[Path], float],
+        reference: float,
+        log=print,
+    ):
+        self.fp32, self.out_dir, self.heads, self.hidden, self.model_type = (
+            fp32_path,
+            out_dir,
+            heads,
+            hidden,
+            model_type,
+        )
+        self.cfg, self.calibration_feeds, self.evaluate, self.reference, self.log = (
+            cfg,
+            calibration_feeds,
+            evaluate,
+            reference,
+            log,
+        )
+        self.built: dict[str, Path] = {"fp32": fp32_path}
+
+    def build(self, variant: str) -> dict:
+        """Build one variant; returns its details (what was fused or quantised). Raises on failure."""
+        t = time.perf_counter()
+        details = getattr(self, f"_{variant}")(variant_file(self.out_dir, variant))
+        self.built[variant] = variant_file(self.out_dir, variant)
+        return {**details, "build_s": round(time.perf_counter() - t, 2)}
+
+    def _source_graph(self) -> Path:
+        """Quantisation and fp16 start from the fused graph when it was built (faster, fewer nodes)."""
+        if "optimized" not in self.built:
+            self.build("optimized")
+        return self.built["optimized"]
+
+    def _optimized(self, dst: Path) -> dict:
+        from .optimize import optimize_onnx
+
+        rep = optimize_onnx(self.fp32, dst, self.heads, self.hidden, self.model_type)
+        self.log(f"  optimized: fused {rep.get('fused')}; unfused layers: {rep.get('unfused_layers') or 'none'}")
+        return {
+            k: rep.get(k) for k in ("fused", "num_layers", "unfused_layers", "layers", "fully_fused", "max_abs_diff")
+        }
+
+    def _int8_dynamic(self, dst: Path) -> dict:
+        from .quantize import quantize_int8_dynamic
+
+        return quantize_int8_dynamic(
+            self._source_graph(),
+            dst,
+            per_channel=self.cfg.per_channel,
+            quantize_embeddings=self.cfg.quantize_embeddings,
+        )
+
+    def _int8_static(self, dst: Path) -> dict:
+        from .quantize import quantize_int8_static, static_with_fallback
+
+        feeds = self.calibration_feeds()
+        src = self._source_graph()
+        if not self.cfg.static_fallback:
+            return quantize_int8_static(src, dst, feeds, self.cfg.calibration_method, self.cfg.per_channel)
+        rep = static_with_fallback(
+            src,
+            dst,
+            feeds,
+            self.evaluate,
+            self.reference,
+            self.cfg.tolerances.int8,
+            method=self.cfg.calibration_method,
+            per_channel=self.cfg.per_channel,
+        )
+        self.log(f"  int8_static: {len(rep['tries'])} tries; kept in float: {rep['float_groups'] or 'nothing'}")
+        return {k: rep[k] for k in ("passed", "float_groups", "tries", "method", "per_channel")}
+
+    def _fp16(self, dst: Path) -> dict:
+        from .quantize import convert_fp16
+
+        return convert_fp16(self._source_graph(), dst)
+
+
+def verify_variant(
+    name: str, path: Path, logit_diffs: Callable, dev_metric: Callable, reference: float, tolerance: float
+) -> dict:
+    """Dev metric through ONNX Runtime against the PyTorch ``reference`` (pass within ``tolerance`` points)
+    and the logit differences at the verification shapes (recorded)."""
+    try:
+        diffs = logit_diffs(path)
+        metrics = dev_metric(path)
+    except (CompresstuneError, RuntimeError, ValueError) as exc:  # ORT refuses a graph: the variant failed
+        return {"passed": False, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}", "tolerance": tolerance}
+    gap = abs(metrics["main"] - reference)
+    return {
+        "passed": gap <= tolerance,
+        "dev": metrics,
+        "gap_points": round(gap, 4),
+        "tolerance": tolerance,
+        "max_abs_diff": diffs,
+        "size_mb": round(path.stat().st_size / 2**20, 2),
+        "file": path.name,
+    }

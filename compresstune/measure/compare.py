@@ -1,0 +1,115 @@
+"""Several engines timed back to back: the protocol behind the benchmark stage and ``bench onnx``.
+
+Per (batch, seq) point, ``rounds`` rounds; in each round every engine runs ``warmup`` untimed
+calls, then ``iters // rounds`` timed calls (at least 3 and at least ``min_time_s / rounds``
+seconds), the engine order rotating from round to round. A machine whose speed drifts slows
+every engine alike. Reported per engine: p50/p90/p99/mean over all timed calls (and how many
+there were: with 100 calls p99 interpolates between the two slowest, it is not simply the
+maximum), the p50 of each round, and speed-ups against a reference engine as the median over
+rounds of the per-round ratio reference p50 / engine p50.
+
+Also: a model file's load time (session creation in a fresh process, cold) and the peak RSS of
+a process that loads it and runs it at every shape (:func:`process_footprint`)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _timed_calls(fn: Callable, n: int, min_s: float, sync=None) -> list[float]:
+    times, start = [], time.perf_counter()
+    while len(times) < n or time.perf_counter() - start < min_s:
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return times
+
+
+def interleaved(
+    runners: dict[str, tuple[Callable, Callable | None]],
+    warmup: int = 3,
+    iters: int = 100,
+    rounds: int = 4,
+    min_time_s: float = 0.0,
+) -> dict[str, dict]:
+    """Time every runner (name -> (fn, sync or None)) back to back; returns name -> statistics."""
+    names = list(runners)
+    per_round = max(3, -(-iters // rounds))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    rounds_p50: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            fn, sync = runners[n]
+            for _ in range(warmup):
+                fn()
+            t = _timed_calls(fn, per_round, min_time_s / rounds, sync)
+            times[n] += t
+            rounds_p50[n].append(float(np.percentile(t, 50)))
+    out = {}
+    for n in names:
+        a = np.array(times[n])
+        out[n] = {
+            "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()),
+            "runs": len(a),
+            "rounds_p50_ms": rounds_p50[n],
+        }
+    return out
+
+
+def speedup(stats: dict[str, dict], engine: str, reference: str) -> float:
+    """Median over rounds of reference p50 / engine p50."""
+    return statistics.median(r / e for r, e in zip(stats[reference]["rounds_p50_ms"], stats[engine]["rounds_p50_ms"]))
+
+
+_PROBE = r"""
+import json, resource, sys, time
+import numpy as np
+t0 = time.perf_counter()
+import onnxruntime as ort
+path, provider, threads, shapes = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+so = ort.SessionOptions()
+so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+t1 = time.perf_counter()
+ep = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+sess = ort.InferenceSession(path, sess_options=so, providers=[ep])
+t2 = time.perf_counter()
+names = [i.name for i in sess.get_inputs()]
+rng = np.random.default_rng(0)
+for b, s in shapes:
+    ids = rng.integers(1000, 2000, (b, s)).astype(np.int64)
+    feed = {n: ids if n == "input_ids" else np.ones((b, s), dtype=np.int64) for n in names}
+    sess.run(None, feed)
+kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # counts the forking parent's pages: VmHWM does not
+try:
+    kb = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:")))
+except (OSError, StopIteration):
+    pass
+print(json.dumps({"load_s": t2 - t1, "import_s": t1 - t0, "peak_rss_mb": kb / 1024}))
+"""
+
+
+def process_footprint(path, shapes, provider: str = "cpu", threads: int = 2) -> dict:
+    """Load ``path`` in a fresh process (cold session creation time) and run it once at every shape;
+    returns load_s, import_s and the process's peak RSS in MB."""
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path), provider, str(threads), json.dumps(list(shapes))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1][:300] if (r.stderr or r.stdout) else "failed"}
+    return {k: round(v, 3) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}

@@ -1,0 +1,168 @@
+"""Deployment-grade output through the pipeline: every variant verified and timed, a stated rule picks
+the one to ship, a failed variant is reported and never shipped, the deploy bundle runs through
+`compresstune predict` without torch, and `bench onnx` times files back to back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_pipeline
+
+from compresstune.cli import main
+from compresstune.config import load_config
+from compresstune.errors import ConfigError
+from compresstune.stages import ship
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cand(v, passed=True, dev=90.0, p50=10.0, size=10.0):
+    return {
+        "variant": v,
+        "passed": passed,
+        "dev": dev,
+        "p50_ms": p50,
+        "size_mb": size,
+        "error": None,
+        "gap_points": 0.0,
+        "tolerance": 1.0,
+    }
+
+
+def test_rules_choose_among_verified_variants_only():
+    cands = [
+        _cand("fp32", p50=20, size=80, dev=90.0),
+        _cand("optimized", p50=15, size=80, dev=90.0),
+        _cand("int8_dynamic", p50=8, size=22, dev=89.4),
+        _cand("int8_static", passed=False, p50=5, size=21, dev=80),
+    ]
+    # int8_static is faster but failed its verification
+    assert ship.choose(cands, "fastest", (1, 128))["chosen"] == "int8_dynamic"
+    assert ship.choose(cands, "smallest", (1, 128))["chosen"] == "int8_dynamic"
+    assert ship.choose(cands, "most_accurate", (1, 128))["chosen"] == "optimized"  # same metric as fp32, faster
+    d = ship.choose(cands, "fastest", (1, 128))
+    assert "int8_static" in d["why"] and "lowest p50" in d["why"]
+    none = ship.choose([_cand("fp32", passed=False)], "fastest", (1, 128))
+    assert none["chosen"] is None and "no variant" in none["why"]
+
+
+def _run(tmp_path, args):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        return CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress", *args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory, tiny_bert, glue_dir):
+    """A tiny run whose int8_dynamic variant cannot be built: it is reported failed, the rest go on."""
+    from compresstune.export.variants import VariantBuilder
+
+    d = tmp_path_factory.mktemp("ship")
+    write_pipeline(d / "p.yaml", tiny_bert, glue_dir, extra="")
+    real = VariantBuilder._int8_dynamic
+
+    def broken(self, dst):
+        raise RuntimeError("simulated quantizer crash")
+
+    VariantBuilder._int8_dynamic = broken
+    try:
+        r = _run(d, [])
+    finally:
+        VariantBuilder._int8_dynamic = real
+    assert r.exit_code == 0, r.output
+    return d / "exported" / "t", r.output
+
+
+def test_a_failed_variant_is_reported_and_never_shipped(shipped):
+    run, out = shipped
+    man = json.loads((run / "manifest.json").read_text())
+    variants = man["stages"]["export"]["summary"]["variants"]
+    assert (
+        variants["int8_dynamic"]["passed"] is False and "simulated quantizer crash" in variants["int8_dynamic"]["error"]
+    )
+    assert variants["fp32"]["passed"] and variants["optimized"]["passed"]
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["ship"]["chosen"] != "int8_dynamic" and rep["ship"]["chosen"] in variants
+    assert "int8_dynamic" in rep["ship"]["why"]  # named as not eligible
+    md = (run / "REPORT.md").read_text()
+    assert "## Variants and the shipped model" in md and "simulated quantizer crash" in md
+    timed = man["stages"]["benchmark"]["summary"]["variants"]
+    assert "int8_dynamic" not in timed and set(timed) == {v for v, r in variants.items() if r["passed"]}
+    for v in timed.values():
+        assert v["footprint"]["peak_rss_mb"] > 0 and v["footprint"]["load_s"] > 0
+        p = v["points"]["1x16"]
+        assert p["runs"] >= 3 and p["speedup_vs_pytorch_eager"] > 0 and p["speedup_vs_onnx_fp32"] > 0
+
+
+def test_the_bundle_runs_through_predict_without_torch(shipped):
+    run, _ = shipped
+    bundle = run / "deploy"
+    cfg = json.loads((bundle / "config.json").read_text())
+    rep = json.loads((run / "report.json").read_text())
+    assert cfg["variant"] == rep["ship"]["chosen"] and cfg["text_fields"] == ["sentence"]
+    assert (bundle / "edge" / "model.ort").is_file() and (bundle / "README.md").read_text().startswith("# ")
+    script = (
+        "import sys\n"
+        "from compresstune.cli import main\n"
+        "try:\n"
+        f"    main(['predict', {str(bundle)!r}, 'a gripping film', 'dull'], standalone_mode=False)\n"
+        "finally:\n"
+        "    print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == "IMPORTED False False", r.stdout + r.stderr
+    preds = [json.loads(x) for x in lines[:-1]]
+    assert [p["index"] for p in preds] == [0, 1] and all(p["label"] in ("0", "1") for p in preds)
+
+
+def test_bench_onnx_times_files_back_to_back(shipped, tmp_path):
+    run, _ = shipped
+    files = [str(run / "02_export" / "model.onnx"), str(run / "02_export" / "model.optimized.onnx")]
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(
+        main, ["bench", "onnx", *files, "--shapes", "1x8,2x16", "--iters", "6", "--rounds", "2", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert {(x["file"], x["batch"], x["seq"]) for x in res["rows"]} == {
+        (f, b, s) for f in ("model.onnx", "model.optimized.onnx") for b, s in ((1, 8), (2, 16))
+    }
+    assert all(x["speedup_vs_first"] == 1.0 for x in res["rows"] if x["file"] == "model.onnx")
+    assert all(x["runs"] >= 6 for x in res["rows"]) and res["machine"]["cpu"] is not None
+    assert res["files"]["model.optimized.onnx"]["footprint"]["peak_rss_mb"] > 0
+
+
+def test_ship_shape_must_be_timed(tiny_bert, glue_dir, tmp_path):
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
+    with pytest.raises(ConfigError, match=r"report.ship_shape: \[1, 128\] is not timed by the benchmark"):
+        load_config(p, ["report.ship_shape=[1,128]"])
+    assert load_config(p, ["report.ship_shape=[1,128]", "report.bundle=false"])  # nothing shipped: no check
+
+
+def test_gpu_selection_rules_on_cpu():
+    """What a CUDA machine would build and time, checked where CI runs (no GPU)."""
+    from compresstune.export.variants import resolve_variants
+    from compresstune.stages.benchmark import CPU_VARIANTS, GPU_VARIANTS
+
+    assert resolve_variants("auto", "cuda") == ["fp32", "optimized", "fp16"]
+    assert resolve_variants("auto", "cpu") == ["fp32", "optimized", "int8_dynamic", "int8_static"]
+    assert resolve_variants(["int8_dynamic"], "cpu") == ["fp32", "int8_dynamic"]  # fp32 is always built first
+    assert "fp16" not in CPU_VARIANTS and not any(v.startswith("int8") for v in GPU_VARIANTS)
+
+
+def test_cuda_asked_without_a_gpu_is_a_clear_error(shipped, tiny_bert, glue_dir, tmp_path):
+    write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
+    r = _run(tmp_path, ["benchmark.providers=[cuda]"])
+    assert r.exit_code == 2
+    assert "cuda was requested but no CUDA GPU is visible" in r.output or "provider cuda" in r.output
