@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from compresstune.deploy import Predictor, predict_main
-from compresstune.deploy.bundle import card_python_snippet, model_card, write_bundle
+from compresstune.deploy.bundle import write_bundle
+from compresstune.deploy.card import card_python_snippet, model_card
 from compresstune.deploy.edge import fixed_shape, to_ort_format
 from compresstune.deploy.vocab import trim_vocab
 from compresstune.errors import CheckFailed, UserError

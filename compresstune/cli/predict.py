@@ -23,6 +23,6 @@ def predict(bundle, texts, file, batch_size, provider, threads):
     """Label TEXTs (or a --file) with a deploy bundle; prints one JSON line per input (label and score, or value).
 
     Needs only onnxruntime, tokenizers and numpy: torch and transformers are never imported."""
-    from ..deploy.predictor import predict_main
+    from ..deploy.files import predict_main
 
     sys.exit(predict_main(bundle, texts, file, batch_size, provider, threads))

@@ -6,11 +6,12 @@ import Predictor`` never imports onnx, torch or transformers."""
 
 from __future__ import annotations
 
-from .predictor import Predictor, predict_main, read_input_file
+from .files import predict_main, read_input_file
+from .predictor import Predictor
 
 _LAZY = {
     "write_bundle": "bundle",
-    "model_card": "bundle",
+    "model_card": "card",
     "bundle_config": "bundle",
     "bundle_sizes": "bundle",
     "to_ort_format": "edge",

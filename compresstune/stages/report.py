@@ -124,7 +124,8 @@ class ReportStage(Stage):
         return ship.variant_markdown(cands, decision, stages, metric), decision, pngs
 
     def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:
-        from ..deploy.bundle import model_card, normalize_config, write_bundle
+        from ..deploy.bundle import normalize_config, write_bundle
+        from ..deploy.card import model_card
 
         cfg, path, tok_dir = ship.bundle_config(stages, decision, ctx.run_dir)
         m = machine_info()
