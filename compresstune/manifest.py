@@ -1,7 +1,8 @@
 """The run record: ``exported/RUN/manifest.json``.
 
-One entry per stage: type, fingerprint, status, output folder, summary, timings.
-Written atomically after every change so a killed run leaves a readable record."""
+One entry per stage: type, fingerprint, status, output folder, summary, timings; and the
+library versions of the run. Written atomically after every change (a temporary file,
+flushed to disk, then renamed over the old one) so a killed run leaves a readable record."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import os
 import time
 from pathlib import Path
 
+from .errors import UserError
+
 
 def write_json_atomic(path: Path, data) -> None:
+    """Write ``data`` as JSON so that ``path`` always holds either the old or the new content, never a part."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data, indent=2, default=str))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -24,7 +31,22 @@ class Manifest:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / self.FILE
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+        self.data = self._read() if self.path.is_file() else {"stages": {}}
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            why = f"it is not valid JSON ({exc})"
+        else:
+            if isinstance(data, dict) and isinstance(data.get("stages", {}), dict):
+                return data
+            why = "it is JSON but not a run record (an object with a `stages` object)"
+        raise UserError(
+            f"{self.path}: the run record cannot be read: {why}; it was cut short or edited by hand. "
+            f"Move it away (for example `mv {self.path} {self.path}.bad`) and run again: the stages are then "
+            "recomputed, since without the record nothing in the run folder can be trusted as done."
+        )
 
     @classmethod
     def load(cls, run_dir: Path) -> Manifest:
@@ -37,6 +59,14 @@ class Manifest:
     def set_run(self, **kw) -> None:
         self.data.update(kw)
         self.save()
+
+    def record_versions(self, current: dict) -> list[str]:
+        """Keep ``current`` (library -> version) as this run's versions (saved with the next change);
+        returns what differs from the versions recorded before, as "torch 2.12.0 -> 2.13.0"."""
+        old = self.data.get("versions")
+        old = old if isinstance(old, dict) else {}
+        self.data["versions"] = dict(current)
+        return [f"{k} {old[k]} -> {v}" for k, v in current.items() if k in old and old[k] != v]
 
     def update_stage(self, name: str, **kw) -> None:
         self.stages.setdefault(name, {}).update(kw)

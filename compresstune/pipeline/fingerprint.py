@@ -2,16 +2,22 @@
 
 A stage's fingerprint covers its settings that change its result (those marked
 ``fingerprint: False`` do not, and of the finetune section only the chosen method's own
-options count), the pipeline's model, task and seed when the stage reads them, and its
-inputs' fingerprints. A stage whose recorded fingerprint matches is skipped."""
+options count), its stage type's code ``version`` (``Stage.version``), and its inputs'
+fingerprints. A stage that reads the pipeline's model and task (``uses_model_and_task``)
+also covers the model, task and seed settings and, by content (identity.py), the task's data
+files and the model folder, plus $COMPRESSTUNE_GLUE_DIR when it picks the GLUE folder. Stages
+that train or time also cover the device kind (cpu or cuda). A stage whose recorded
+fingerprint matches is skipped; library versions are recorded but do not rerun anything."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from ..config.sections import PipelineConfig, method_option_fields
 from ..options import Section
+from .identity import ContentHashes, data_identity, device_kind, model_identity
 
 
 def fingerprint(obj) -> str:
@@ -40,17 +46,33 @@ def fingerprint_fields(cfg: Section) -> dict:
     return data
 
 
-def stage_fingerprints(cfg: PipelineConfig, uses_model_and_task) -> dict[str, str]:
-    """Every stage's fingerprint, in run order; ``uses_model_and_task(stage_type) -> bool``."""
+TIMES = {"benchmark"}  # stage types that time their input: the device they ran on decides their result
+
+
+def stage_fingerprints(cfg: PipelineConfig, stage_class, hashes: ContentHashes | None = None) -> dict[str, str]:
+    """Every stage's fingerprint, in run order; ``stage_class(stage_type) -> Stage subclass``;
+    ``hashes``: the content hashes of files (a run folder's cache), a fresh one by default."""
+    hashes = hashes if hashes is not None else ContentHashes()
+    classes = {name: stage_class(scfg.type) for name, scfg in cfg.stages.items()}
+    reads = {}
+    if any(c.uses_model_and_task for c in classes.values()):
+        reads = {**data_identity(cfg.task, hashes), "model_content": model_identity(cfg, hashes)}
     fps: dict[str, str] = {}
     for name, scfg in cfg.stages.items():
+        cls = classes[name]
         payload = {
             "type": scfg.type,
+            "version": cls.version,
             "settings": fingerprint_fields(scfg),
             "inputs": [fps[i] for i in cfg.stage_inputs(name)],
         }
         payload["settings"].pop("input", None)
-        if uses_model_and_task(scfg.type):
-            payload.update(model=cfg.model, task=cfg.task.model_dump(), seed=cfg.seed)
+        if cls.uses_model_and_task:
+            payload.update(model=cfg.model, task=cfg.task.model_dump(), seed=cfg.seed, **reads)
+        if cls.uses_model_and_task or scfg.type in TIMES:
+            payload["device"] = device_kind(cfg.device)
+        if getattr(scfg, "text_file", None):  # compress: unlabelled text for distillation
+            p = Path(scfg.text_file)
+            payload["text_file_content"] = hashes.file(p if p.is_absolute() else cfg.base_dir / p)
         fps[name] = fingerprint(payload)
     return fps

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..manifest import Manifest, write_json_atomic
+from .atomic import replace_dir
 
 NOT_REUSED = {"benchmark", "report"}  # timings belong to a moment and a machine; the report publishes this run's files
 
@@ -33,9 +34,7 @@ def reuse_stage(
             shutil.copytree(src_dir, tmp_dir)
             summary = _relocate_paths(rec.get("summary", {}), src_man, manifest, fp, final_dir.name)
             write_json_atomic(tmp_dir / "summary.json", summary)
-            if final_dir.exists():
-                shutil.rmtree(final_dir)
-            tmp_dir.rename(final_dir)
+            replace_dir(tmp_dir, final_dir)
             now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             manifest.update_stage(
                 name,

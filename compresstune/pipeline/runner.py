@@ -1,16 +1,17 @@
 """Running a pipeline: plan what to run, skip what is done, run a stage, commit its output.
 
-Each stage's fingerprint (fingerprint.py) hashes its own settings, the pipeline's model
-and task when the stage reads them, and its inputs' fingerprints. A stage whose recorded
-fingerprint matches and whose output folder exists is skipped; changing one setting
-therefore reruns that stage and exactly those downstream of it. A stage writes into
-``NN_name.tmp/``, renamed to ``NN_name/`` on success. A training stage keeps its
-checkpoints in that temporary folder, so running the same command after a crash resumes
-it (the folder is reused only when its fingerprint matches)."""
+Each stage's fingerprint (fingerprint.py) hashes its own settings and code version, the
+pipeline's model and task when the stage reads them (the data files and a local model by
+content), the device kind, and its inputs' fingerprints. A stage whose recorded fingerprint
+matches and whose output folder exists is skipped; changing one setting or input file
+therefore reruns exactly the stages that depend on it. A stage writes into
+``NN_name.tmp/``, renamed to ``NN_name/`` on success (atomic.py: the old folder is deleted
+only once the new one is in place). A training stage keeps its checkpoints in that
+temporary folder, so running the same command after a crash resumes it (the folder is
+reused only when its fingerprint matches). One process at a time holds a run folder's lock."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -24,7 +25,9 @@ from ..manifest import Manifest, write_json_atomic
 from ..measure.monitor import ResourceMonitor
 from ..stages import STAGES, StageContext
 from ..stages.base import InputRef, load_task_data
+from .atomic import replace_dir, restore_set_aside, run_lock
 from .fingerprint import stage_fingerprints
+from .identity import CACHE_FILE, ContentHashes, library_versions
 from .reuse import reuse_stage
 
 FP_FILE = ".fingerprint"
@@ -34,8 +37,12 @@ def run_dir_for(cfg: PipelineConfig, run_name: str | None = None, output_dir: st
     return Path(output_dir or cfg.output_dir) / (run_name or cfg.name)
 
 
-def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
-    return stage_fingerprints(cfg, lambda stype: STAGES[stype].uses_model_and_task)
+def fingerprints(cfg: PipelineConfig, run_dir: Path | None = None) -> dict[str, str]:
+    """Every stage's fingerprint; ``run_dir``: keep the content hashes of files in its cache."""
+    hashes = ContentHashes(run_dir / CACHE_FILE if run_dir is not None else None)
+    fps = stage_fingerprints(cfg, lambda stype: STAGES[stype], hashes)
+    hashes.save()
+    return fps
 
 
 def stage_dirname(cfg: PipelineConfig, name: str) -> str:
@@ -65,17 +72,36 @@ def run_pipeline(
     reuse_from: list | None = None,
 ) -> Manifest:
     """Run (or resume) the pipeline; returns the manifest. Raises on the first failing stage,
-    keeping every output already computed."""
+    keeping every output already computed. Holds the run folder's lock throughout."""
     _check_flags(cfg, from_stage, until_stage, reuse_from, force, log)
     run_dir = run_dir_for(cfg, run_name, output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        restore_set_aside(run_dir, log)
+        manifest = _start(cfg, run_dir, log)
+        plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force)
+        _quiet_hf()
+        _run_plan(cfg, plan, manifest, run_dir, log, progress, reuse_from)
+    return manifest
+
+
+def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
+    """The run's manifest, with this run's config and library versions recorded."""
     manifest = Manifest.load(run_dir)
-    (run_dir / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    write_json_atomic(run_dir / "config.resolved.json", cfg.to_dict())
+    changed = manifest.record_versions(library_versions())
+    if changed:
+        log(
+            f"library versions changed since this run folder was last run: {', '.join(changed)}; finished stages "
+            "are kept (fingerprints decide what reruns); --force recomputes them with these versions"
+        )
     manifest.set_run(
         run_name=run_dir.name, config_file=str(cfg.source), config=cfg.to_dict(), stage_order=list(cfg.stages)
     )
-    plan = _plan(cfg, manifest, from_stage, until_stage, force)
-    _quiet_hf()
+    return manifest
+
+
+def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Path, log, progress, reuse_from) -> None:
     for name in plan.names[: plan.last + 1]:
         fp = plan.fps[name]
         final_dir = run_dir / stage_dirname(cfg, name)
@@ -88,7 +114,6 @@ def run_pipeline(
             _mark_downstream_stale(cfg, manifest, name)
             continue
         _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
-    return manifest
 
 
 def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force, log) -> None:
@@ -108,9 +133,9 @@ def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force
         log("note: --force recomputes every stage, so --reuse-from has nothing to do")
 
 
-def _plan(cfg: PipelineConfig, manifest: Manifest, from_stage, until_stage, force) -> _Plan:
+def _plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, until_stage, force) -> _Plan:
     names = list(cfg.stages)
-    fps = fingerprints(cfg)
+    fps = fingerprints(cfg, run_dir)
     forced = set(names if force else [])
     if from_stage:
         forced |= set(names[names.index(from_stage) :])
@@ -179,13 +204,12 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
 
 
 def _commit(tmp_dir: Path, final_dir: Path, summary: dict) -> None:
-    """Write the summary, drop scratch, and rename the temporary folder into place."""
+    """Write the summary, drop scratch, and rename the temporary folder into place (the old one
+    is deleted only once the new one is there)."""
     write_json_atomic(tmp_dir / "summary.json", summary)
     (tmp_dir / FP_FILE).unlink(missing_ok=True)
     _remove_scratch(tmp_dir)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    tmp_dir.rename(final_dir)
+    replace_dir(tmp_dir, final_dir)
 
 
 def _mark_downstream_stale(cfg: PipelineConfig, manifest: Manifest, name: str) -> None:

@@ -125,6 +125,7 @@ class Stage:
 
     type: str = ""
     uses_model_and_task = True  # fingerprint includes the pipeline's model and task
+    version = 1  # in the fingerprint: bump when the meaning of the stage's settings or its output changes
 
     def run(self, ctx: StageContext) -> dict:  # pragma: no cover - interface
         raise NotImplementedError

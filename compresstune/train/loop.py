@@ -33,7 +33,7 @@ from ..data.batching import collate, encode, epoch_batches
 from ..data.task import TaskData
 from ..errors import CheckFailed
 from ..models.inputs import model_inputs
-from .checkpoint import atomic_save, rng_state, seed_everything, set_rng_state
+from .checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .evaluate import evaluate
 from .options import TrainOptions
 
@@ -162,7 +162,9 @@ class Trainer:
     def _resume(self) -> None:
         if not self.last_path.is_file():
             return
-        ck = torch.load(self.last_path, map_location="cpu", weights_only=False)  # RNG states must stay CPU tensors
+        ck = load_checkpoint(self.last_path, self.log, RESUME_KEYS)
+        if ck is None:
+            return
         if ck.get("total_steps") != self.total_steps or ck.get("n_train") != self.n:
             self.log(f"checkpoint {self.last_path} is from a different schedule; starting over")
             return
