@@ -80,7 +80,10 @@ def test_eager_export_fuses_one_attention_per_layer(bert_onnx):
 
 
 def test_sdpa_export_is_reported_unfused(tiny_bert, tmp_path):
-    fp32 = export_onnx(_model(tiny_bert, attn=None), tmp_path / "sdpa.onnx")  # transformers 5 default: sdpa
+    from compresstune.export.onnx import _trace
+
+    fp32 = tmp_path / "sdpa.onnx"
+    _trace(_model(tiny_bert, attn=None).eval(), fp32, 17)  # the SDPA path (transformers 5's default), not export_onnx's
     report = optimize_onnx(fp32, tmp_path / "opt.onnx", num_heads=4, hidden_size=32)
     assert report["fused"].get("Attention", 0) == 0 and report["unfused_layers"] == [0, 1]
     assert "eager" in report["layers"][0]["reason"] and not report["fully_fused"]
