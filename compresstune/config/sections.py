@@ -134,7 +134,8 @@ class CompressConfig(TrainOptions, StageConfig):
         if self.method == "prune" and self.hidden_ratio > 0 and self.heal_epochs > 0 and self.hidden_weight > 0:
             raise ValueError(
                 "hidden_ratio > 0 changes the hidden size, so healing cannot match hidden states (no projection is "
-                "added); set hidden_weight: 0 to heal on the teacher's logits alone"
+                "added); set hidden_weight: 0 to heal on the teacher's logits (a fine-tuned teacher as input) or "
+                "attention distributions (attention_weight > 0) alone"
             )
         return self
 
@@ -224,7 +225,7 @@ class ExportConfig(StageConfig):
         description="variants built from the fp32 export and verified; auto: cpu -> fp32, optimized, "
         "int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
     )
-    per_channel: bool = Field(False, description="int8: per-channel weight scales")
+    per_channel: bool = Field(True, description="int8: per-channel weight scales (per-tensor when false)")
     quantize_embeddings: bool = Field(False, description="int8_dynamic: the embedding tables too")
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="int8_static")
     calibration_examples: int = Field(256, gt=0, description="int8_static: training examples for calibration")
@@ -320,6 +321,7 @@ class PipelineConfig:
     description: str = ""
     source: str = "<config>"
     base_dir: Path = field(default_factory=Path.cwd)
+    lines: dict = field(default_factory=dict, repr=False, compare=False)  # key path -> line in the file, for messages
 
     def to_dict(self) -> dict:
         """The resolved config, as saved with the run (and accepted by :func:`load_config`)."""
