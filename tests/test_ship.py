@@ -166,3 +166,28 @@ def test_cuda_asked_without_a_gpu_is_a_clear_error(shipped, tiny_bert, glue_dir,
     r = _run(tmp_path, ["benchmark.providers=[cuda]"])
     assert r.exit_code == 2
     assert "no CUDA GPU is visible" in r.output and "Traceback" not in r.output
+
+
+def test_int8_dynamic_keeps_the_most_sensitive_layers_float_until_labels_agree(tiny_bert, tmp_path):
+    """The accuracy fallback of int8_dynamic, with an agreement that only passes once one layer stays float."""
+    import onnx
+    from transformers import AutoModelForSequenceClassification
+
+    from compresstune.config.sections import ExportConfig
+    from compresstune.export.onnx import export_onnx
+    from compresstune.export.variants import VariantBuilder
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    fp32 = export_onnx(model, tmp_path / "model.onnx")
+
+    def agreement(path):  # stands in for "share of dev labels equal to PyTorch's"
+        float_matmuls = sum(n.op_type == "MatMul" for n in onnx.load(str(path)).graph.node)
+        return 1.0 if float_matmuls >= 8 else 0.9
+
+    cfg = ExportConfig(variants=["int8_dynamic"], min_agreement=0.99)
+    b = VariantBuilder(fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda s: None)
+    b.agreement = agreement
+    fb = b.build("int8_dynamic")["fallback"]
+    assert fb["passed"] and len(fb["float_groups"]) == 1 and fb["float_groups"][0].startswith("layer.")
+    assert [t["agreement"] for t in fb["tries"]] == [0.9, 1.0] and set(fb["sensitivity"]) == {"layer.0", "layer.1"}
+    assert agreement(tmp_path / "model.int8_dynamic.onnx") == 1.0  # the file left is the passing one

@@ -227,6 +227,13 @@ class ExportConfig(StageConfig):
     )
     per_channel: bool = Field(True, description="int8: per-channel weight scales (per-tensor when false)")
     quantize_embeddings: bool = Field(False, description="int8_dynamic: the embedding tables too")
+    min_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="int8_dynamic: least share of dev labels equal to PyTorch's; below it the most "
+        "sensitive encoder layers stay float (0 = off)",
+    )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="int8_static")
     calibration_examples: int = Field(256, gt=0, description="int8_static: training examples for calibration")
     static_fallback: bool = Field(

@@ -99,15 +99,60 @@ class VariantBuilder:
 
     def _int8_dynamic(self, dst: Path) -> dict:
         """From the unfused fp32 graph: measured on MiniLM-L6 (docs/RESULTS.md), its int8 MatMuls ran as fast at
-        batch 1 and faster at batch 32 than the fused graph's QAttention; per-channel scales kept more accuracy."""
+        batch 1 and faster at batch 32 than the fused graph's QAttention; per-channel scales kept more accuracy.
+        When fewer than ``min_agreement`` of the dev labels equal PyTorch's, the most sensitive encoder layers
+        stay float, one more per try (:meth:`_dynamic_fallback`)."""
         from .quantize import quantize_int8_dynamic
 
-        return quantize_int8_dynamic(
-            self.fp32,
-            dst,
-            per_channel=self.cfg.per_channel,
-            quantize_embeddings=self.cfg.quantize_embeddings,
+        def build(exclude=()):
+            return quantize_int8_dynamic(
+                self.fp32,
+                dst,
+                per_channel=self.cfg.per_channel,
+                quantize_embeddings=self.cfg.quantize_embeddings,
+                nodes_to_exclude=exclude,
+            )
+
+        rep = build()
+        target, agreement = self.cfg.min_agreement, getattr(self, "agreement", None)
+        first = agreement(dst) if target and agreement is not None else None
+        if first is None:  # off, or a regression task
+            return rep
+        return {**rep, "fallback": self._dynamic_fallback(dst, build, agreement, target, first)}
+
+    def _dynamic_fallback(self, dst: Path, build, agreement, target: float, first: float) -> dict:
+        """Rank encoder layers by the label agreement reached when only that layer stays float, then keep the
+        top 1, 2, ... in float until the agreement reaches ``target`` (or all but one layer are float)."""
+        from .quantize import node_groups
+
+        tries = [{"float_groups": [], "agreement": first}]
+        if tries[0]["agreement"] >= target:
+            return {"target": target, "float_groups": [], "tries": tries, "passed": True}
+        groups = node_groups(self.fp32)
+        sens = {}
+        for g, nodes in groups.items():
+            build(nodes)
+            sens[g] = agreement(dst)
+        order = sorted(groups, key=lambda g: -sens[g])
+        for k in range(1, len(order)):
+            build([n for g in order[:k] for n in groups[g]])
+            tries.append({"float_groups": order[:k], "agreement": agreement(dst)})
+            if tries[-1]["agreement"] >= target:
+                break
+        best = tries[-1] if tries[-1]["agreement"] >= target else max(tries, key=lambda t: t["agreement"])
+        if best is not tries[-1]:
+            build([n for g in best["float_groups"] for n in groups[g]])
+        self.log(
+            f"  int8_dynamic: label agreement {tries[0]['agreement']:.2%} < {target:.0%}; "
+            f"kept in float: {best['float_groups']} -> {best['agreement']:.2%}"
         )
+        return {
+            "target": target,
+            "float_groups": best["float_groups"],
+            "tries": tries,
+            "sensitivity": sens,
+            "passed": best["agreement"] >= target,
+        }
 
     def _int8_static(self, dst: Path) -> dict:
         from .quantize import quantize_int8_static, static_with_fallback

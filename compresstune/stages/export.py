@@ -110,6 +110,7 @@ class ExportStage(Stage):
             reference,
             log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
         )
+        builder.agreement = check.agreement
         out = {}
         for name in resolve_variants(cfg.variants, ctx.device):
             tol = cfg.metric_tolerance if name == "fp32" else getattr(cfg.tolerances, kind_of(name))
@@ -177,6 +178,16 @@ class _Checker:
                 task, logits_to_preds(task, predict(self.model, self.enc, self.pad)), task.dev.labels
             )
         return self._torch
+
+    def agreement(self, path) -> float | None:
+        """Share of dev examples whose ONNX Runtime label equals PyTorch's (None for regression)."""
+        task = self.ctx.task
+        if task.is_regression:
+            return None
+        if getattr(self, "_torch_labels", None) is None:
+            self._torch_labels = predict(self.model, self.enc, self.pad).argmax(-1)
+        labels = ort_predict(make_session(path, "cpu"), self.enc, self.pad).argmax(-1)
+        return float((labels == self._torch_labels).mean())
 
     def dev_metric_of_session(self, sess) -> dict:
         task = self.ctx.task
