@@ -11,6 +11,7 @@ PyTorch eager and fp32 ONNX (the baseline's when given, else this model's own)."
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import torch
 
@@ -98,6 +99,7 @@ class BenchmarkStage(Stage):
         ctx, base_ref, export_ref = self._split_inputs(ctx)
         providers = self._providers(ctx)
         torch.set_num_threads(cfg.threads)
+        gc.collect()  # sessions of earlier stages in this process must not keep thread pools alive while timing
         variants = self._variants_to_time(ctx, export_ref)
         engines = self._engines(ctx, providers, export_ref, base_ref, variants)
         ctx.log(
