@@ -121,38 +121,49 @@ class VariantBuilder:
         return {**rep, "fallback": self._dynamic_fallback(dst, build, agreement, target, first)}
 
     def _dynamic_fallback(self, dst: Path, build, agreement, target: float, first: float) -> dict:
-        """Rank encoder layers by the label agreement reached when only that layer stays float, then keep the
-        top 1, 2, ... in float until the agreement reaches ``target`` (or all but one layer are float)."""
+        """Keep the fewest weight MatMuls in float that bring the label agreement to ``target``: rank encoder
+        layers by the agreement reached when only that layer stays float; within the most sensitive layer rank
+        its MatMuls the same way and keep them float one at a time (best first); then whole layers, in rank
+        order. Stops at the first passing try; the best try is what stays in ``dst``."""
         from .quantize import node_groups
 
-        tries = [{"float_groups": [], "agreement": first}]
-        if tries[0]["agreement"] >= target:
-            return {"target": target, "float_groups": [], "tries": tries, "passed": True}
+        tries = [{"float_nodes": [], "agreement": first}]
+        if first >= target:
+            return {"target": target, "float_nodes": [], "tries": tries, "passed": True}
         groups = node_groups(self.fp32)
-        sens = {}
-        for g, nodes in groups.items():
-            build(nodes)
-            sens[g] = agreement(dst)
-        order = sorted(groups, key=lambda g: -sens[g])
-        for k in range(1, len(order)):
-            build([n for g in order[:k] for n in groups[g]])
-            tries.append({"float_groups": order[:k], "agreement": agreement(dst)})
+        layer_rank = self._rank(build, agreement, dst, dict(groups))
+        top = [n for n in groups[layer_rank[0]] if n in _weight_matmuls(self.fp32)]  # act x act MatMuls stay float
+        node_rank = self._rank(build, agreement, dst, {n: [n] for n in top})
+        plan = [node_rank[:k] for k in range(1, len(node_rank) + 1)]
+        plan += [[n for g in layer_rank[:k] for n in groups[g]] for k in range(2, len(layer_rank))]
+        for float_nodes in plan:
+            build(float_nodes)
+            tries.append({"float_nodes": float_nodes, "agreement": agreement(dst)})
             if tries[-1]["agreement"] >= target:
                 break
         best = tries[-1] if tries[-1]["agreement"] >= target else max(tries, key=lambda t: t["agreement"])
         if best is not tries[-1]:
-            build([n for g in best["float_groups"] for n in groups[g]])
+            build(best["float_nodes"])
         self.log(
-            f"  int8_dynamic: label agreement {tries[0]['agreement']:.2%} < {target:.0%}; "
-            f"kept in float: {best['float_groups']} -> {best['agreement']:.2%}"
+            f"  int8_dynamic: label agreement {first:.2%} < {target:.0%}; {len(best['float_nodes'])} MatMuls "
+            f"kept in float -> {best['agreement']:.2%}"
         )
         return {
             "target": target,
-            "float_groups": best["float_groups"],
+            "float_nodes": best["float_nodes"],
             "tries": tries,
-            "sensitivity": sens,
+            "layer_rank": layer_rank,
             "passed": best["agreement"] >= target,
         }
+
+    @staticmethod
+    def _rank(build, agreement, dst: Path, candidates: dict[str, list[str]]) -> list[str]:
+        """Candidates ordered by the agreement reached when only that candidate's nodes stay float, best first."""
+        score = {}
+        for name, nodes in candidates.items():
+            build(nodes)
+            score[name] = agreement(dst)
+        return sorted(candidates, key=lambda k: -score[k])
 
     def _int8_static(self, dst: Path) -> dict:
         from .quantize import quantize_int8_static, static_with_fallback
@@ -178,6 +189,15 @@ class VariantBuilder:
         from .quantize import convert_fp16
 
         return convert_fp16(self._source_graph(), dst)
+
+
+def _weight_matmuls(path: Path) -> set[str]:
+    """Names of the MatMul nodes with a weight (initializer) input: the ones dynamic quantisation turns int8."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name for i in g.initializer}
+    return {n.name for n in g.node if n.op_type == "MatMul" and any(x in inits for x in n.input)}
 
 
 def verify_variant(
