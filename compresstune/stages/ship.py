@@ -220,11 +220,11 @@ def plots(cands: list[dict], stages: dict, shape, metric: str, out_dir: Path) ->
 def _latency_vs_batch(sm: dict, out_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
-    seqs = sorted({r["seq"] for r in sm["rows"]})
     series = {}
     for r in sm["rows"]:
         series.setdefault((r["engine"], r["seq"]), []).append((r["batch"], r["p50_ms"]))
-    if all(len(v) < 2 for v in series.values()):
+    seqs = sorted({s for (_, s), pts in series.items() if len(pts) > 1})  # lengths timed at 2+ batch sizes
+    if not seqs:
         return []
     fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 3.8), squeeze=False)
     for ax, seq in zip(axes[0], seqs):
