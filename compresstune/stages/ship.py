@@ -195,18 +195,24 @@ def plots(cands: list[dict], stages: dict, shape, metric: str, out_dir: Path) ->
     exports = [s for s in stages.values() if s["type"] == "export"]
     ref_export = exports[0]["summary"] if refs.get("of") == "baseline" else exports[-1]["summary"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for c in cands:
+    for i, c in enumerate(cands):
         if c["p50_ms"] is not None and c["dev"] is not None:
             ax.scatter(c["p50_ms"], c["dev"], marker="o" if c["passed"] else "x", s=40)
-            ax.annotate(c["variant"], (c["p50_ms"], c["dev"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                c["variant"],
+                (c["p50_ms"], c["dev"]),
+                textcoords="offset points",
+                xytext=(5, 6 - 12 * (i % 2)),
+                fontsize=8,
+            )
     for label, engine, dev in (
         ("uncompressed PyTorch eager", refs.get("pytorch_eager"), ref_export["dev_pytorch"]),
         ("uncompressed fp32 ONNX", refs.get("onnx_fp32"), ref_export["dev_onnx"]),
     ):
         p = _point_of(stages, engine, key)
-        if p is not None:
+        if p is not None and (refs.get("of") == "baseline" or "PyTorch" in label):
             ax.scatter(p, dev["main"], marker="s", s=40, color="grey")
-            ax.annotate(label, (p, dev["main"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+            ax.annotate(label, (p, dev["main"]), textcoords="offset points", xytext=(-10, -14), fontsize=8, ha="right")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {shape[0]} x seq {shape[1]} (ms, log)")
     ax.set_ylabel(f"dev {metric}")
