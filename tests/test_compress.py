@@ -84,19 +84,51 @@ def test_layer_with_all_heads_pruned_skips_attention_and_takes_learners(tiny_ber
     assert max(max_abs_diff_at_shapes(m2, sess, [(1, 7), (3, 19)]).values()) < 1e-4
 
 
-def test_taylor_importance_and_param_budget(tiny_bert, glue_dir):
+def _with_dead_neurons(path):
+    """A model whose FFN neurons 0, 4, 8, ... have the largest input weights (x10) but no effect on the output
+    (their FFN-out columns are zero): magnitude ranks them first, first-order Taylor (|w * dL/dw| = 0) last."""
+    m = _model(path)
+    dead = torch.arange(0, 64, 4)
+    with torch.no_grad():
+        for layer in m.bert.encoder.layer:
+            layer.intermediate.dense.weight[dead] *= 10
+            layer.intermediate.dense.bias[dead] *= 10
+            layer.output.dense.weight[:, dead] = 0
+    rows = [layer.intermediate.dense.weight.detach().clone() for layer in m.bert.encoder.layer]
+    return m, set(dead.tolist()), rows
+
+
+def _kept_neurons(m, rows_before) -> list[set[int]]:
+    """Per layer, the original indices of the FFN neurons that survived pruning (matched by their weight rows)."""
+    out = []
+    for layer, before in zip(m.bert.encoder.layer, rows_before):
+        after = layer.intermediate.dense.weight.detach()
+        out.append({int((before == r).all(1).nonzero()[0, 0]) for r in after})
+    return out
+
+
+def test_taylor_importance_prunes_by_effect_on_the_loss_not_by_magnitude(tiny_bert, glue_dir):
     from transformers import AutoTokenizer
 
     from compresstune.data.batching import collate, encode
     from compresstune.data.glue import load_glue
 
-    m = _model(tiny_bert)
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     sp = load_glue("sst2", "local", str(glue_dir)).train.subset(64, 0)
     enc = encode(tok, sp, 32)
     batches = [(collate(enc[i : i + 32], 0), torch.tensor(sp.labels[i : i + 32])) for i in (0, 32)]
-    rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", "taylor"), batches)
-    assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [2, 2]
+    kept = {}
+    for importance in ("magnitude", "taylor"):
+        m, dead, rows = _with_dead_neurons(tiny_bert)
+        rep = prune_model(m, PruneSpec(0.5, 0.5, "uniform", importance), batches if importance == "taylor" else None)
+        assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [2, 2]
+        assert [s["ffn"] for s in rep["after"]["layer_shapes"]] == [32, 32]
+        kept[importance] = _kept_neurons(m, rows)
+    assert all(dead <= k for k in kept["magnitude"])  # the largest weights, kept by magnitude
+    assert all(not (dead & k) for k in kept["taylor"])  # no effect on the loss: pruned first by Taylor
+
+
+def test_param_budget_is_met(tiny_bert):
     m = _model(tiny_bert)
     target = count_params(m)["total"] - 5_000
     r = ratio_for_budget(m, PruneSpec(mode="uniform"), lambda mm: count_params(mm)["total"], target)
@@ -204,4 +236,8 @@ def test_hidden_pruning_with_hidden_state_healing_is_a_config_error(tmp_path, ti
     r = CliRunner().invoke(main, ["pipeline", "validate", str(p)])
     assert r.exit_code == 2 and "hidden_weight: 0" in r.output
     r = CliRunner().invoke(main, ["pipeline", "validate", str(p), "compress.hidden_weight=0"])
+    assert r.exit_code == 2 and "every loss weight of the task-agnostic healing" in r.output  # no teacher: no logits
+    r = CliRunner().invoke(
+        main, ["pipeline", "validate", str(p), "compress.hidden_weight=0", "compress.attention_weight=1"]
+    )
     assert r.exit_code == 0, r.output

@@ -213,6 +213,47 @@ def test_primed_learner_saves_one_low_precision_copy_of_its_input():
     assert len(copies_of_x) == 1
     y.float().sum().backward()
     assert lin.P1.grad is not None and lin.base.weight.grad is not None
-    with torch.no_grad():  # and the output is the plain formula
-        ref = lin.base(x) + (x @ lin.P1) @ lin.P2
-    assert torch.allclose(lin(x), ref)
+
+
+def test_learner_computes_its_formula_and_merges_exactly_with_a_scale():
+    """y = x W^T + b + scale * (x P1) P2, checked in float64 against the weights by hand, with P2 nonzero
+    and scale != 1; the merged linear W' = W + scale * (P1 P2)^T computes the same."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(24, 40).double()
+    lin = LearnerLinear(base, rank=3, scale=0.37)
+    with torch.no_grad():
+        lin.P2.normal_(std=0.5)  # as after training: the branch contributes
+    x = torch.randn(5, 7, 24, dtype=torch.float64)
+    W, b, P1, P2 = (t.detach() for t in (base.weight, base.bias, lin.P1, lin.P2))
+    expected = torch.einsum("bti,oi->bto", x, W) + b + 0.37 * torch.einsum("btr,ro->bto", x @ P1, P2)
+    with torch.no_grad():
+        y = lin(x)
+        branch = (y - base(x)).abs().max()
+        merged = lin.merged_linear()(x)
+    assert branch > 0.1, "the Learner branch must change the output for the check to mean anything"
+    assert (y - expected).abs().max() < 1e-12
+    assert (merged - expected).abs().max() < 1e-12
+    unscaled = torch.einsum("bti,oi->bto", x, W) + b + torch.einsum("btr,ro->bto", x @ P1, P2)
+    assert (y - unscaled).abs().max() > 0.05  # the scale is applied, not ignored
+
+
+def test_merge_with_scale_is_exact_on_a_model(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2).eval()
+    x = {"input_ids": torch.randint(1000, 2000, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long)}
+    attach_learners(m, 4, scale=2.5)
+    for mod in learner_modules(m).values():
+        torch.nn.init.normal_(mod.P2, std=0.3)
+    with torch.no_grad():
+        trained = m(**x).logits
+        for mod in learner_modules(m).values():
+            mod.scale = 1.0
+        unscaled = m(**x).logits
+        for mod in learner_modules(m).values():
+            mod.scale = 2.5
+    assert (trained - unscaled).abs().max() > 1e-3, "the scale must matter for this test to mean anything"
+    merge_learners(m)
+    with torch.no_grad():
+        assert (m(**x).logits - trained).abs().max() <= 1e-5

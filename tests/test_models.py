@@ -46,7 +46,7 @@ def test_architecture_table_on_default_configs(kind):
     )
     spec = arch_for(model)
     layers = encoder_layers(model)
-    assert len(layers) == 12 if kind == "bert" else 6
+    assert len(layers) == (12 if kind == "bert" else 6)
     for layer in layers:
         mods = {r: get_module(layer, p) for r, p in spec.layer_modules().items()}
         assert all(isinstance(m, torch.nn.Linear) for m in mods.values())
@@ -102,3 +102,20 @@ def test_artifact_roundtrip_plain_and_nonuniform(tmp_path, tiny_bert):
     save_model(model, tok, tmp_path / "b", {"name": "t", "num_labels": 3})
     m3, _, meta3 = load_model(tmp_path / "b")
     assert not meta3["plain_hf"] and torch.allclose(m3(**x).logits, ref2, atol=1e-6)
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused(tiny_bert, tmp_path):
+    """Only the classification head may be newly initialised: a missing encoder weight is a clear error."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert, broken)
+    state = load_file(str(broken / "model.safetensors"))
+    dropped = next(k for k in state if "encoder.layer.1.output.dense.weight" in k)
+    del state[dropped]
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"do not fit its config \(missing 1 .*layer\.1\.output\.dense\.weight"):
+        load_pretrained_for_task(str(broken), 2, "single_label_classification")
+    assert load_pretrained_for_task(str(tiny_bert), 2, "single_label_classification") is not None  # head only: ok

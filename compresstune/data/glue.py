@@ -5,11 +5,13 @@ CoLA contain unbalanced quotes)."""
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .files import RowProblems, read_utf8
 from .task import Split, TaskData
 
 GLUE_DIR_ENV = "COMPRESSTUNE_GLUE_DIR"
@@ -115,8 +117,29 @@ def find_glue_dir(configured: str | None) -> Path | None:
 
 
 def _read_tsv(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig strips MRPC's BOM
-        return [line.rstrip("\n").split("\t") for line in f]
+    text = read_utf8(path)  # -sig strips MRPC's BOM
+    return [line.rstrip("\r\n").split("\t") for line in io.StringIO(text, newline="")]
+
+
+def _glue_columns(task: GlueTask, path: Path, rows: list) -> tuple[list, object, int, list]:
+    """(text column indexes, label index, first data line, data rows) of a GLUE file."""
+    if not rows:
+        raise UserError(
+            f"task data: {path} is empty; a GLUE {task.folder} file holds "
+            f"{'a header line, then ' if task.has_header else ''}one example a line. Copy it again from GLUE."
+        )
+    if not task.has_header:
+        return list(task.text_columns), task.label_column, 1, rows
+    header = rows[0]
+    try:
+        text_idx = [header.index(c) for c in task.text_columns]
+        label_idx = header.index(task.label_column)
+    except ValueError:
+        raise UserError(
+            f"task data: {path} line 1: expected the GLUE {task.folder} header with columns "
+            f"{list(task.text_columns) + [task.label_column]}, found {header}. Is this the right task's file?"
+        ) from None
+    return text_idx, label_idx, 2, rows[1:]
 
 
 def _read_glue_split(task: GlueTask, path: Path) -> Split:
@@ -126,37 +149,28 @@ def _read_glue_split(task: GlueTask, path: Path) -> Split:
             f"({task.folder}/train.tsv and {task.folder}/{task.dev_file}); set `task.glue_dir` (or ${GLUE_DIR_ENV}) "
             f"to the folder that contains {task.folder}/, or set `task.source: hub`."
         )
-    rows = _read_tsv(path)
-    rows = [r for r in rows if r != [""]]
-    if task.has_header:
-        header, rows = rows[0], rows[1:]
-        try:
-            text_idx = [header.index(c) for c in task.text_columns]
-            label_idx = header.index(task.label_column)
-        except ValueError:
-            raise UserError(
-                f"task data: {path} line 1: expected the GLUE {task.folder} header with columns "
-                f"{list(task.text_columns) + [task.label_column]}, found {header}. Is this the right task's file?"
-            ) from None
-        first_line = 2
-    else:
-        text_idx, label_idx, first_line = list(task.text_columns), task.label_column, 1
-    texts, labels = [], []
+    rows = [r for r in _read_tsv(path) if r != [""]]
+    text_idx, label_idx, first_line, rows = _glue_columns(task, path, rows)
+    if not rows:
+        raise UserError(f"task data: {path} has a header but no examples; copy the file again from GLUE.")
+    texts, labels, bad = [], [], RowProblems(path)
     need = max(text_idx + [label_idx]) + 1
+    want = "a number" if task.is_regression else f"one of {list(task.labels)}"
     for n, r in enumerate(rows, start=first_line):
         if len(r) < need:
-            raise UserError(
-                f"task data: {path} line {n}: expected at least {need} tab-separated columns, found {len(r)}. "
-                "Read GLUE files as plain TSV with no quote handling; is the file truncated or edited?"
-            )
+            bad.add(n, f"expected at least {need} tab-separated columns, found {len(r)}")
+            continue
         raw = r[label_idx].strip()
         try:
             lab = float(raw) if task.is_regression else task.labels.index(raw)
         except ValueError:
-            want = "a number" if task.is_regression else f"one of {list(task.labels)}"
-            raise UserError(f"task data: {path} line {n}: label {raw!r} is not {want}.") from None
+            bad.add(n, f"label {raw!r} is not {want}")
+            continue
         texts.append(tuple(r[i].strip() for i in text_idx))
         labels.append(lab)
+    bad.raise_if_any(
+        "GLUE files are plain TSV with no quote handling; is the file truncated or edited? Copy it again from GLUE."
+    )
     return Split(texts, labels)
 
 

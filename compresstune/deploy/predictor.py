@@ -108,7 +108,7 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
     try:
         sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile, ...)
-        raise UserError(f"{model_path}: ONNX Runtime could not load the model ({type(e).__name__}: {e}).") from None
+        raise UserError(_load_failure(model_path, e)) from None
     active = sess.get_providers()
     if not active or active[0] != ep:
         raise UserError(
@@ -116,6 +116,22 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
             "silently, usually because the libraries that provider needs (CUDA/cuDNN, ...) are missing."
         )
     return sess
+
+
+def _load_failure(model_path, exc: Exception) -> str:
+    """What to tell the user when ONNX Runtime cannot load ``model_path``."""
+    detail = (str(exc).splitlines() or [""])[0][:300]
+    if "protobuf" in detail.lower() or "INVALID_PROTOBUF" in detail or "flatbuffer" in detail.lower():
+        return (
+            f"{model_path}: not an ONNX model: ONNX Runtime could not parse it ({type(exc).__name__}: {detail}). "
+            "The file is damaged, cut short, or in another format. Give the path of a .onnx (or .ort) file, or "
+            "export it again (`compresstune pipeline run FILE --from export`) and take model.onnx (or deploy/) "
+            "from the run folder."
+        )
+    return (
+        f"{model_path}: ONNX Runtime could not load the model ({type(exc).__name__}: {detail}). Check that it "
+        "was written by a compatible exporter (opset 14-21), or export it again."
+    )
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

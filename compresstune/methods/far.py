@@ -93,7 +93,7 @@ def split_ffns(model: nn.Module, scores: list[torch.Tensor], retention: float) -
     kept = 0
     for layer, s in zip(encoder_layers(model), scores):
         fin, fout = get_module(layer, spec.ffn_in), get_module(layer, spec.ffn_out)
-        order = torch.argsort(s, descending=True)
+        order = torch.argsort(s, descending=True, stable=True)  # ties in a defined order
         k = max(1, int(round(retention * len(order))))
         fin.weight.copy_(fin.weight[order])
         fin.bias.copy_(fin.bias[order])

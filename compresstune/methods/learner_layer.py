@@ -72,11 +72,18 @@ class LearnerLinear(nn.Module):
         return self.base(x) + branch
 
     def merged_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` with the Learner folded in (computed in fp32)."""
-        W = self.base.weight.detach().float()
-        delta = (self.P1.detach().float() @ self.P2.detach().float()).T * self.scale
-        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None)
-        out.to(self.base.weight.device)
+        """A plain ``nn.Linear`` with the Learner folded in (computed in fp32 at least), of the base's dtype."""
+        dt = self.base.weight.dtype
+        acc = torch.promote_types(dt, torch.float32)
+        W = self.base.weight.detach().to(acc)
+        delta = (self.P1.detach().to(acc) @ self.P2.detach().to(acc)).T * self.scale
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.base.bias is not None,
+            device=self.base.weight.device,
+            dtype=dt,
+        )
         with torch.no_grad():
             out.weight.copy_((W + delta).to(self.base.weight.dtype))
             if self.base.bias is not None:

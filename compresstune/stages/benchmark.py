@@ -61,6 +61,19 @@ def _cuda_iobinding_runner(sess, feed: dict):
     return fn
 
 
+def _vocab_size(export_ref) -> int:
+    """The exported model's vocabulary size, from the tokenizer saved beside it (random ids must be valid)."""
+    from tokenizers import Tokenizer
+
+    path = export_ref.dir / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(
+            f"benchmark: {path} is missing; the export stage {export_ref.name!r} writes it: rerun it "
+            f"(`--from {export_ref.name}`)."
+        )
+    return Tokenizer.from_file(str(path)).get_vocab_size()
+
+
 @dataclasses.dataclass
 class _Engine:
     """One thing to time: an ONNX Runtime session or a PyTorch model on a provider."""
@@ -106,6 +119,7 @@ class BenchmarkStage(Stage):
             f"[{ctx.name}] {', '.join(e.name for e in engines)}; {cfg.threads} threads; "
             f"{cfg.rounds} interleaved rounds of {max(3, -(-cfg.iters // cfg.rounds))} calls per point"
         )
+        ctx.extra["vocab_size"] = _vocab_size(export_ref)
         stats = self._time(ctx, engines)
         import onnxruntime as ort
 
@@ -198,11 +212,7 @@ class BenchmarkStage(Stage):
     def _time(ctx: StageContext, engines: list[_Engine]) -> dict:
         """(batch, seq) -> engine name -> statistics, every engine of a provider interleaved at each point."""
         cfg = ctx.cfg
-        vocab = (
-            min(30000, *(e.model.config.vocab_size for e in engines if e.model is not None))
-            if any(e.model is not None for e in engines)
-            else 30000
-        )
+        vocab = ctx.extra["vocab_size"]
         stats = {}
         for b, s in cfg.points():
             inp = dummy_inputs(("input_ids", "attention_mask", "token_type_ids"), b, s, vocab, pad_tail=False)

@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..models.arch import encoder_layers
 from ..models.artifacts import save_model
 from ..models.inputs import model_inputs
+from ..train.distributed import is_main_process
 from ..train.evaluate import evaluate
 from ..train.loop import train
 from .base import Stage, StageContext, register
@@ -74,6 +75,7 @@ def _summary_of(model, seqs=FLOP_SEQS) -> dict:
 @register
 class CompressStage(Stage):
     type = "compress"
+    distributed = True  # under `accelerate launch` every process runs it (the runner); only the main one saves
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
@@ -96,6 +98,8 @@ class CompressStage(Stage):
         heal = cfg.method == "distill" or cfg.heal_epochs > 0
         if heal:
             info["distill"] = self._distill(ctx, teacher, student, tok, info.get("keep_layers"))
+        if not is_main_process():
+            return {}  # one of several training processes: the main one scores and saves the student
         student.to("cpu").eval()
         after = _summary_of(student, seqs)
         task_specific = cfg.method == "distill" and cfg.distill_mode == "task_specific"
@@ -253,6 +257,7 @@ class CompressStage(Stage):
             "mode": "task_specific" if task_specific else "task_agnostic",
             "steps": res.steps,
             "train_time_s": res.train_time_s,
+            "batching": res.batching,
             "layer_map": layer_map,
             "best_dev": res.best_metric,
             "history": res.history,

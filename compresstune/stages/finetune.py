@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..methods import PrepareContext, get_method
 from ..methods.groups import group_counts
 from ..models.artifacts import save_model
+from ..train.distributed import is_main_process
 from ..train.loop import count_params, train
 from .base import Stage, StageContext, register
 from .inputs import load_input_model
@@ -20,6 +21,7 @@ from .inputs import load_input_model
 @register
 class FinetuneStage(Stage):
     type = "finetune"
+    distributed = True  # under `accelerate launch` every process runs it (the runner); only the main one saves
 
     def run(self, ctx: StageContext) -> dict:
         import torch
@@ -40,6 +42,8 @@ class FinetuneStage(Stage):
         groups = group_counts(model)
         total, trainable_now = count_params(model)
         res = self._train(ctx, model, tok, opts, setup)
+        if not is_main_process():
+            return {}  # one of several training processes: the main one saves the model and the summary
         model.to("cpu")
         method.after_training(model)
         save_model(
@@ -99,6 +103,7 @@ class FinetuneStage(Stage):
             "steps": res.steps,
             "epochs": res.epochs,
             "train_time_s": train_time,
+            "batching": res.batching,
             "resumed_from_step": res.resumed_from_step,
             "total_params": total,
             "trainable_params": trainable_now,

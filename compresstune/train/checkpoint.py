@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .faults import fault_point
+
 # What a resumable checkpoint (Trainer._save_checkpoint) must hold; one without them starts training over.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "step", "history", "best", "best_step", "loss_sum", "loss_n", "rng")
 
@@ -23,6 +25,7 @@ def seed_everything(seed: int) -> None:
 def atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
+    fault_point("checkpoint_write", path.name, cut=tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

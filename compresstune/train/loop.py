@@ -11,15 +11,14 @@
 What trains is decided by ``requires_grad`` on the model's parameters, set by the
 caller; a ``phase_hook(step, epoch_float)`` may change it during training (priming).
 The loop is a :class:`Trainer` whose steps are named: prepare data, build the optimizer,
-resume, train steps, evaluate, checkpoint, finish.
+resume, train steps, evaluate, checkpoint, finish. Under ``accelerate launch`` (several processes)
+``train`` runs distributed.py's ``DistributedTrainer``, which replaces the hooks at the end of the class.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +32,10 @@ from ..data.batching import collate, encode, epoch_batches
 from ..data.task import TaskData
 from ..errors import CheckFailed
 from ..models.inputs import model_inputs
+from . import faults
 from .checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
 from .evaluate import evaluate
 from .options import TrainOptions
-
-# Fault injection for the resume tests: SIGKILL this process right after the given step's
-# checkpoint is written. Never set outside tests.
-_KILL_ENV = "COMPRESSTUNE_FAULT_KILL_AFTER_STEP"
 
 
 @dataclass
@@ -54,6 +50,7 @@ class TrainResult:
     resumed_from_step: int | None = None
     trainable_params: int = 0
     total_params: int = 0
+    batching: dict = field(default_factory=dict)  # processes, global and per-process batch size
 
 
 def linear_schedule(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -120,10 +117,12 @@ class Trainer:
         self.elapsed_before = 0.0  # training seconds (evaluation excluded) spent by earlier, interrupted processes
         self.train_clock = 0.0  # this process's training time, evaluation and checkpointing excluded
         self.loss_sum, self.loss_n = 0.0, 0
+        self.fwd, self.is_main = model, True  # what a step calls; whether this process writes (distributed.py)
 
     # ------------------------------------------------------------------ steps
     def run(self) -> TrainResult:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(self.opts.seed)
         self.model.to(self.device)
         self._prepare_data()
@@ -131,6 +130,7 @@ class Trainer:
             self.phase_hook(0, 0.0)
         self._build_optimizer()
         self._resume()
+        self._wrap()
         self._train_steps()
         return self._finish()
 
@@ -148,9 +148,13 @@ class Trainer:
     def _build_optimizer(self) -> None:
         model, o = self.model, self.opts
         params = self.optimizer_params
-        self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        ids = {id(p) for p in self.params}
+        params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        ids = {id(p) for p in params}
         named = [(nm, p) for nm, p in model.named_parameters() if id(p) in ids]
+        # in the model's order, whatever order the method listed them in: the gradient norm is a float sum over
+        # them, so a list built from a set of names (hash-randomised per process) would change the result
+        in_model = {id(p) for _, p in named}
+        self.params = [p for _, p in named] + [p for p in params if id(p) not in in_model]
         decay = [p for nm, p in named if not _is_no_decay(nm, p)]
         no_decay = [p for nm, p in named if _is_no_decay(nm, p)]
         self.opt = torch.optim.AdamW(
@@ -174,12 +178,12 @@ class Trainer:
         self.step, self.history, self.best, self.best_step = ck["step"], ck["history"], ck["best"], ck["best_step"]
         self.loss_sum, self.loss_n = ck["loss_sum"], ck["loss_n"]
         self.elapsed_before = ck.get("train_elapsed_s", 0.0)
-        set_rng_state(ck["rng"])
+        self._restore_rng(ck)
         self.resumed = self.last_ckpt_step = self.step
         self.log(f"resuming from checkpoint at step {self.step}/{self.total_steps}")
 
     def _train_steps(self) -> None:
-        kill_after = int(os.environ.get(_KILL_ENV, "0") or 0)
+        kill_after = faults.kill_after_step()  # fault injection for the resume tests (faults.py)
         self.model.train()
         self.bar = tqdm(
             total=self.total_steps,
@@ -205,7 +209,7 @@ class Trainer:
             if end_of_epoch or self.step % self.opts.checkpoint_every_steps == 0:
                 self._save_checkpoint()
                 if kill_after and self.step >= kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    faults.kill()
         self.bar.close()
 
     def _one_step(self, idx: list[int]) -> None:
@@ -214,18 +218,20 @@ class Trainer:
             self.phase_hook(self.step, self.step / self.steps_per_epoch)
         t_step = time.perf_counter()
         dev = self.device
+        idx, weight = self._shard(idx)
         batch = collate([self.train_enc[i] for i in idx], self.pad_id, "token_type_ids" in self.names)
         batch = {k: v.to(dev) for k, v in batch.items() if k in self.names}
         with torch.autocast(
             device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=self.opts.bf16
         ):
             if self.loss_fn is not None:
-                loss = self.loss_fn(self.model, batch, self.labels[idx].to(dev))
+                loss = self.loss_fn(self.fwd, batch, self.labels[idx].to(dev))
             else:
-                loss = self.model(**batch, labels=self.labels[idx].to(dev)).loss
-        if not torch.isfinite(loss):
-            self._diverged(f"the loss is {loss.item()}")
-        loss.backward()
+                loss = self.fwd(**batch, labels=self.labels[idx].to(dev)).loss
+        value = self._batch_loss(loss, weight)
+        if not torch.isfinite(value):
+            self._diverged(f"the loss is {value.item()}")
+        self._backward(loss, weight)
         grads = [p for p in self.params if p.grad is not None]
         if self.opts.max_grad_norm:
             norm = torch.nn.utils.clip_grad_norm_(grads, self.opts.max_grad_norm)
@@ -239,7 +245,7 @@ class Trainer:
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
         self.train_clock += time.perf_counter() - t_step
-        self.loss_sum += loss.item()
+        self.loss_sum += value.item()
         self.loss_n += 1
         self.step += 1
         self.bar.update(1)
@@ -261,12 +267,12 @@ class Trainer:
             self.history.append({**rec, "dev_main": None})
             self.log(f"step {self.step}/{self.total_steps} epoch {rec['epoch']:.2f} train_loss {rec['train_loss']:.4f}")
             return
-        metrics = evaluate(self.model, self.task, self.dev_enc, self.pad_id, self.opts.eval_batch_size, self.device)
+        metrics = self._dev_metrics()
         rec.update({f"dev_{k}": v for k, v in metrics.items()})
         self.history.append(rec)
         if self.best is None or metrics["main"] > self.best:
             self.best, self.best_step = metrics["main"], self.step
-            atomic_save(self.model.state_dict(), self.best_path)  # serialized as it stands: no copy, no memory spike
+            self._save(self.model.state_dict(), self.best_path)  # serialized as it stands: no copy, no memory spike
         loss = rec["train_loss"] if rec["train_loss"] is None else round(rec["train_loss"], 4)
         self.log(
             f"step {self.step}/{self.total_steps} epoch {rec['epoch']:.2f} train_loss {loss} "
@@ -275,7 +281,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         self.last_ckpt_step = self.step
-        atomic_save(
+        self._save(
             {
                 "model": self.model.state_dict(),
                 "optimizer": self.opt.state_dict(),
@@ -290,6 +296,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "n_train": self.n,
                 "train_elapsed_s": self.elapsed_before + self.train_clock,
+                **self._checkpoint_extra(),
             },
             self.last_path,
         )
@@ -300,7 +307,8 @@ class Trainer:
         if self.opts.select == "best" and self.evaluate_dev and self.best_path.is_file():
             self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         total, _ = count_params(self.model)
-        (self.ckpt_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        if self.is_main:
+            (self.ckpt_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         return TrainResult(
             self.best,
             self.best_step,
@@ -312,7 +320,41 @@ class Trainer:
             self.resumed,
             sum(p.numel() for p in self.params),
             total,
+            self._batching(),
         )
+
+    # ------------------------------------------------------------------ what several processes change
+    # (distributed.py: DistributedTrainer). One process: train self.model on the whole batch, write every file.
+    def _wrap(self) -> None:
+        pass
+
+    def _restore_rng(self, ck: dict) -> None:
+        set_rng_state(ck["rng"])
+
+    def _shard(self, idx: list[int]) -> tuple[list[int], float | None]:
+        return idx, None  # this process's examples of the batch, and their loss weight
+
+    def _batch_loss(self, loss: torch.Tensor, weight: float | None) -> torch.Tensor:
+        return loss  # the whole batch's mean loss
+
+    def _backward(self, loss: torch.Tensor, weight: float | None) -> None:
+        loss.backward()
+
+    def _dev_metrics(self) -> dict:
+        return evaluate(self.model, self.task, self.dev_enc, self.pad_id, self.opts.eval_batch_size, self.device)
+
+    def _save(self, obj, path: Path) -> None:
+        atomic_save(obj, path)
+
+    def _checkpoint_extra(self) -> dict:
+        return {}
+
+    def _batching(self) -> dict:
+        return {
+            "processes": 1,
+            "global_batch_size": self.opts.batch_size,
+            "per_process_batch_size": self.opts.batch_size,
+        }
 
 
 def train(model: nn.Module, task: TaskData, tokenizer, opts: TrainOptions, ckpt_dir: str | Path, **kw) -> TrainResult:
@@ -325,4 +367,6 @@ def train(model: nn.Module, task: TaskData, tokenizer, opts: TrainOptions, ckpt_
     (replaces the task loss: distillation) and ``evaluate_dev`` (False: no dev metric,
     the last weights are kept).
     """
-    return Trainer(model, task, tokenizer, opts, ckpt_dir, **kw).run()
+    from .distributed import trainer_class  # Trainer, or DistributedTrainer under a launcher (it imports this module)
+
+    return trainer_class()(model, task, tokenizer, opts, ckpt_dir, **kw).run()

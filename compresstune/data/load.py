@@ -1,0 +1,20 @@
+"""The pipeline's task data from its task settings: a GLUE task or the user's files, with the
+configured fixed subsets (the same as the stages read, so the preflight check can hand its
+reading to the run)."""
+
+from __future__ import annotations
+
+from .files import load_user_files
+from .glue import load_glue
+from .task import TaskData
+
+
+def load_task(t, seed: int) -> TaskData:
+    """``t``: the task settings (config TaskConfig); subsets are seeded by the pipeline ``seed``."""
+    if t.name == "custom":
+        data = load_user_files(t.train_file, t.dev_file, t.text_columns, t.label_column, t.problem, t.metric, t.labels)
+    else:
+        data = load_glue(t.name, t.source, t.glue_dir)
+    data.train = data.train.subset(t.train_subset, seed)
+    data.dev = data.dev.subset(t.dev_subset, seed)
+    return data
