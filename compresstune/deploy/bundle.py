@@ -256,9 +256,12 @@ def write_bundle(
 
             card = model_card(full, bundle_name=dst.name)
         (tmp / CARD_FILE).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
-        if dst.exists():
-            shutil.rmtree(dst)
+        old = dst.with_name(dst.name + ".old")
+        if dst.exists():  # set the old bundle aside first: a kill here never leaves a half-deleted bundle in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
         os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -111,6 +111,7 @@ class BenchmarkStage(Stage):
         cfg = ctx.cfg
         ctx, base_ref, export_ref = self._split_inputs(ctx)
         providers = self._providers(ctx)
+        threads_before = torch.get_num_threads()
         torch.set_num_threads(cfg.threads)
         gc.collect()  # sessions of earlier stages in this process must not keep thread pools alive while timing
         variants = self._variants_to_time(ctx, export_ref)
@@ -120,7 +121,10 @@ class BenchmarkStage(Stage):
             f"{cfg.rounds} interleaved rounds of {max(3, -(-cfg.iters // cfg.rounds))} calls per point"
         )
         ctx.extra["vocab_size"] = _vocab_size(export_ref)
-        stats = self._time(ctx, engines)
+        try:
+            stats = self._time(ctx, engines)
+        finally:
+            torch.set_num_threads(threads_before)  # later stages in this process train with their own threads
         import onnxruntime as ort
 
         summary = {
