@@ -131,3 +131,25 @@ def test_hub_source_offline_gives_clear_error(monkeypatch):
         load_glue("rte", "hub")
     msg = str(ei.value)
     assert "hub" in msg and "glue_dir" in msg and "COMPRESSTUNE_GLUE_DIR" in msg
+
+
+def test_hub_loader_lets_bugs_through(monkeypatch):
+    """Only "cannot reach / not found" becomes the friendly message; another failure keeps its
+    own type and traceback instead of being reported as "could not be loaded"."""
+    import datasets
+
+    def boom(*a, **k):
+        raise KeyError("a bug inside datasets")
+
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    monkeypatch.delenv("COMPRESSTUNE_GLUE_DIR", raising=False)
+    with pytest.raises(KeyError):
+        load_glue("rte", "hub")
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UserError) as ei:
+        load_glue("rte", "hub")
+    assert isinstance(ei.value.__cause__, ConnectionError) and "Couldn't reach" in str(ei.value)

@@ -86,6 +86,20 @@ def test_groups_partition_every_parameter(distil_factory):
     assert c["learners"]["total"] == 6 * 8 * (4 * (768 + 768) + (768 + 3072) * 2)
 
 
+def test_groups_refuse_a_missing_head_module(tiny_bert):
+    """A head module the architecture table names but the model lacks is an error, not a silently
+    frozen head; an empty slot (BERT built without its pooler) is fine."""
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    assert param_groups(m)["head"]
+    m.bert.pooler = None
+    assert {id(p) for _, p in param_groups(m)["head"]} == {id(p) for p in m.classifier.parameters()}
+    del m.classifier
+    with pytest.raises(RuntimeError, match="no module `classifier`"):
+        param_groups(m)
+
+
 def test_attach_changes_nothing_and_merge_is_exact(tiny_bert):
     from transformers import AutoModelForSequenceClassification
 

@@ -205,6 +205,31 @@ def test_set_aside_stage_folder_is_restored(project):
     assert (run / "02_export" / "model.onnx").is_file() and not (run / "02_export.old").exists()
 
 
+def test_stage_committed_before_the_manifest_said_so_is_adopted(project):
+    """Killed after the rename of a commit, before the manifest update: the folder carries its
+    fingerprint and summary, so the next run records it as done instead of training again."""
+    d, run = project, project / "exported" / "t"
+    path = run / "manifest.json"
+    data = json.loads(path.read_text())
+    before = data["stages"]["finetune"]["summary"]
+    data["stages"]["finetune"].update(status="running", summary={})
+    data["stages"]["export"]["status"] = "done"  # was made from the previous finetune: must not survive
+    path.write_text(json.dumps(data))
+    r = _run(["p.yaml"], d)
+    assert r.exit_code == 0, r.output
+    assert "[finetune] had finished and was committed to 01_finetune/" in r.output
+    assert _ran(r.output) == ["export"]
+    after = json.loads(path.read_text())["stages"]["finetune"]
+    assert after["status"] == "done" and after["summary"]["dev_metric"] == before["dev_metric"]
+    # a folder whose fingerprint is another's is not adopted
+    data = json.loads(path.read_text())
+    data["stages"]["export"]["status"] = "running"
+    path.write_text(json.dumps(data))
+    (run / "02_export" / ".fingerprint").write_text("0123456789abcdef")
+    r = _run(["p.yaml"], d)
+    assert r.exit_code == 0 and _ran(r.output) == ["export"], r.output
+
+
 def test_replace_dir_never_loses_the_finished_folder(tmp_path, monkeypatch):
     final, new = tmp_path / "01_a", tmp_path / "01_a.tmp"
     final.mkdir()

@@ -200,17 +200,22 @@ def load_glue(name: str, source: str = "auto", glue_dir: str | None = None) -> T
 
 
 def _load_glue_hub(task: GlueTask) -> TaskData:
-    try:
-        import datasets
+    import datasets
 
+    # What "could not be loaded" means: no network, the hub refused, or the dataset is not there.
+    # Anything else (a bug in datasets or here) propagates with its own traceback.
+    unreachable: tuple[type[BaseException], ...] = (OSError,)
+    if hasattr(datasets, "exceptions") and hasattr(datasets.exceptions, "DatasetsError"):
+        unreachable += (datasets.exceptions.DatasetsError,)
+    try:
         ds = datasets.load_dataset("nyu-mll/glue", task.name)
-    except Exception as exc:  # offline, or the hub refused
+    except unreachable as exc:
         raise UserError(
             f"task: GLUE {task.name} was requested from the Hugging Face hub and could not be loaded "
             f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). "
             "Without a hub, set `task.glue_dir` "
             f"(or ${GLUE_DIR_ENV}) to a local GLUE folder in the standard layout."
-        ) from None
+        ) from exc
     hf_names = _HF_LABEL_NAMES.get(task.name)
 
     def conv(split) -> Split:

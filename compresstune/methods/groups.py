@@ -18,7 +18,7 @@ def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Every parameter in exactly one group: embeddings, attention, ffn, learners, adapters,
     lora, layernorm, bias, head, other."""
     spec = arch_for(model)
-    head_ids = {id(p) for h in spec.head_modules for p in _maybe(model, h)}
+    head_ids = {id(p) for h in spec.head_modules for p in _head_params(model, h)}
     emb_ids = {id(p) for p in get_module(get_module(model, spec.base), spec.embeddings).parameters()}
     ln_ids = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     learner_ids = {id(p) for m in learner_modules(model).values() for p in (m.P1, m.P2)}
@@ -72,11 +72,20 @@ def param_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     return groups
 
 
-def _maybe(model, path):
-    try:
-        return list(get_module(model, path).parameters())
-    except AttributeError:
-        return []
+def _head_params(model: nn.Module, path: str) -> list[nn.Parameter]:
+    """A head module's parameters. A head the architecture table names must exist: a renamed
+    module would otherwise silently leave the head out of training. A slot that exists but is
+    empty (BERT built without its pooler) has no parameters."""
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    if not hasattr(parent, name):
+        raise RuntimeError(
+            f"{type(model).__name__} has no module `{path}`, which the architecture table "
+            f"(compresstune/models/arch.py) names as part of its classification head; "
+            "update the table's head_modules for this model type."
+        )
+    mod = getattr(parent, name)
+    return [] if mod is None else list(mod.parameters())
 
 
 def _linear_weights(mod: nn.Module) -> list[nn.Parameter]:

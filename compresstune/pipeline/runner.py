@@ -17,6 +17,7 @@ barrier until it is committed, and once no training stage is left they are let g
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import traceback
@@ -181,6 +182,9 @@ def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Pat
         if name not in plan.forced and manifest.is_done(name, fp):
             log(f"[{name}] up to date (fingerprint {fp}), skipped")
             continue
+        if name not in plan.forced and _adopt_committed(manifest, name, fp, final_dir, log):
+            _mark_downstream_stale(cfg, manifest, name)
+            continue
         if name not in plan.forced and reuse_stage(
             name, cfg.stages[name].type, fp, reuse_from, manifest, final_dir, run_dir, log, cfg.stage_inputs(name)
         ):
@@ -285,10 +289,35 @@ def _commit(tmp_dir: Path, final_dir: Path, summary: dict, name: str = "") -> No
     """Write the summary, drop scratch, and rename the temporary folder into place (the old one
     is deleted only once the new one is there)."""
     write_json_atomic(tmp_dir / "summary.json", summary)
-    (tmp_dir / FP_FILE).unlink(missing_ok=True)
-    _remove_scratch(tmp_dir)
+    _remove_scratch(tmp_dir)  # the fingerprint file stays: it lets an interrupted commit be adopted
     fault_point("stage_done", name)  # crash tests: finished, not yet renamed into place
     replace_dir(tmp_dir, final_dir)
+
+
+def _adopt_committed(manifest: Manifest, name: str, fp: str, final_dir: Path, log) -> bool:
+    """A run killed after a stage's folder was renamed into place but before the manifest said so:
+    the folder carries the fingerprint it was computed for and its summary, so it is recorded as done
+    instead of being computed again."""
+    rec = manifest.stages.get(name, {})
+    fp_file, summary_file = final_dir / FP_FILE, final_dir / "summary.json"
+    if rec.get("status") != "running" or rec.get("fingerprint") != fp or not fp_file.is_file():
+        return False
+    if fp_file.read_text().strip() != fp or not summary_file.is_file():
+        return False
+    if final_dir.with_name(final_dir.name + ".tmp").exists():
+        return False  # a later attempt is under way: resume that one
+    summary = json.loads(summary_file.read_text())
+    res = summary.get("resources", {})
+    manifest.update_stage(
+        name,
+        status="done",
+        summary=summary,
+        finished_at=rec.get("finished_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        wall_time_s=res.get("wall_time_s"),
+        peak_rss_mb=res.get("peak_rss_mb"),
+    )
+    log(f"[{name}] had finished and was committed to {final_dir.name}/ before the interruption: recorded as done")
+    return True
 
 
 def _mark_downstream_stale(cfg: PipelineConfig, manifest: Manifest, name: str) -> None:
