@@ -30,7 +30,7 @@ LAYERS = {
     "config": 5,
     "stages": 6,
     "pipeline": 7,
-    "bench": 8,
+    "bench": 8, "search": 8,
     "cli": 9,
 }  # fmt: skip
 MAX_MODULE_LINES = 400

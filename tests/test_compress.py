@@ -197,6 +197,18 @@ def test_head_ratio_means_the_nearest_whole_number_of_heads(tiny_bert):
     assert [s["heads"] for s in rep["after"]["layer_shapes"]] == [3, 3]
 
 
+@pytest.mark.parametrize(
+    "head_ratio, ffn_ratio, heads, ffn", [(0.5, 0.0, 2, 64), (0.5, 0.25, 2, 48), (0.25, 0.75, 3, 16)]
+)
+def test_head_and_ffn_ratios_each_take_effect_alone_and_together(tiny_bert, head_ratio, ffn_ratio, heads, ffn):
+    """Heads-only pruning once removed nothing (the per-group cap was the FFN ratio, 0)."""
+    m = _model(tiny_bert)
+    x = _x()
+    rep = prune_model(m, PruneSpec(head_ratio, ffn_ratio, "uniform"))
+    assert [(s["heads"], s["ffn"]) for s in rep["after"]["layer_shapes"]] == [(heads, ffn)] * 2
+    assert m(**x).logits.shape == (x["input_ids"].shape[0], 2)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_distilbert"])
 def test_hidden_size_pruning_shrinks_the_residual_stream_and_reloads(request, fixture, tmp_path):
     from transformers import AutoTokenizer

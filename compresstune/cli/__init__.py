@@ -14,6 +14,7 @@ from .bench import bench
 from .common import Group
 from .inspect import inspect
 from .predict import predict
+from .search import search
 
 PIPELINE_DIR_ENV = "COMPRESSTUNE_PIPELINES"
 
@@ -27,6 +28,7 @@ def main():
 main.add_command(inspect)
 main.add_command(bench)
 main.add_command(predict)
+main.add_command(search)
 
 
 @main.group(cls=Group)

@@ -88,19 +88,25 @@ def _pruner(model: nn.Module, spec: PruneSpec, importance, example):
         for role in ("q", "k", "v"):
             num_heads[get_module(layer, getattr(aspec, role))] = heads
         ignored += [get_module(layer, aspec.o), get_module(layer, aspec.ffn_out)]  # the hidden size is a separate pass
+        if spec.ffn_ratio == 0:
+            ignored.append(get_module(layer, aspec.ffn_in))  # heads only: the FFNs are not a group to prune
+    head_ratio = exact_head_ratio(spec.head_ratio, max(num_heads.values(), default=1))
+    # uniform mode: no group loses more than its own ratio (the cap must admit the head ratio too, or a
+    # heads-only pruning would silently remove nothing)
+    cap = 1.0 if spec.mode == "global" else max(spec.ffn_ratio, head_ratio) + 1e-9
     return tp.pruner.MetaPruner(
         model,
         example,
         importance=importance,
         global_pruning=spec.mode == "global",
-        pruning_ratio=spec.ffn_ratio,
+        pruning_ratio=spec.ffn_ratio or head_ratio,  # a zero ratio makes torch-pruning skip every group
         ignored_layers=ignored,
         num_heads=num_heads,
         prune_num_heads=True,
         prune_head_dims=False,
-        head_pruning_ratio=exact_head_ratio(spec.head_ratio, max(num_heads.values(), default=1)),
+        head_pruning_ratio=head_ratio,
         output_transform=lambda out: out.logits.sum(),
-        max_pruning_ratio=1.0 if spec.mode == "global" else spec.ffn_ratio + 1e-9,
+        max_pruning_ratio=cap,
     )
 
 

@@ -343,3 +343,8 @@ def _check_ship_shape(stages: dict[str, StageConfig], problems: Problems) -> Non
                 f"{name}.ship_shape: {list(cfg.ship_shape)} is not timed by the benchmark "
                 f"(it times {shown}); pick one of those or add it to the benchmark's shapes.",
             )
+
+
+# for the search section's own loader (search/spec.py)
+apply_overrides = _apply_overrides
+line_map = _line_map

@@ -75,6 +75,7 @@ def _summary_of(model, seqs=FLOP_SEQS) -> dict:
 @register
 class CompressStage(Stage):
     type = "compress"
+    version = 2  # 2: heads-only pruning (ffn_ratio 0) prunes heads; it silently removed nothing before
     distributed = True  # under `accelerate launch` every process runs it (the runner); only the main one saves
 
     def run(self, ctx: StageContext) -> dict:

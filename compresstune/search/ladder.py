@@ -1,0 +1,169 @@
+"""The fidelity ladder: successive halving over ordinary, cached pipeline runs.
+
+Rule: every candidate under budget (at most ``max_candidates``, the largest by parameter count
+first) gets the first cheap rung; after each rung the best ``keep`` share (at least one) by dev
+metric goes on; the last rung is the full recipe as the file writes it, for at most ``finalists``.
+Each candidate at each rung is a pipeline run in ``runs/`` (``ID.rK`` for cheap rungs, ``ID`` for the
+full recipe) that may take finished stages from every other run there (a teacher or a distilled
+student of the same depth and rung is trained once), so an interrupted search, or a second search
+over an overlapping space, redoes nothing that finished."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import CompresstuneError
+from ..manifest import Manifest
+from ..pipeline import run_pipeline
+from .candidates import Candidate, candidate_pipeline, relocate_paths, write_pipeline
+from .spec import SearchConfig, advancing
+
+
+@dataclass
+class Clock:
+    """Seconds spent per phase, over every invocation of this search (kept in state.json)."""
+
+    spent: dict = field(default_factory=lambda: {"timing": 0.0, "recovery": 0.0, "final": 0.0})
+    started: float = field(default_factory=time.perf_counter)
+    before: float = 0.0  # spent by earlier invocations
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.spent[phase] = round(self.spent[phase] + seconds, 1)
+
+
+def rung_metric(run_dir: Path, until: str | None, stages: list[str]) -> float | None:
+    """The dev metric the run reached: at a cheap rung, that of the last stage up to ``until`` that reports
+    one (a merge does not); after the full recipe, the shipped variant's (ONNX Runtime, verified)."""
+    if until is None:
+        rep = run_dir / "report.json"
+        if not rep.is_file():
+            return None
+        ship = json.loads(rep.read_text()).get("ship") or {}
+        chosen = next((c for c in ship.get("candidates", []) if c.get("variant") == ship.get("chosen")), None)
+        return chosen.get("dev") if chosen else None
+    recs = Manifest.load(run_dir).stages
+    for name in reversed(stages[: stages.index(until) + 1]):
+        rec = recs.get(name) or {}
+        if rec.get("status") != "done":
+            return None
+        summ = rec.get("summary") or {}
+        metric = summ.get("dev_metric", (summ.get("after") or {}).get("dev"))
+        if metric is not None:
+            return metric
+    return None
+
+
+def last_training_stage(raw: dict) -> str:
+    """The stage just before the first export: where a cheap rung stops."""
+    stages = raw["stages"]
+    first_export = next(
+        i
+        for i, n in enumerate(stages)
+        if (raw.get(n) or {}).get("type", n) == "export" and i > 0 and not _is_reference_export(raw, n)
+    )
+    return stages[first_export - 1]
+
+
+def _is_reference_export(raw: dict, name: str) -> bool:
+    """An export of the uncompressed teacher (the benchmark's baseline), not of the candidate."""
+    return any((raw.get(n) or {}).get("baseline") == name for n in raw["stages"])
+
+
+class Ladder:
+    def __init__(
+        self,
+        sdir: Path,
+        raw: dict,
+        pcfg,
+        s: SearchConfig,
+        teacher_layers: int,
+        clock: Clock,
+        log=print,
+        progress: bool = False,
+    ):
+        self.sdir, self.raw, self.pcfg, self.s, self.n, self.clock = sdir, raw, pcfg, s, teacher_layers, clock
+        self.log, self.progress = log, progress
+        self.runs = sdir / "runs"
+        self.results: dict[str, dict] = {}  # candidate id -> {"rungs": {k: metric}, ...}
+
+    def rungs(self) -> list[dict | None]:
+        return [*self.s.ladder.rungs, None]
+
+    def run(self, entrants: list[Candidate]) -> list[Candidate]:
+        """Run the ladder; returns the candidates that finished the full recipe, best first."""
+        current = entrants
+        rungs = self.rungs()
+        for k, rung in enumerate(rungs):
+            final = rung is None
+            if final:
+                current = current[: self.s.ladder.finalists]
+            scored = []
+            for cand in current:
+                metric = self._run_one(cand, k, rung)
+                if metric is not None:
+                    scored.append((metric, cand))
+            scored.sort(key=lambda mc: -mc[0])
+            if final:
+                return [c for _, c in scored]
+            n_next = advancing(len(scored), self.s.ladder.keep)
+            for _, cand in scored[n_next:]:
+                self.results[cand.id]["stopped"] = f"rung {k}: not in the best {n_next} of {len(scored)}"
+            current = [c for _, c in scored[:n_next]]
+        return []
+
+    def run_name(self, cand: Candidate, k: int) -> str:
+        return cand.id if k == len(self.rungs()) - 1 else f"{cand.id}.r{k}"
+
+    def _run_one(self, cand: Candidate, k: int, rung: dict | None) -> float | None:
+        res = self.results.setdefault(cand.id, {"rungs": {}})
+        name = self.run_name(cand, k)
+        if self.clock.total() > self.s.time_limit_min * 60:
+            res["stopped"] = f"rung {k}: not started, the time limit ({self.s.time_limit_min:g} min) was reached"
+            self.log(f"[search] {name}: not started (time limit)")
+            return None
+        raw = candidate_pipeline(self.raw, self.pcfg, self.s, cand, self.n, rung)
+        raw["name"] = name
+        raw = relocate_paths(raw, Path(self.pcfg.base_dir), self.sdir / "pipelines")
+        path = write_pipeline(
+            raw,
+            self.sdir / "pipelines" / f"{name}.yaml",
+            f"search candidate {cand.id}, rung {k}{' (full recipe)' if rung is None else ''}",
+        )
+        cfg = load_config(path)
+        until = None if rung is None else last_training_stage(raw)
+        reuse = [p for p in sorted(self.runs.glob("*")) if p.is_dir() and p.name != name]
+        reuse += [Path(r) for r in self.s.reuse_from if Path(r).is_dir()]  # absent: nothing to take
+        t0 = time.perf_counter()
+        self.log(f"[search] {name}: rung {k}{' (full recipe)' if rung is None else ''}")
+        try:
+            run_pipeline(
+                cfg,
+                run_name=name,
+                until_stage=until,
+                output_dir=str(self.runs),
+                log=self._indent,
+                progress=self.progress,
+                reuse_from=reuse or None,
+            )
+        except CompresstuneError as exc:  # this candidate's recipe failed (a check, a verification): the others go on
+            res["rungs"][str(k)] = None
+            res["error"] = f"rung {k}: {exc}"
+            self.log(f"[search] {name}: failed: {exc}")
+            return None
+        finally:
+            self.clock.add("final" if rung is None else "recovery", time.perf_counter() - t0)
+        metric = rung_metric(self.runs / name, until, raw["stages"])
+        res["rungs"][str(k)] = metric
+        res["run"] = str(self.runs / name)
+        self.log(f"[search] {name}: dev {'-' if metric is None else f'{metric:.2f}'}")
+        return metric
+
+    def _indent(self, msg: str) -> None:
+        self.log("    " + msg)

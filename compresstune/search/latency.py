@@ -1,0 +1,231 @@
+"""Latency and size of a candidate, measured, never guessed, and never measured twice.
+
+A candidate's latency depends only on its shapes and export variant, so its architecture is built
+cheaply: the pretrained model cut to its depth (the layers a distill stage would keep) and pruned
+to its widths by weight magnitude, with no recovery; exported, turned into its variant, and timed
+back to back with the uncompressed model's PyTorch eager (interleaved rounds, rotating order). The
+table is keyed by the shapes and variant settings, so candidates with equal shapes share an entry
+and a second search on the same machine reuses it. With a ``latency_table`` (a ``compresstune
+bench onnx`` JSON from the target device) the latency comes from there instead."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..compress.distill import every_other, keep_layers_student
+from ..compress.prune import PruneSpec, count_params, prune_model
+from ..errors import UserError
+from ..export.onnx import export_onnx, make_session
+from ..manifest import write_json_atomic
+from ..measure.compare import interleaved, speedup
+from ..measure.latency import machine_info
+from ..models.arch import arch_for, encoder_layers
+from ..models.artifacts import layer_shapes
+from ..models.inputs import model_inputs
+from .candidates import Candidate
+from .spec import Budget
+
+TABLE_VERSION = 1
+
+
+def build_architecture(reference: torch.nn.Module, cand: Candidate) -> torch.nn.Module:
+    """``reference`` at the candidate's depth and widths (untrained: for timing and size only)."""
+    m = copy.deepcopy(reference).eval()
+    n = len(encoder_layers(m))
+    if cand.layers < n:
+        m = keep_layers_student(m, every_other(n, cand.layers))
+    if cand.prunes:
+        prune_model(m, PruneSpec(cand.head_ratio, cand.ffn_ratio, "uniform", "magnitude", cand.hidden_ratio))
+    return m.eval()
+
+
+def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg, budget: Budget) -> str:
+    """What decides a latency: the layer shapes, hidden size, vocabulary, variant and its settings, where
+    it is timed."""
+    spec = arch_for(model)
+    sig = {
+        "v": TABLE_VERSION,
+        "layers": layer_shapes(model),
+        "hidden": getattr(model.config, spec.config_hidden),
+        "vocab": model.config.vocab_size,
+        "variant": cand.variant,
+        "per_channel": export_cfg.per_channel,
+        "quantize_embeddings": export_cfg.quantize_embeddings,
+        "opset": export_cfg.opset,
+        "shape": list(budget.shape),
+        "provider": budget.provider,
+        "threads": budget.threads,
+    }
+    return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, export_cfg) -> Path:
+    """The variant file, built with the library tools the export stage uses (int8 without the accuracy
+    fallback: that keeps float only what a trained model needs, and the winner is timed again)."""
+    if variant == "fp32":
+        return fp32
+    if variant == "int8_dynamic":
+        from ..export.quantize import quantize_int8_dynamic
+
+        quantize_int8_dynamic(
+            fp32, dst, per_channel=export_cfg.per_channel, quantize_embeddings=export_cfg.quantize_embeddings
+        )
+        return dst
+    if variant == "optimized":
+        from ..export.optimize import optimize_onnx
+
+        spec = arch_for(model)
+        heads = [s["heads"] for s in layer_shapes(model)]
+        optimize_onnx(fp32, dst, heads, getattr(model.config, spec.config_hidden), model.config.model_type)
+        return dst
+    if variant == "fp16":
+        from ..export.quantize import convert_fp16
+
+        convert_fp16(fp32, dst)
+        return dst
+    raise ValueError(variant)
+
+
+class LatencyTable:
+    """``latency.json`` in the search folder: shape key -> measurement."""
+
+    def __init__(self, path: Path, budget: Budget, iters: int, log=print, keep_dir: Path | None = None):
+        self.path, self.budget, self.iters, self.log, self.keep_dir = path, budget, iters, log, keep_dir
+        self.data = json.loads(path.read_text()) if path.is_file() else {"entries": {}}
+        self.external = _load_external(budget.latency_table) if budget.latency_table else None
+        self.reference: torch.nn.Module | None = None  # the uncompressed model, PyTorch eager
+
+    def measure(self, cand: Candidate, export_cfg) -> dict:
+        model = build_architecture(self.reference, cand)
+        key = shape_key(model, cand, export_cfg, self.budget)
+        if key in self.data["entries"] and not self.keep_dir:
+            return {**self.data["entries"][key], "key": key, "cached": True}
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "model.onnx", export_cfg.opset)
+            path = build_variant(fp32, Path(tmp) / f"model.{cand.variant}.onnx", cand.variant, model, export_cfg)
+            entry = {
+                "size_mb": round(path.stat().st_size / 2**20, 3),
+                "params": count_params(model)["total"],
+                "layer_shapes": layer_shapes(model),
+                "variant": cand.variant,
+            }
+            if self.keep_dir is not None:
+                self.keep_dir.mkdir(parents=True, exist_ok=True)
+                kept = self.keep_dir / f"{key}.onnx"
+                os.replace(path, kept)
+                path = kept
+            entry.update(self._time(path, model.config.vocab_size, f"{key}.onnx"))
+        entry["build_and_time_s"] = round(time.perf_counter() - t0, 2)
+        self.data["entries"][key] = entry
+        self.data["machine"] = machine_info()
+        write_json_atomic(self.path, self.data)
+        return {**entry, "key": key, "cached": False}
+
+    def _time(self, path: Path, vocab: int, name: str) -> dict:
+        b, s = self.budget.shape
+        reference = self.reference
+        if self.external is not None:
+            row = self.external.get((name, b, s))
+            if row is None:
+                return {"p50_ms": None, "source": f"{self.budget.latency_table}: no row for {name} at {b}x{s}"}
+            return {"p50_ms": row["p50_ms"], "source": self.budget.latency_table}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.budget.threads)
+        try:
+            sess = make_session(path, self.budget.provider, self.budget.threads)
+            gen = torch.Generator().manual_seed(0)
+            ids = torch.randint(min(1000, vocab - 1), vocab, (b, s), generator=gen)
+            feed = {
+                i.name: (ids if i.name == "input_ids" else torch.ones(b, s, dtype=torch.long)).numpy()
+                for i in sess.get_inputs()
+            }
+            names = set(model_inputs(reference))
+            tin = {
+                k: v
+                for k, v in {
+                    "input_ids": ids,
+                    "attention_mask": torch.ones(b, s, dtype=torch.long),
+                    "token_type_ids": torch.zeros(b, s, dtype=torch.long),
+                }.items()
+                if k in names
+            }
+
+            def eager():
+                with torch.inference_mode():
+                    reference(**tin)
+
+            stats = interleaved(
+                {"candidate": (lambda: sess.run(None, feed), None), "eager": (eager, None)},
+                warmup=3,
+                iters=self.iters,
+                rounds=4,
+            )
+        finally:
+            torch.set_num_threads(threads)
+        ratio = speedup(stats, "candidate", "eager")
+        return {
+            "p50_ms": round(stats["candidate"]["p50_ms"], 4),
+            "eager_p50_ms": round(stats["eager"]["p50_ms"], 4),
+            "speedup_vs_eager": round(ratio, 4),
+            "fraction_of_eager": round(1.0 / ratio, 4),
+            "runs": stats["candidate"]["runs"],
+            "source": "this machine, back to back with the uncompressed model's PyTorch eager",
+        }
+
+
+def _load_external(path: str) -> dict:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        rows = data["rows"]
+        return {(Path(r["file"]).name, int(r["batch"]), int(r["seq"])): r for r in rows}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"search.budget.latency_table: {p} is not a `compresstune bench onnx --out FILE` result "
+            f"({exc.__class__.__name__}: {exc}); time the files `search --export-candidates DIR` wrote with "
+            "`compresstune bench onnx DIR/*.onnx --shapes BxS --out FILE` on the target and give FILE."
+        ) from None
+
+
+def within_budget(entry: dict, budget: Budget) -> tuple[bool, str]:
+    """(meets every budget, why not)."""
+    why = []
+    if budget.size_mb is not None and entry["size_mb"] > budget.size_mb:
+        why.append(f"size {entry['size_mb']:.2f} MB > {budget.size_mb} MB")
+    if budget.latency_ms is not None:
+        if entry.get("p50_ms") is None:
+            why.append("no latency measured")
+        elif entry["p50_ms"] > budget.latency_ms:
+            why.append(f"p50 {entry['p50_ms']:.2f} ms > {budget.latency_ms} ms")
+    if budget.latency_fraction is not None and entry.get("fraction_of_eager", 1e9) > budget.latency_fraction:
+        why.append(f"{entry.get('fraction_of_eager', float('nan')):.3f} of eager > {budget.latency_fraction}")
+    return (not why, "; ".join(why))
+
+
+def retime_bundle(path: Path, table: LatencyTable) -> dict:
+    """The shipped file timed again on its own, back to back with the uncompressed model, and its size."""
+    if not path.is_file():
+        return {"meets_budget": False, "over_budget": f"{path} is missing", "retimed": False}
+    t0 = time.perf_counter()
+    entry = {"file": str(path), "size_mb": round(path.stat().st_size / 2**20, 3)}
+    if table.external is not None:
+        entry.update(
+            p50_ms=None,
+            retimed=False,
+            note="latency not re-timed here: it came from the target's table; time this file there",
+        )
+        budget = table.budget.model_copy(update={"latency_ms": None})
+    else:
+        entry.update(table._time(path, table.reference.config.vocab_size, path.name), retimed=True)
+        budget = table.budget
+    ok, why = within_budget(entry, budget)
+    return {**entry, "meets_budget": ok, "over_budget": why, "time_s": round(time.perf_counter() - t0, 2)}

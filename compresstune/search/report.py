@@ -1,0 +1,175 @@
+"""``SEARCH.md``, ``search.png``: every candidate, what it reached and why it stopped, the Pareto front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..measure.markdown import md_table
+
+
+def _reached(c: dict) -> tuple[int | None, float | None]:
+    """(highest rung with a metric, that metric)."""
+    done = [(int(k), v) for k, v in (c.get("rungs") or {}).items() if v is not None]
+    return max(done) if done else (None, None)
+
+
+def pareto(cands: list[dict], x: str = "p50_ms") -> list[str]:
+    """Ids of candidates no other beats on both latency (lower) and metric (higher), among those with both."""
+    pts = [(c[x], _reached(c)[1], c["id"]) for c in cands if c.get(x) is not None and _reached(c)[1] is not None]
+    front = []
+    for lat, met, cid in pts:
+        if not any((l2 <= lat and m2 >= met) and (l2 < lat or m2 > met) for l2, m2, _ in pts):
+            front.append(cid)
+    return front
+
+
+def _plot(path: Path, cands: list[dict], front: list[str], winner: str | None, final_rung: int, budget) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for c in cands:
+        rung, met = _reached(c)
+        if c.get("p50_ms") is None or met is None:
+            continue
+        full = rung == final_rung
+        ax.scatter(
+            c["p50_ms"],
+            met,
+            marker="o" if full else "x",
+            color="C1" if c["id"] == winner else ("C0" if full else "C7"),
+            zorder=3,
+        )
+        ax.annotate(c["id"], (c["p50_ms"], met), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    pts = sorted((c["p50_ms"], _reached(c)[1]) for c in cands if c["id"] in front)
+    if pts:
+        ax.plot(*zip(*pts), color="C2", lw=1, label="Pareto front (metric at the fidelity reached)")
+    limits = {c.get("budget_ms") for c in cands if c.get("budget_ms")}
+    for lim in limits:
+        ax.axvline(lim, color="C3", ls="--", lw=1, label="latency budget")
+    ax.set_xlabel(f"p50 latency (ms) at {budget['shape'][0]} x {budget['shape'][1]}")
+    ax.set_ylabel("dev metric")
+    ax.set_title("search: o = full recipe, x = cheaper rung only; orange = winner", fontsize=9)
+    ax.grid(alpha=0.3)
+    if pts or limits:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def write_report(sdir: Path, res: dict, log=print) -> None:
+    cands = res["candidates"]
+    n_rungs = len(res["rungs"])
+    budget = res["search"]["budget"]
+    ms_budget = budget.get("latency_ms")
+    eager = [c["eager_p50_ms"] for c in cands if c.get("eager_p50_ms")]
+    if budget.get("latency_fraction") and eager:
+        ms_budget = budget["latency_fraction"] * sorted(eager)[len(eager) // 2]
+    for c in cands:
+        c["budget_ms"] = ms_budget
+    front = pareto(cands)
+    winner = (res.get("winner") or {}).get("id")
+    _plot(sdir / "search.png", cands, front, winner, n_rungs - 1, budget)
+    rows = []
+    for c in sorted(cands, key=lambda c: c.get("p50_ms") or 1e9):
+        rung, met = _reached(c)
+        why = c.get("error") or c.get("stopped") or c.get("skipped") or ("winner" if c["id"] == winner else "")
+        rows.append(
+            [
+                c["id"] + (" *" if c["id"] in front else ""),
+                c["params"],
+                _fmt(c["size_mb"]),
+                _fmt(c.get("p50_ms")),
+                _fmt(c.get("fraction_of_eager"), ".3f"),
+                " / ".join(_fmt(c.get("rungs", {}).get(str(k))) for k in range(n_rungs)),
+                _fmt(met),
+                "-" if rung is None else ("full" if rung == n_rungs - 1 else f"rung {rung}"),
+                why,
+            ]
+        )
+    spent, total = res["spent_s"], res["elapsed_s"]
+    one_point = res["dev_examples"] / 100
+    lines = [
+        f"# Search: {Path(res['pipeline']).name}",
+        "",
+        f"Budget: {_budget_line(budget, ms_budget)}. Rungs: "
+        + "; ".join(f"{k}: {r if isinstance(r, str) else r or 'as written'}" for k, r in enumerate(res["rungs"]))
+        + ".",
+        f"Rule: every candidate under budget (at most {res['search']['ladder']['max_candidates']}, largest first) "
+        f"gets rung 0; after each rung the best {res['search']['ladder']['keep']:g} share goes on; at most "
+        f"{res['search']['ladder']['finalists']} get the full recipe; the winner is the best full-recipe dev metric "
+        "whose shipped bundle meets the budget when timed again on its own.",
+        "",
+        f"Selection used the dev set ({res['dev_examples']} examples: a 1-point difference is {one_point:g} "
+        "examples), as the pipelines do; no test set was read.",
+        "",
+        f"Time: {total / 60:.1f} min in all: timing {spent['timing'] / 60:.1f}, recovery (cheap rungs) "
+        f"{spent['recovery'] / 60:.1f}, full recipe {spent['final'] / 60:.1f} "
+        f"(limit {res['search']['time_limit_min']:g} min for starting runs).",
+        "",
+        md_table(
+            [
+                "candidate (* Pareto)",
+                "params",
+                "size (MB)",
+                "p50 (ms)",
+                "of eager",
+                "dev per rung",
+                "dev reached",
+                "fidelity",
+                "note",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    lines += _winner_lines(res)
+    lines += ["", "![search](search.png)", ""]
+    (sdir / "SEARCH.md").write_text("\n".join(lines))
+    log(f"[search] report: {sdir / 'SEARCH.md'}")
+
+
+def _budget_line(b: dict, ms: float | None) -> str:
+    parts = []
+    if b.get("latency_fraction"):
+        parts.append(f"p50 <= {b['latency_fraction']:g} x the uncompressed PyTorch eager (= {_fmt(ms)} ms here)")
+    elif b.get("latency_ms"):
+        parts.append(f"p50 <= {b['latency_ms']:g} ms")
+    if b.get("size_mb"):
+        parts.append(f"ONNX file <= {b['size_mb']:g} MB")
+    return (
+        " and ".join(parts)
+        + f" at batch {b['shape'][0]} x seq {b['shape'][1]}, {b['provider']}, {b['threads']} threads"
+    )
+
+
+def _winner_lines(res: dict) -> list[str]:
+    w = res.get("winner")
+    checks = res.get("winner_checks") or []
+    if not w:
+        return [
+            "**No winner**: no full-recipe candidate finished and met the budget. "
+            + (
+                "Checks: " + "; ".join(f"{c['id']}: {c['over_budget']}" for c in checks)
+                if checks
+                else "Rerun the same command to resume (finished runs are kept), or raise the time limit."
+            )
+        ]
+    c = next(x for x in checks if x["id"] == w["id"])
+    lat = (
+        f"p50 {_fmt(c.get('p50_ms'))} ms ({_fmt(c.get('fraction_of_eager'), '.3f')} of eager)"
+        if c.get("retimed")
+        else c.get("note", "")
+    )
+    return [
+        f"**Winner: {w['id']}**. Its bundle timed again on its own: {lat}, {c['size_mb']:.2f} MB.",
+        f"Run folder (with `deploy/`): `{res['winner_run']}`. Reproduce: `compresstune pipeline run "
+        f"{res['winner_pipeline']}`.",
+    ]

@@ -1,0 +1,166 @@
+"""``compresstune search``: time every candidate, climb the fidelity ladder, check the winner again."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..manifest import write_json_atomic
+from ..models.arch import encoder_layers
+from ..models.resolve import load_pretrained_for_task, resolve_model_path
+from ..pipeline.atomic import run_lock
+from ..stages.base import load_task_data
+from .candidates import Candidate, candidate_pipeline, enumerate_space, relocate_paths, write_pipeline
+from .ladder import Clock, Ladder
+from .latency import LatencyTable, within_budget
+from .report import write_report
+from .spec import load_search
+
+
+def search_dir_for(pcfg, output_dir: str | None) -> Path:
+    return Path(output_dir or pcfg.output_dir) / pcfg.name
+
+
+def run_search(
+    path,
+    overrides=(),
+    output_dir: str | None = None,
+    export_candidates: str | None = None,
+    log=print,
+    progress: bool = False,
+) -> dict:
+    raw, s, pcfg = load_search(path, overrides)
+    sdir = search_dir_for(pcfg, output_dir)
+    sdir.mkdir(parents=True, exist_ok=True)
+    with run_lock(sdir):
+        state_path = sdir / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        clock = Clock(
+            spent={"timing": 0.0, "recovery": 0.0, "final": 0.0, **state.get("spent", {})},
+            before=state.get("elapsed_s", 0.0),
+        )
+        task = load_task_data(pcfg)
+        problem = "regression" if task.is_regression else "single_label_classification"
+        reference = load_pretrained_for_task(
+            resolve_model_path(pcfg.model, pcfg.base_dir), task.num_labels, problem
+        ).eval()
+        n_layers = len(encoder_layers(reference))
+        export_cfg = next(st for st in reversed(pcfg.stages.values()) if st.type == "export")
+        keep = Path(export_candidates) if export_candidates else None
+        table = LatencyTable(sdir / "latency.json", s.budget, s.timing_iters, log, keep_dir=keep)
+        table.reference = reference
+        cands = enumerate_space(s, n_layers)
+        log(f"[search] {pcfg.name}: {len(cands)} candidates; budget {_budget_text(s.budget)}")
+        measured = _time_all(cands, table, export_cfg, clock, log)
+        if keep is not None:
+            log(
+                f"[search] candidate files in {keep}/ (KEY.onnx, keys in {sdir / 'latency.json'}); time them on the "
+                f"target with `compresstune bench onnx {keep}/*.onnx --shapes {'x'.join(map(str, s.budget.shape))} "
+                "--out FILE` and set search.budget.latency_table: FILE"
+            )
+            return {"latency": measured}
+        entrants, skipped = _entrants(cands, measured, s)
+        log(f"[search] {len(entrants)} under budget enter rung 0: {', '.join(c.id for c in entrants) or 'none'}")
+        ladder = Ladder(sdir, raw, pcfg, s, n_layers, clock, log, progress)
+        ladder.results = {k: v for k, v in state.get("results", {}).items() if "rungs" in v}
+        for c in entrants:
+            ladder.results[c.id] = {"rungs": {}}
+        finished = ladder.run(entrants)
+        winner, checks = _pick(finished, ladder, s, table, pcfg, log)
+        clock.add("timing", sum(c.get("time_s", 0.0) for c in checks))
+        result = {
+            "search": s.model_dump(),
+            "pipeline": str(pcfg.source),
+            "candidates": [
+                {**c.to_dict(), **measured[c.id], **ladder.results.get(c.id, {}), "skipped": skipped.get(c.id)}
+                for c in cands
+            ],
+            "rungs": [r if r is not None else "full recipe" for r in ladder.rungs()],
+            "winner": winner.to_dict() if winner else None,
+            "winner_checks": checks,
+            "dev_examples": len(task.dev),
+            "spent_s": clock.spent,
+            "elapsed_s": round(clock.total(), 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if winner:
+            result["winner_run"] = str(ladder.runs / ladder.run_name(winner, len(ladder.rungs()) - 1))
+            result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, s, winner, n_layers, sdir, Path(path)))
+        write_json_atomic(
+            state_path, {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
+        )
+        write_json_atomic(sdir / "search.json", result)
+        write_report(sdir, result, log)
+        return result
+
+
+def _budget_text(b) -> str:
+    parts = []
+    if b.latency_fraction is not None:
+        parts.append(f"p50 <= {b.latency_fraction:g} x the uncompressed PyTorch eager")
+    if b.latency_ms is not None:
+        parts.append(f"p50 <= {b.latency_ms:g} ms")
+    if b.size_mb is not None:
+        parts.append(f"model file <= {b.size_mb:g} MB")
+    where = f" at {b.shape[0]}x{b.shape[1]} on {b.provider}, {b.threads} threads"
+    return " and ".join(parts) + (where if b.latency_ms is not None or b.latency_fraction is not None else "")
+
+
+def _time_all(cands, table, export_cfg, clock, log) -> dict[str, dict]:
+    out = {}
+    for c in cands:
+        t0 = time.perf_counter()
+        e = table.measure(c, export_cfg)
+        clock.add("timing", time.perf_counter() - t0)
+        ok, why = within_budget(e, table.budget)
+        out[c.id] = {**{k: v for k, v in e.items() if k != "layer_shapes"}, "meets_budget": ok, "over_budget": why}
+        lat = f"p50 {e['p50_ms']:.2f} ms" if e.get("p50_ms") is not None else "no latency"
+        frac = f" ({e['fraction_of_eager']:.3f} of eager)" if "fraction_of_eager" in e else ""
+        log(
+            f"[search] {c.id}: {lat}{frac}, {e['size_mb']:.1f} MB{' (cached)' if e['cached'] else ''}"
+            f"{'' if ok else ' -- over budget: ' + why}"
+        )
+    return out
+
+
+def _entrants(cands, measured, s) -> tuple[list[Candidate], dict[str, str]]:
+    """Candidates under budget, the largest (parameters) first, at most ``max_candidates``; why the others
+    were left out."""
+    under = sorted(
+        (c for c in cands if measured[c.id]["meets_budget"]),
+        key=lambda c: (-measured[c.id]["params"], measured[c.id]["p50_ms"] or 0.0, c.id),
+    )
+    skipped = {
+        c.id: f"over budget: {measured[c.id]['over_budget']}" for c in cands if not measured[c.id]["meets_budget"]
+    }
+    n = s.ladder.max_candidates
+    for c in under[n:]:
+        skipped[c.id] = f"under budget, but not among the {n} largest (search.ladder.max_candidates)"
+    return under[:n], skipped
+
+
+def _pick(finished, ladder, s, table, pcfg, log) -> tuple[Candidate | None, list[dict]]:
+    """The best finalist whose shipped bundle meets the budget when timed again on its own."""
+    from .latency import retime_bundle
+
+    checks = []
+    for cand in finished:
+        run = ladder.runs / ladder.run_name(cand, len(ladder.rungs()) - 1)
+        check = retime_bundle(run / "deploy" / "model.onnx", table)
+        checks.append({"id": cand.id, **check})
+        if check["meets_budget"]:
+            return cand, checks
+        log(f"[search] {cand.id}: its bundle misses the budget when timed again ({check['over_budget']})")
+    return None, checks
+
+
+def _winner_yaml(raw, pcfg, s, winner: Candidate, n_layers: int, sdir: Path, src: Path) -> Path:
+    out = candidate_pipeline(raw, pcfg, s, winner, n_layers)
+    out["name"] = f"{pcfg.name}-winner"
+    out = relocate_paths(out, src.parent, sdir)
+    head = (
+        f"The winner of `compresstune search {src}` ({winner.id}): its full recipe.\n"
+        f"  compresstune pipeline run {sdir / 'winner.yaml'}"
+    )
+    return write_pipeline(out, sdir / "winner.yaml", head)

@@ -1,0 +1,239 @@
+"""`compresstune search`: candidate pipelines, budget checks, the ladder, resume after SIGKILL, a target
+device's latency table."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compresstune.cli import main
+from compresstune.config import load_config
+from compresstune.search.candidates import Candidate, candidate_pipeline, relocate_paths
+from compresstune.search.report import pareto
+from compresstune.search.spec import load_search
+
+REPO = Path(__file__).resolve().parent.parent
+
+SEARCH_YAML = """
+name: tsearch
+model: {model}
+seed: 7
+task:
+  name: sst2
+  glue_dir: {glue}
+  train_subset: 96
+  dev_subset: 48
+  max_length: 32
+stages: [teacher, distill, prune, finetune, export, benchmark, report]
+teacher: {{type: finetune, method: full, epochs: 1, lr: 1.0e-3, batch_size: 16}}
+distill: {{type: compress, input: teacher, method: distill, distill_mode: task_specific, epochs: 1, lr: 1.0e-3,
+  batch_size: 16}}
+prune: {{type: compress, method: prune, ffn_ratio: 0.5, head_ratio: 0.0, heal_epochs: 0.5, lr: 1.0e-3,
+  batch_size: 16}}
+finetune: {{method: learner, rank: 4, priming_epochs: 1, epochs: 1, lr: 1.0e-3, batch_size: 16}}
+export: {{verify_shapes: [[1, 7], [3, 19]], variants: [fp32, int8_dynamic], quantize_embeddings: true}}
+benchmark: {{shapes: [[8, 16]], warmup: 1, iters: 3, rounds: 1, min_time_s: 0, pytorch: false, footprint: false}}
+report: {{ship_shape: [8, 16], edge: false}}
+search:
+  budget: {{size_mb: 1.2, shape: [1, 16]}}
+  space: {{layers: [1, 2], head_ratio: [0.0, 0.5], ffn_ratio: [0.0, 0.5]}}
+  ladder:
+    rungs: [{{distill.max_steps: 2, prune.heal_epochs: 0.1, finetune.max_steps: 2, finetune.priming_epochs: 0}}]
+    keep: 0.5
+    max_candidates: 3
+    finalists: 1
+  timing_iters: 10
+"""
+
+
+def _write(d: Path, tiny_bert: Path, glue_dir: Path, text: str = SEARCH_YAML) -> Path:
+    p = d / "s.yaml"
+    p.write_text(text.format(model=tiny_bert, glue=glue_dir))
+    return p
+
+
+def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_dir):
+    raw, s, pcfg = load_search(_write(tmp_path, tiny_bert, glue_dir))
+    assert (s.depth_stage, s.prune_stage) == ("distill", "prune")
+    rung = s.ladder.rungs[0]
+
+    def build(c, r=None):
+        out = candidate_pipeline(raw, pcfg, s, c, 2, r)
+        (tmp_path / "c.yaml").write_text(json.dumps(out))
+        return out, load_config(tmp_path / "c.yaml")
+
+    out, cfg = build(Candidate(1, 0.5, 0.0, 0.0, "int8_dynamic"), rung)
+    assert list(cfg.stages) == ["teacher", "distill", "prune", "finetune", "export", "benchmark", "report"]
+    assert cfg.stages["distill"].student_layers == 1 and cfg.stages["distill"].max_steps == 2
+    assert (cfg.stages["prune"].head_ratio, cfg.stages["prune"].ffn_ratio) == (0.5, 0.0)
+    assert cfg.stages["prune"].heal_epochs == 0.1 and cfg.stages["finetune"].max_steps == 2
+    assert cfg.stages["report"].ship_rule == "smallest" and list(cfg.stages["report"].ship_shape) == [1, 16]
+    assert [1, 16] in [list(p) for p in cfg.stages["benchmark"].points()]  # the budget's shape is timed
+    # the teacher's depth: no distill stage, the prune stage reads the teacher
+    _, cfg = build(Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"))
+    assert "distill" not in cfg.stages and cfg.stage_inputs("prune") == ["teacher"]
+    # nothing to prune: the fine-tuning reads the student
+    _, cfg = build(Candidate(1, 0.0, 0.0, 0.0, "int8_dynamic"))
+    assert "prune" not in cfg.stages and cfg.stage_inputs("finetune") == ["distill"]
+    _, cfg = build(Candidate(2, 0.0, 0.0, 0.25, "fp32"))
+    assert cfg.stages["prune"].hidden_weight == 0.0  # the hidden size changes: heal on logits
+    # paths written for another folder still point at the same files
+    moved = relocate_paths({"task": {"glue_dir": "g"}, "model": "m", "stages": []}, tmp_path, tmp_path / "a" / "b")
+    (tmp_path / "g").mkdir()
+    moved = relocate_paths({"task": {"glue_dir": "g"}, "model": "m", "stages": []}, tmp_path, tmp_path / "a" / "b")
+    assert moved["task"]["glue_dir"] == os.path.join("..", "..", "g") and moved["model"] == "m"
+
+
+@pytest.mark.parametrize(
+    "edit, expect",
+    [
+        (lambda t: t.replace("search:\n", "serch:\n"), "serch: unknown key"),
+        (lambda t: t[: t.index("search:")], "search: missing"),
+        (lambda t: t.replace("budget: {size_mb: 1.2,", "budget: {"), "give latency_ms, latency_fraction or size_mb"),
+        (lambda t: t.replace("keep: 0.5", "kep: 0.5"), "search.ladder.kep"),
+        (lambda t: t.replace("ffn_ratio: [0.0, 0.5]", "ffn_ratio: [0.0, 1.5]"), "ratios lie in [0, 1)"),
+        (lambda t: t.replace("ffn_ratio: 0.5, head_ratio: 0.0,", "mode: global, ffn_ratio: 0.5,"), "mode: uniform"),
+        (lambda t: t.replace("distill, prune, finetune", "prune, finetune"), "no distill stage"),
+        (lambda t: t.replace("budget: {", "budget: {latency_fraction: 0.5, latency_table: t.json, "), "latency_ms"),
+    ],
+)
+def test_bad_search_sections_are_one_clear_error(tmp_path, tiny_bert, glue_dir, edit, expect):
+    p = tmp_path / "s.yaml"
+    p.write_text(edit(SEARCH_YAML.format(model=tiny_bert, glue=glue_dir)))
+    r = CliRunner().invoke(main, ["search", str(p)])
+    assert r.exit_code == 2, r.output
+    assert expect in r.output and "Traceback" not in r.output and not (tmp_path / "exported").exists()
+
+
+def test_pareto_front():
+    cands = [
+        {"id": "a", "p50_ms": 1.0, "rungs": {"0": 80.0}},
+        {"id": "b", "p50_ms": 2.0, "rungs": {"0": 85.0, "1": 86.0}},
+        {"id": "c", "p50_ms": 3.0, "rungs": {"0": 84.0}},  # slower and worse than b
+        {"id": "d", "p50_ms": 0.5, "rungs": {"0": None}},  # no metric: not on the front
+    ]
+    assert pareto(cands) == ["a", "b"]
+
+
+def _search(cwd: Path, *args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "compresstune.cli", "search", "s.yaml", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **kw,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, needle: str, timeout: float = 300) -> str:
+    out, t0 = [], time.time()
+    for line in proc.stdout:
+        out.append(line)
+        if needle in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+        assert time.time() - t0 < timeout, "".join(out)
+    proc.wait()
+    return "".join(out)
+
+
+def test_search_finds_a_winner_and_resumes_after_sigkill(tmp_path, tiny_bert, glue_dir):
+    _write(tmp_path, tiny_bert, glue_dir)
+    # killed while the second candidate trains (the first candidate's run finished)
+    first = _kill_when(_search(tmp_path), "[search] L2-h00-f50-x00-int8dynamic.r0: rung 0")
+    assert "L2-h00-f00-x00-int8dynamic.r0: dev" in first and "[search] report" not in first
+    second = subprocess.run(
+        [sys.executable, "-m", "compresstune.cli", "search", "s.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    out = second.stdout
+    # nothing finished is repeated: every latency from the table, the first candidate's run skipped whole
+    timed = [ln for ln in out.splitlines() if ln.startswith("[search] L") and " MB" in ln]
+    assert len(timed) == 8 and all("(cached)" in ln for ln in timed)
+    block = out.split("[search] L2-h00-f00-x00-int8dynamic.r0: rung 0")[1].split(
+        "[search] L2-h00-f00-x00-int8dynamic.r0: dev"
+    )[0]
+    assert "] running" not in block and "up to date" in block
+    sdir = tmp_path / "exported" / "tsearch"
+    res = json.loads((sdir / "search.json").read_text())
+    assert res["winner"] and res["winner_checks"][0]["meets_budget"]
+    by_id = {c["id"]: c for c in res["candidates"]}
+    entered = sorted((c for c in by_id.values() if not c["skipped"]), key=lambda c: -c["params"])
+    assert len(entered) == 3 and all(c["rungs"].get("0") is not None for c in entered)
+    left = [c for c in by_id.values() if c["skipped"]]
+    assert len(left) == 5 and all(c["skipped"].startswith("under budget, but not among the 3 largest") for c in left)
+    assert max(c["params"] for c in left) <= min(c["params"] for c in entered)
+    assert all(c["size_mb"] <= 1.2 for c in by_id.values() if c.get("rungs"))
+    winner_run = tmp_path / res["winner_run"]
+    assert (winner_run / "deploy" / "model.onnx").is_file()
+    assert (winner_run / "deploy" / "model.onnx").stat().st_size / 2**20 <= 1.2
+    for f in ("SEARCH.md", "search.png", "latency.json", "winner.yaml"):
+        assert (sdir / f).is_file(), f
+    assert "Winner: " in (sdir / "SEARCH.md").read_text()
+    r = CliRunner().invoke(main, ["pipeline", "validate", str(sdir / "winner.yaml")])
+    assert r.exit_code == 0, r.output
+    # a third run repeats nothing at all
+    third = subprocess.run(
+        [sys.executable, "-m", "compresstune.cli", "search", "s.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert third.returncode == 0 and "] running" not in third.stdout, third.stdout
+
+
+def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
+    """Candidate files for the target, timed there with `bench onnx`, then searched with that table."""
+    text = SEARCH_YAML.replace("head_ratio: [0.0, 0.5], ffn_ratio: [0.0, 0.5]", "ffn_ratio: [0.5]")
+    assert text != SEARCH_YAML
+    _write(tmp_path, tiny_bert, glue_dir, text)
+    cand_dir = tmp_path / "cands"
+    r = CliRunner().invoke(
+        main,
+        [
+            "search",
+            str(tmp_path / "s.yaml"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--export-candidates",
+            str(cand_dir),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    files = sorted(cand_dir.glob("*.onnx"))
+    assert len(files) == 2
+    table = tmp_path / "target.json"
+    r = CliRunner().invoke(
+        main,
+        ["bench", "onnx", *map(str, files), "--shapes", "1x16", "--iters", "10", "--no-footprint", "--out", str(table)],
+    )
+    assert r.exit_code == 0, r.output
+    rows = {row["file"]: row["p50_ms"] for row in json.loads(table.read_text())["rows"]}
+    slow = max(rows.values())
+    r = CliRunner().invoke(
+        main,
+        [
+            "search",
+            str(tmp_path / "s.yaml"),
+            "--output-dir",
+            str(tmp_path / "out2"),
+            f"search.budget.latency_table={table}",
+            f"search.budget.latency_ms={slow * 0.999}",
+            "search.ladder.rungs=[]",
+        ],
+    )
+    assert r.exit_code in (0, 1), r.output
+    lat = json.loads((tmp_path / "out2" / "tsearch" / "latency.json").read_text())["entries"]
+    assert sorted(e["p50_ms"] for e in lat.values()) == sorted(rows.values())
+    assert all(e["source"] == str(table) for e in lat.values())
+    res = json.loads((tmp_path / "out2" / "tsearch" / "search.json").read_text())
+    over = [c for c in res["candidates"] if not c["meets_budget"]]
+    assert len(over) == 1 and over[0]["p50_ms"] == slow and "ms >" in over[0]["over_budget"]
