@@ -159,12 +159,12 @@ def _schedule(rng: random.Random, wall: dict[str, float]) -> list[Event]:
     # a finished training stage killed before its commit trains again from step 0, so these come first: the
     # training whose output is kept is then the one the kills below interrupt (and it has to resume to match)
     ev += [Event("finetune", "fault", fault="stage_done:finetune")]  # checkpoints dropped, not yet renamed
-    ev += [Event("finetune", "fault", fault="stage_committed:finetune")]  # renamed, manifest not yet updated
     ev += [at_random("finetune", 0.6) for _ in range(3)]  # inside training steps (a resumed one is shorter)
     ev += [Event("finetune", "fault", fault=f"checkpoint_write@{rng.randint(1, 3)}")]
     ev += [Event("finetune", "fault", fault="checkpoint_write:best.pt@1")]  # the best weights' file
     ev += [at_random("finetune", 0.6) for _ in range(3)]
-    ev += [Event("finetune", "done")]  # between stages
+    # renamed into place, manifest not yet updated: the next run records it as done without training again
+    ev += [Event("finetune", "fault", fault="stage_committed:finetune")]
     ev += [at_random("merge"), Event("merge", "fault", fault="stage_committed:merge")]
     ev += [at_random("export") for _ in range(4)] + [Event("export", "fault", fault="stage_done:export")]
     ev += [Event("export", "done")]

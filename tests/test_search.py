@@ -227,6 +227,7 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
             str(tmp_path / "out2"),
             f"search.budget.latency_table={table}",
             f"search.budget.latency_ms={slow * 0.999}",
+            "search.budget.margin=0",
             "search.ladder.rungs=[]",
         ],
     )
@@ -237,3 +238,20 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
     res = json.loads((tmp_path / "out2" / "tsearch" / "search.json").read_text())
     over = [c for c in res["candidates"] if not c["meets_budget"]]
     assert len(over) == 1 and over[0]["p50_ms"] == slow and "ms >" in over[0]["over_budget"]
+
+
+def test_latency_tables_of_other_searches_count_only_from_this_machine(tmp_path):
+    from compresstune.measure.latency import machine_info
+    from compresstune.search.latency import LatencyTable
+    from compresstune.search.spec import Budget
+
+    here = {"machine": machine_info(), "entries": {"k1": {"p50_ms": 1.0, "size_mb": 1.0}}}
+    elsewhere = {"machine": {**machine_info(), "cpu": "another CPU"}, "entries": {"k2": {"p50_ms": 2.0}}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "latency.json").write_text(json.dumps(here))
+    (tmp_path / "b" / "latency.json").write_text(json.dumps(elsewhere))
+    table = LatencyTable(tmp_path / "latency.json", Budget(size_mb=10), 10)
+    assert table.adopt(tmp_path / "a" / "latency.json") == 1 and table.adopt(tmp_path / "b" / "latency.json") == 0
+    assert table.adopt(tmp_path / "missing.json") == 0
+    assert table.data["entries"]["k1"]["from"] == str(tmp_path / "a" / "latency.json")

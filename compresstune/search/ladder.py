@@ -139,7 +139,10 @@ class Ladder:
         cfg = load_config(path)
         until = None if rung is None else last_training_stage(raw)
         reuse = [p for p in sorted(self.runs.glob("*")) if p.is_dir() and p.name != name]
-        reuse += [Path(r) for r in self.s.reuse_from if Path(r).is_dir()]  # absent: nothing to take
+        for r in map(Path, self.s.reuse_from):  # a run folder, or another search's folder (its runs); absent: none
+            reuse += (
+                sorted(p for p in (r / "runs").glob("*") if p.is_dir()) if (r / "runs").is_dir() else [r] * r.is_dir()
+            )
         t0 = time.perf_counter()
         self.log(f"[search] {name}: rung {k}{' (full recipe)' if rung is None else ''}")
         try:

@@ -103,6 +103,19 @@ class LatencyTable:
         self.external = _load_external(budget.latency_table) if budget.latency_table else None
         self.reference: torch.nn.Module | None = None  # the uncompressed model, PyTorch eager
 
+    def adopt(self, other: Path) -> int:
+        """Entries of another search's table measured on this machine (same CPU and cores); returns how many."""
+        if self.external is not None or not other.is_file() or other.resolve() == self.path.resolve():
+            return 0
+        data = json.loads(other.read_text())
+        if data.get("machine") != machine_info():
+            return 0
+        new = {
+            k: {**v, "from": str(other)} for k, v in data.get("entries", {}).items() if k not in self.data["entries"]
+        }
+        self.data["entries"].update(new)
+        return len(new)
+
     def measure(self, cand: Candidate, export_cfg) -> dict:
         model = build_architecture(self.reference, cand)
         key = shape_key(model, cand, export_cfg, self.budget)
@@ -196,18 +209,21 @@ def _load_external(path: str) -> dict:
         ) from None
 
 
-def within_budget(entry: dict, budget: Budget) -> tuple[bool, str]:
-    """(meets every budget, why not)."""
+def within_budget(entry: dict, budget: Budget, margin: float = 0.0) -> tuple[bool, str]:
+    """(meets every budget, why not); every budget tightened by ``margin`` (a share)."""
     why = []
-    if budget.size_mb is not None and entry["size_mb"] > budget.size_mb:
-        why.append(f"size {entry['size_mb']:.2f} MB > {budget.size_mb} MB")
+    scale = 1.0 - margin
+    tight = f" (the budget less the {margin:.0%} margin)" if margin else ""
+    if budget.size_mb is not None and entry["size_mb"] > budget.size_mb * scale:
+        why.append(f"size {entry['size_mb']:.2f} MB > {budget.size_mb * scale:.3g} MB{tight}")
     if budget.latency_ms is not None:
         if entry.get("p50_ms") is None:
             why.append("no latency measured")
-        elif entry["p50_ms"] > budget.latency_ms:
-            why.append(f"p50 {entry['p50_ms']:.2f} ms > {budget.latency_ms} ms")
-    if budget.latency_fraction is not None and entry.get("fraction_of_eager", 1e9) > budget.latency_fraction:
-        why.append(f"{entry.get('fraction_of_eager', float('nan')):.3f} of eager > {budget.latency_fraction}")
+        elif entry["p50_ms"] > budget.latency_ms * scale:
+            why.append(f"p50 {entry['p50_ms']:.2f} ms > {budget.latency_ms * scale:.3g} ms{tight}")
+    if budget.latency_fraction is not None and entry.get("fraction_of_eager", 1e9) > budget.latency_fraction * scale:
+        frac = entry.get("fraction_of_eager", float("nan"))
+        why.append(f"{frac:.3f} of eager > {budget.latency_fraction * scale:.3g}{tight}")
     return (not why, "; ".join(why))
 
 

@@ -50,6 +50,9 @@ def run_search(
         keep = Path(export_candidates) if export_candidates else None
         table = LatencyTable(sdir / "latency.json", s.budget, s.timing_iters, log, keep_dir=keep)
         table.reference = reference
+        for r in s.reuse_from:  # another search's folder: its timings on this machine count here too
+            if n := table.adopt(Path(r) / "latency.json"):
+                log(f"[search] {n} latencies from {r}/latency.json (same machine)")
         cands = enumerate_space(s, n_layers)
         log(f"[search] {pcfg.name}: {len(cands)} candidates; budget {_budget_text(s.budget)}")
         measured = _time_all(cands, table, export_cfg, clock, log)
@@ -113,7 +116,7 @@ def _time_all(cands, table, export_cfg, clock, log) -> dict[str, dict]:
         t0 = time.perf_counter()
         e = table.measure(c, export_cfg)
         clock.add("timing", time.perf_counter() - t0)
-        ok, why = within_budget(e, table.budget)
+        ok, why = within_budget(e, table.budget, table.budget.margin)
         out[c.id] = {**{k: v for k, v in e.items() if k != "layer_shapes"}, "meets_budget": ok, "over_budget": why}
         lat = f"p50 {e['p50_ms']:.2f} ms" if e.get("p50_ms") is not None else "no latency"
         frac = f" ({e['fraction_of_eager']:.3f} of eager)" if "fraction_of_eager" in e else ""

@@ -32,6 +32,13 @@ class Budget(Section):
     shape: list[int] = Field([1, 128], description="batch x sequence length the latency budget is for")
     provider: Literal["cpu", "cuda"] = "cpu"
     threads: int = Field(2, gt=0, description="ONNX Runtime and PyTorch threads while timing")
+    margin: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="a candidate enters training only when it is this share under the budget (timing noise; the "
+        "trained model's int8 fallback may keep a MatMul float); the winner is held to the budget itself",
+    )
     latency_table: str | None = Field(
         None,
         description="JSON written by `compresstune bench onnx` on the target device for the files "
@@ -106,7 +113,11 @@ class SearchConfig(Section):
     prune_stage: str | None = Field(None, description="the prune stage whose ratios the space sets")
     time_limit_min: float = Field(120.0, gt=0, description="no new candidate run starts after this")
     timing_iters: int = Field(60, ge=10, description="calls per engine when timing a candidate")
-    reuse_from: list[str] = Field([], description="run folders whose finished stages candidates may take")
+    reuse_from: list[str] = Field(
+        [],
+        description="run folders whose finished stages candidates may take, or other searches' folders (their runs "
+        "and, when timed on this machine, their latency tables)",
+    )
 
 
 class SearchProblem(ConfigError):
