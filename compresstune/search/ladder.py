@@ -60,6 +60,14 @@ def rung_metric(run_dir: Path, until: str | None, stages: list[str]) -> float | 
     return None
 
 
+def _finished(run_dir: Path) -> bool:
+    """Every stage the run has planned is done (a rerun of it only reads the manifest)."""
+    if not (run_dir / "manifest.json").is_file():
+        return False
+    stages = Manifest.load(run_dir).stages
+    return bool(stages) and all(rec.get("status") == "done" for rec in stages.values())
+
+
 def last_training_stage(raw: dict) -> str:
     """The stage just before the first export: where a cheap rung stops."""
     stages = raw["stages"]
@@ -90,6 +98,7 @@ class Ladder:
     ):
         self.sdir, self.raw, self.pcfg, self.s, self.n, self.clock = sdir, raw, pcfg, s, teacher_layers, clock
         self.log, self.progress = log, progress
+        self.on_change = lambda: None  # called after every candidate run (run.py saves state.json)
         self.runs = sdir / "runs"
         self.results: dict[str, dict] = {}  # candidate id -> {"rungs": {k: metric}, ...}
 
@@ -124,7 +133,7 @@ class Ladder:
     def _run_one(self, cand: Candidate, k: int, rung: dict | None) -> float | None:
         res = self.results.setdefault(cand.id, {"rungs": {}})
         name = self.run_name(cand, k)
-        if self.clock.total() > self.s.time_limit_min * 60:
+        if self.clock.total() > self.s.time_limit_min * 60 and not _finished(self.runs / name):
             res["stopped"] = f"rung {k}: not started, the time limit ({self.s.time_limit_min:g} min) was reached"
             self.log(f"[search] {name}: not started (time limit)")
             return None
@@ -162,6 +171,7 @@ class Ladder:
             return None
         finally:
             self.clock.add("final" if rung is None else "recovery", time.perf_counter() - t0)
+            self.on_change()
         metric = rung_metric(self.runs / name, until, raw["stages"])
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)

@@ -69,6 +69,12 @@ def run_search(
         ladder.results = {k: v for k, v in state.get("results", {}).items() if "rungs" in v}
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
+
+        def save_state() -> None:
+            state = {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
+            write_json_atomic(state_path, state)
+
+        ladder.on_change = save_state
         finished = ladder.run(entrants)
         winner, checks = _pick(finished, ladder, s, table, pcfg, log)
         clock.add("timing", sum(c.get("time_s", 0.0) for c in checks))
@@ -90,9 +96,7 @@ def run_search(
         if winner:
             result["winner_run"] = str(ladder.runs / ladder.run_name(winner, len(ladder.rungs()) - 1))
             result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, s, winner, n_layers, sdir, Path(path)))
-        write_json_atomic(
-            state_path, {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
-        )
+        save_state()
         write_json_atomic(sdir / "search.json", result)
         write_report(sdir, result, log)
         return result
