@@ -102,10 +102,16 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
         (lambda t: t.replace("ffn_ratio: [0.0, 0.5]", "ffn_ratio: [0.0, 1.5]"), "ratios lie in [0, 1)"),
         (lambda t: t.replace("ffn_ratio: 0.5, head_ratio: 0.0,", "mode: global, ffn_ratio: 0.5,"), "mode: uniform"),
         (lambda t: t.replace("distill, prune, finetune", "prune, finetune"), "no distill stage"),
-        (lambda t: t.replace("budget: {", "budget: {latency_fraction: 0.5, latency_table: t.json, "), "latency_ms"),
+        (
+            lambda t: t.replace("budget: {", "budget: {latency_fraction: 0.5, latency_table: t.json, "),
+            "set search.budget.latency_fraction=null",
+        ),
+        (lambda t: t.replace("finetune.max_steps: 2,", "finetune.max_step: 2,"), "search.ladder.rungs[0]: "),
+        (lambda t: t.replace("finetune.max_steps: 2,", "finetun.max_steps: 2,"), "do not name a stage's setting"),
     ],
 )
-def test_bad_search_sections_are_one_clear_error(tmp_path, tiny_bert, glue_dir, edit, expect):
+def test_bad_search_sections_are_one_clear_error(tmp_path, tiny_bert, glue_dir, edit, expect, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a search would write (exported/)
     p = tmp_path / "s.yaml"
     p.write_text(edit(SEARCH_YAML.format(model=tiny_bert, glue=glue_dir)))
     r = CliRunner().invoke(main, ["search", str(p)])
@@ -177,6 +183,7 @@ def test_search_finds_a_winner_and_resumes_after_sigkill(tmp_path, tiny_bert, gl
     assert all(c["size_mb"] <= 1.2 for c in by_id.values() if c.get("rungs"))
     winner_run = tmp_path / res["winner_run"]
     assert (winner_run / "deploy" / "model.onnx").is_file()
+    assert json.loads((winner_run / "report.json").read_text())["ship"]["chosen"] == res["winner"]["variant"]
     assert (winner_run / "deploy" / "model.onnx").stat().st_size / 2**20 <= 1.2
     for f in ("SEARCH.md", "search.png", "latency.json", "winner.yaml"):
         assert (sdir / f).is_file(), f
@@ -224,7 +231,7 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
             "search",
             str(tmp_path / "s.yaml"),
             "--output-dir",
-            str(tmp_path / "out2"),
+            str(tmp_path / "out"),  # the folder the local timings went to: the target's must still win
             f"search.budget.latency_table={table}",
             f"search.budget.latency_ms={slow * 0.999}",
             "search.budget.margin=0",
@@ -232,10 +239,10 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
         ],
     )
     assert r.exit_code in (0, 1), r.output
-    lat = json.loads((tmp_path / "out2" / "tsearch" / "latency.json").read_text())["entries"]
-    assert sorted(e["p50_ms"] for e in lat.values()) == sorted(rows.values())
-    assert all(e["source"] == str(table) for e in lat.values())
-    res = json.loads((tmp_path / "out2" / "tsearch" / "search.json").read_text())
+    lat = json.loads((tmp_path / "out" / "tsearch" / "latency.json").read_text())["entries"]
+    from_table = [e for e in lat.values() if e["source"] == str(table)]
+    assert sorted(e["p50_ms"] for e in from_table) == sorted(rows.values())
+    res = json.loads((tmp_path / "out" / "tsearch" / "search.json").read_text())
     over = [c for c in res["candidates"] if not c["meets_budget"]]
     assert len(over) == 1 and over[0]["p50_ms"] == slow and "ms >" in over[0]["over_budget"]
 
@@ -255,3 +262,20 @@ def test_latency_tables_of_other_searches_count_only_from_this_machine(tmp_path)
     assert table.adopt(tmp_path / "a" / "latency.json") == 1 and table.adopt(tmp_path / "b" / "latency.json") == 0
     assert table.adopt(tmp_path / "missing.json") == 0
     assert table.data["entries"]["k1"]["from"] == str(tmp_path / "a" / "latency.json")
+
+
+def test_space_left_out_keeps_the_recipe_and_time_limit_stops_new_runs(tmp_path, tiny_bert, glue_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = SEARCH_YAML.replace(
+        "space: {{layers: [1, 2], head_ratio: [0.0, 0.5], ffn_ratio: [0.0, 0.5]}}", "space: {{head_ratio: [0.5]}}"
+    ).replace("distill_mode: task_specific,", "distill_mode: task_specific, student_layers: 1,")
+    assert text != SEARCH_YAML
+    _write(tmp_path, tiny_bert, glue_dir, text)
+    _, s, _ = load_search(tmp_path / "s.yaml")
+    assert (s.space.layers, s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio) == ([1], [0.5], [0.5], [0.0])
+    r = CliRunner().invoke(main, ["search", "s.yaml", "search.time_limit_min=0.0001"])
+    assert r.exit_code == 1, r.output
+    assert "L1-h50-f50-x00-int8dynamic.r0: not started (time limit)" in r.output
+    md = (tmp_path / "exported" / "tsearch" / "SEARCH.md").read_text()
+    assert "the time limit was reached before a finalist finished" in md
+    assert not (tmp_path / "exported" / "tsearch" / "runs").exists()

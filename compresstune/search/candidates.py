@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..config.sections import PipelineConfig
-from .spec import SearchConfig
+from .spec import TEACHER_DEPTH, SearchConfig
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,7 @@ class Candidate:
     @property
     def id(self) -> str:
         r = "-".join(
-            f"{k}{round(v * 100):02d}"
-            for k, v in (("h", self.head_ratio), ("f", self.ffn_ratio), ("x", self.hidden_ratio))
+            f"{k}{_pct(v)}" for k, v in (("h", self.head_ratio), ("f", self.ffn_ratio), ("x", self.hidden_ratio))
         )
         return f"L{self.layers}-{r}-{self.variant.replace('_', '')}"
 
@@ -43,8 +42,15 @@ class Candidate:
         return {"id": self.id, **asdict(self)}
 
 
+def _pct(v: float) -> str:
+    """A ratio as a percentage for ids: 0.5 -> "50", 0.125 -> "12p5" (distinct ratios, distinct ids)."""
+    pct = round(v * 100, 4)
+    return f"{int(pct):02d}" if pct == int(pct) else f"{pct:g}".replace(".", "p")
+
+
 def enumerate_space(s: SearchConfig, teacher_layers: int) -> list[Candidate]:
-    depths = s.space.layers or [teacher_layers]
+    """Every point of the space; depths are those of ``space.layers`` up to the teacher's."""
+    depths = sorted({teacher_layers if d == TEACHER_DEPTH else d for d in s.space.layers})
     return [
         Candidate(d, h, f, x, v)
         for d, h, f, x, v in itertools.product(
@@ -77,7 +83,9 @@ def _set(raw: dict, dotted: str, value) -> None:
     """A rung's ``section.key: value`` (the value already typed by YAML)."""
     keys, node = dotted.split("."), raw
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or an empty section (`export:`)
+            node[k] = {}
+        node = node[k]
     node[keys[-1]] = value
 
 
@@ -111,13 +119,15 @@ def candidate_pipeline(
             _drop_stage(out, s.prune_stage)
     export, bench, report = (_stage_of_type(pcfg, t) for t in ("export", "benchmark", "report"))
     shape = list(s.budget.shape)
-    ex = out.setdefault(export, {})
-    variants = list(ex.get("variants") or ["fp32"])
-    ex["variants"] = variants + [cand.variant] if cand.variant not in variants else variants
+    # the candidate ships as its own variant: exported beside fp32 (the reference every variant is verified
+    # against), and the only one the benchmark times (the report ships among timed variants only)
+    out[export] = {**(out.get(export) or {}), "variants": list(dict.fromkeys(["fp32", cand.variant]))}
     if bench and bench in out["stages"]:
         points = [list(p) for p in pcfg.stages[bench].points()]
+        b = {**(out.get(bench) or {}), "variants": [cand.variant]}
         if shape not in points:
-            out[bench] = {**(out.get(bench) or {}), "shapes": points + [shape]}
+            b["shapes"] = points + [shape]
+        out[bench] = b
     # the variant to ship: the smallest file when the budget is a size (int8 on real models is both)
     rule = "smallest" if s.budget.size_mb is not None else "fastest"
     out[report] = {**(out.get(report) or {}), "ship_shape": shape, "ship_rule": rule}

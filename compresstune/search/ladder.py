@@ -69,19 +69,11 @@ def _finished(run_dir: Path) -> bool:
 
 
 def last_training_stage(raw: dict) -> str:
-    """The stage just before the first export: where a cheap rung stops."""
+    """The stage just before the candidate's export (the last export: an earlier one may be the uncompressed
+    reference's): where a cheap rung stops."""
     stages = raw["stages"]
-    first_export = next(
-        i
-        for i, n in enumerate(stages)
-        if (raw.get(n) or {}).get("type", n) == "export" and i > 0 and not _is_reference_export(raw, n)
-    )
-    return stages[first_export - 1]
-
-
-def _is_reference_export(raw: dict, name: str) -> bool:
-    """An export of the uncompressed teacher (the benchmark's baseline), not of the candidate."""
-    return any((raw.get(n) or {}).get("baseline") == name for n in raw["stages"])
+    last_export = max(i for i, n in enumerate(stages) if (raw.get(n) or {}).get("type", n) == "export")
+    return stages[last_export - 1]
 
 
 class Ladder:
@@ -145,16 +137,15 @@ class Ladder:
             self.sdir / "pipelines" / f"{name}.yaml",
             f"search candidate {cand.id}, rung {k}{' (full recipe)' if rung is None else ''}",
         )
-        cfg = load_config(path)
         until = None if rung is None else last_training_stage(raw)
-        reuse = [p for p in sorted(self.runs.glob("*")) if p.is_dir() and p.name != name]
-        for r in map(Path, self.s.reuse_from):  # a run folder, or another search's folder (its runs); absent: none
-            reuse += (
-                sorted(p for p in (r / "runs").glob("*") if p.is_dir()) if (r / "runs").is_dir() else [r] * r.is_dir()
-            )
+        reuse = [p for p in sorted(self.runs.glob("*")) if p.name != name]
+        for r in map(Path, self.s.reuse_from):  # a run folder, or another search's folder (its runs)
+            reuse += sorted((r / "runs").glob("*")) if (r / "runs").is_dir() else [r]
+        reuse = [p for p in reuse if (p / "manifest.json").is_file()]  # absent, or killed before its first record
         t0 = time.perf_counter()
         self.log(f"[search] {name}: rung {k}{' (full recipe)' if rung is None else ''}")
         try:
+            cfg = load_config(path)
             run_pipeline(
                 cfg,
                 run_name=name,

@@ -47,24 +47,46 @@ def build_architecture(reference: torch.nn.Module, cand: Candidate) -> torch.nn.
     return m.eval()
 
 
-def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg, budget: Budget) -> str:
-    """What decides a latency: the layer shapes, hidden size, vocabulary, variant and its settings, where
-    it is timed."""
-    spec = arch_for(model)
-    sig = {
-        "v": TABLE_VERSION,
-        "layers": layer_shapes(model),
-        "hidden": getattr(model.config, spec.config_hidden),
-        "vocab": model.config.vocab_size,
-        "variant": cand.variant,
-        "per_channel": export_cfg.per_channel,
-        "quantize_embeddings": export_cfg.quantize_embeddings,
-        "opset": export_cfg.opset,
-        "shape": list(budget.shape),
-        "provider": budget.provider,
-        "threads": budget.threads,
+def reference_id(reference: torch.nn.Module) -> dict:
+    """The uncompressed model a fraction of eager is taken against."""
+    return {
+        "name": str(getattr(reference.config, "_name_or_path", "")),
+        "model_type": reference.config.model_type,
+        "layers": layer_shapes(reference),
+        "positions": getattr(reference.config, "max_position_embeddings", None),
     }
-    return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg) -> str:
+    """What the candidate's file is: layer shapes, hidden size, vocabulary, variant and its settings (the name
+    of the file `--export-candidates` writes, and of its row in a target's table)."""
+    spec = arch_for(model)
+    return _digest(
+        {
+            "v": TABLE_VERSION,
+            "layers": layer_shapes(model),
+            "hidden": getattr(model.config, spec.config_hidden),
+            "vocab": model.config.vocab_size,
+            "variant": cand.variant,
+            "per_channel": export_cfg.per_channel,
+            "quantize_embeddings": export_cfg.quantize_embeddings,
+            "opset": export_cfg.opset,
+        }
+    )
+
+
+def timing_key(file_key: str, budget: Budget, reference: dict) -> str:
+    """A measurement of that file: where it was timed (here, against ``reference``, or a target's table by its
+    content), at which shape, provider and thread count."""
+    source = "here"
+    if budget.latency_table:
+        source = "table:" + hashlib.sha256(Path(budget.latency_table).read_bytes()).hexdigest()[:16]
+    where = {"source": source, "shape": list(budget.shape), "provider": budget.provider, "threads": budget.threads}
+    return _digest({"file": file_key, "reference": reference if source == "here" else None, **where})
 
 
 def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, export_cfg) -> Path:
@@ -118,7 +140,8 @@ class LatencyTable:
 
     def measure(self, cand: Candidate, export_cfg) -> dict:
         model = build_architecture(self.reference, cand)
-        key = shape_key(model, cand, export_cfg, self.budget)
+        file_key = shape_key(model, cand, export_cfg)
+        key = timing_key(file_key, self.budget, reference_id(self.reference))
         if key in self.data["entries"] and not self.keep_dir:
             return {**self.data["entries"][key], "key": key, "cached": True}
         t0 = time.perf_counter()
@@ -130,16 +153,18 @@ class LatencyTable:
                 "params": count_params(model)["total"],
                 "layer_shapes": layer_shapes(model),
                 "variant": cand.variant,
+                "file_key": file_key,
             }
             if self.keep_dir is not None:
                 self.keep_dir.mkdir(parents=True, exist_ok=True)
-                kept = self.keep_dir / f"{key}.onnx"
+                kept = self.keep_dir / f"{file_key}.onnx"
                 os.replace(path, kept)
                 path = kept
-            entry.update(self._time(path, model.config.vocab_size, f"{key}.onnx"))
+            entry.update(self._time(path, model.config.vocab_size, f"{file_key}.onnx"))
         entry["build_and_time_s"] = round(time.perf_counter() - t0, 2)
         self.data["entries"][key] = entry
-        self.data["machine"] = machine_info()
+        if self.external is None:
+            self.data["machine"] = machine_info()  # where the local entries were timed
         write_json_atomic(self.path, self.data)
         return {**entry, "key": key, "cached": False}
 
@@ -161,6 +186,8 @@ class LatencyTable:
                 i.name: (ids if i.name == "input_ids" else torch.ones(b, s, dtype=torch.long)).numpy()
                 for i in sess.get_inputs()
             }
+            dev = "cuda" if self.budget.provider == "cuda" else "cpu"
+            reference.to(dev)
             names = set(model_inputs(reference))
             tin = {
                 k: v
@@ -172,18 +199,22 @@ class LatencyTable:
                 if k in names
             }
 
+            tin = {k: v.to(dev) for k, v in tin.items()}
+            sync = torch.cuda.synchronize if dev == "cuda" else None
+
             def eager():
                 with torch.inference_mode():
                     reference(**tin)
 
             stats = interleaved(
-                {"candidate": (lambda: sess.run(None, feed), None), "eager": (eager, None)},
+                {"candidate": (lambda: sess.run(None, feed), None), "eager": (eager, sync)},
                 warmup=3,
                 iters=self.iters,
                 rounds=4,
             )
         finally:
             torch.set_num_threads(threads)
+            reference.to("cpu")  # candidates are built from it on the CPU
         ratio = speedup(stats, "candidate", "eager")
         return {
             "p50_ms": round(stats["candidate"]["p50_ms"], 4),

@@ -140,7 +140,7 @@ def _budget_line(b: dict, ms: float | None) -> str:
     parts = []
     if b.get("latency_fraction"):
         parts.append(f"p50 <= {b['latency_fraction']:g} x the uncompressed PyTorch eager (= {_fmt(ms)} ms here)")
-    elif b.get("latency_ms"):
+    if b.get("latency_ms"):
         parts.append(f"p50 <= {b['latency_ms']:g} ms")
     if b.get("size_mb"):
         parts.append(f"ONNX file <= {b['size_mb']:g} MB")
@@ -154,14 +154,24 @@ def _winner_lines(res: dict) -> list[str]:
     w = res.get("winner")
     checks = res.get("winner_checks") or []
     if not w:
-        return [
-            "**No winner**: no full-recipe candidate finished and met the budget. "
-            + (
-                "Checks: " + "; ".join(f"{c['id']}: {c['over_budget']}" for c in checks)
-                if checks
-                else "Rerun the same command to resume (finished runs are kept), or raise the time limit."
+        cands = res["candidates"]
+        if not any(c.get("meets_budget") for c in cands):
+            why = (
+                "no candidate of the space meets the budget (less the margin): widen the space (fewer layers, "
+                "more pruning, int8) or relax the budget"
             )
-        ]
+        elif checks:
+            why = "every finalist's bundle missed the budget when timed again: " + "; ".join(
+                f"{c['id']}: {c['over_budget']}" for c in checks
+            )
+        elif any("time limit" in (c.get("stopped") or "") for c in cands):
+            why = (
+                "the time limit was reached before a finalist finished: raise search.time_limit_min and rerun "
+                "the same command (finished runs are kept)"
+            )
+        else:
+            why = "no finalist finished its full recipe (see each candidate's note)"
+        return [f"**No winner**: {why}."]
     c = next(x for x in checks if x["id"] == w["id"])
     lat = (
         f"p50 {_fmt(c.get('p50_ms'))} ms ({_fmt(c.get('fraction_of_eager'), '.3f')} of eager)"

@@ -54,19 +54,20 @@ def run_search(
             if n := table.adopt(Path(r) / "latency.json"):
                 log(f"[search] {n} latencies from {r}/latency.json (same machine)")
         cands = enumerate_space(s, n_layers)
+        if deeper := [d for d in s.space.layers if n_layers < d < 10**6]:
+            log(f"[search] search.space.layers {deeper}: deeper than the model's {n_layers} layers, left out")
         log(f"[search] {pcfg.name}: {len(cands)} candidates; budget {_budget_text(s.budget)}")
         measured = _time_all(cands, table, export_cfg, clock, log)
         if keep is not None:
             log(
-                f"[search] candidate files in {keep}/ (KEY.onnx, keys in {sdir / 'latency.json'}); time them on the "
-                f"target with `compresstune bench onnx {keep}/*.onnx --shapes {'x'.join(map(str, s.budget.shape))} "
-                "--out FILE` and set search.budget.latency_table: FILE"
+                f"[search] candidate files in {keep}/ (FILE_KEY.onnx: `file_key` in {sdir / 'latency.json'}); "
+                f"time them on the target with `compresstune bench onnx {keep}/*.onnx --shapes "
+                f"{'x'.join(map(str, s.budget.shape))} --out FILE` and set search.budget.latency_table: FILE"
             )
             return {"latency": measured}
         entrants, skipped = _entrants(cands, measured, s)
         log(f"[search] {len(entrants)} under budget enter rung 0: {', '.join(c.id for c in entrants) or 'none'}")
         ladder = Ladder(sdir, raw, pcfg, s, n_layers, clock, log, progress)
-        ladder.results = {k: v for k, v in state.get("results", {}).items() if "rungs" in v}
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
 

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..options import Section
 
 SPACE_VARIANTS = ("fp32", "optimized", "int8_dynamic", "fp16")
+TEACHER_DEPTH = 10**6  # "the teacher's own depth" before the model is loaded (clipped to it then)
 
 
 class Budget(Section):
@@ -58,27 +59,29 @@ class Budget(Section):
             raise ValueError("give latency_ms, latency_fraction or size_mb (or several)")
         if self.latency_table and self.latency_fraction is not None:
             raise ValueError(
-                "latency_fraction needs the uncompressed PyTorch model timed on the same machine; with a "
-                "latency_table from another device give latency_ms"
+                "latency_fraction needs the uncompressed PyTorch model timed on this machine; with a latency_table "
+                "from another device give latency_ms and set search.budget.latency_fraction=null"
             )
         return self
 
 
 class Space(Section):
     layers: list[int] | None = Field(
-        None, description="encoder depths to try (needs a distill stage; the teacher's own depth skips it)"
+        None,
+        description="encoder depths to try (needs a distill stage; a depth of the teacher's own skips it); a "
+        "dimension left out keeps the recipe's own value",
     )
-    head_ratio: list[float] = Field([0.0], description="shares of attention heads removed")
-    ffn_ratio: list[float] = Field([0.0], description="shares of FFN neurons removed")
-    hidden_ratio: list[float] = Field([0.0], description="shares of the hidden size removed")
+    head_ratio: list[float] | None = Field(None, description="shares of attention heads removed")
+    ffn_ratio: list[float] | None = Field(None, description="shares of FFN neurons removed")
+    hidden_ratio: list[float] | None = Field(None, description="shares of the hidden size removed")
     variant: list[str] = Field(["int8_dynamic"], description="export variant a candidate ships as")
 
     @field_validator("head_ratio", "ffn_ratio", "hidden_ratio")
     @classmethod
     def _ratios(cls, v):
-        if not v or any(not 0 <= r < 1 for r in v):
+        if v is not None and (not v or any(not 0 <= r < 1 for r in v)):
             raise ValueError("ratios lie in [0, 1); give at least one")
-        return sorted(set(v))
+        return sorted(set(v)) if v is not None else v
 
     @field_validator("variant")
     @classmethod
@@ -136,14 +139,26 @@ def _stage_of(pcfg: PipelineConfig, given: str | None, method: str, key: str, sr
     return found[0] if found else None
 
 
+def _fill_space(s: SearchConfig, pcfg: PipelineConfig) -> None:
+    """Dimensions the space leaves out keep the recipe's own values (no stage is dropped by omission)."""
+    sp = s.space
+    if sp.layers is None:
+        d = pcfg.stages[s.depth_stage] if s.depth_stage else None
+        sp.layers = [len(d.keep_layers) if d.keep_layers else d.student_layers] if d else [TEACHER_DEPTH]
+    p = pcfg.stages[s.prune_stage] if s.prune_stage else None
+    for name in ("head_ratio", "ffn_ratio", "hidden_ratio"):
+        if getattr(sp, name) is None:
+            setattr(sp, name, [getattr(p, name)] if p else [0.0])
+
+
 def _check_structure(s: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchConfig:
     s.depth_stage = _stage_of(pcfg, s.depth_stage, "distill", "depth_stage", src)
     s.prune_stage = _stage_of(pcfg, s.prune_stage, "prune", "prune_stage", src)
     problems = []
     if s.space.layers and not s.depth_stage:
         problems.append("search.space.layers: the pipeline has no distill stage to set the depth of; add one.")
-    widths = any(v != [0.0] for v in (s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio))
-    if widths and not s.prune_stage:
+    given = [v for v in (s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio) if v is not None]
+    if any(v != [0.0] for v in given) and not s.prune_stage:
         problems.append("search.space: ratios need a compress stage with method prune in the pipeline; add one.")
     if s.prune_stage:
         p = pcfg.stages[s.prune_stage]
@@ -152,12 +167,41 @@ def _check_structure(s: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchC
                 f"{s.prune_stage}: search needs mode: uniform and target: ratio (latency depends on the widths, "
                 "which then follow from the ratios alone)."
             )
-    exports = [n for n, st in pcfg.stages.items() if st.type == "export"]
-    if not exports or not any(st.type == "report" for st in pcfg.stages.values()):
-        problems.append("stages: a searched pipeline ends in export ... report (the finalists ship a bundle).")
+    types = [st.type for st in pcfg.stages.values()]
+    if "export" not in types or "benchmark" not in types or "report" not in types:
+        problems.append(
+            "stages: a searched pipeline ends in export, benchmark and report (a finalist ships the bundle the "
+            "report writes, of the variant the benchmark timed)."
+        )
     if problems:
         raise SearchProblem(src, problems)
+    _fill_space(s, pcfg)
     return s
+
+
+def check_rungs(raw: dict, s: SearchConfig, pcfg: PipelineConfig, src: str) -> None:
+    """Each rung's settings on a candidate that keeps every stage, validated now (a typo would otherwise
+    surface in the first candidate's generated file)."""
+    from ..config.loader import config_from_dict
+    from .candidates import Candidate, candidate_pipeline
+
+    cand = Candidate(min(s.space.layers), 0.25, 0.25, 0.0, s.space.variant[0])
+    problems = []
+    for k, rung in enumerate(s.ladder.rungs):
+        bad = [key for key in rung if len(key.split(".")) < 2 or key.split(".")[0] not in pcfg.stages]
+        if bad:
+            problems.append(
+                f"search.ladder.rungs[{k}]: {bad} do not name a stage's setting (stage.key); "
+                f"the stages are {', '.join(pcfg.stages)}."
+            )
+            continue
+        out = candidate_pipeline(raw, pcfg, s, cand, TEACHER_DEPTH, rung)
+        try:
+            config_from_dict(out, source=src, base_dir=pcfg.base_dir, check_files=False)
+        except ConfigError as exc:
+            problems += [f"search.ladder.rungs[{k}]: {p}" for p in exc.problems]
+    if problems:
+        raise SearchProblem(src, problems)
 
 
 def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, PipelineConfig]:
@@ -181,7 +225,9 @@ def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, Pip
             for e in exc.errors()
         ]
         raise SearchProblem(src, msgs) from None
-    return raw, _check_structure(s, pcfg, src), pcfg
+    s = _check_structure(s, pcfg, src)
+    check_rungs(raw, s, pcfg, src)
+    return raw, s, pcfg
 
 
 def _load_pipeline(path: Path, overrides) -> PipelineConfig:
