@@ -24,37 +24,45 @@ def pareto(cands: list[dict], x: str = "p50_ms") -> list[str]:
 
 
 def _plot(path: Path, cands: list[dict], front: list[str], winner: str | None, final_rung: int, budget) -> None:
+    """Every candidate: trained ones at the metric of the highest rung reached; the others on a strip at the
+    bottom (over budget, or not among the largest); the Pareto front; the latency budget."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for c in cands:
-        rung, met = _reached(c)
-        if c.get("p50_ms") is None or met is None:
-            continue
+    fig, ax = plt.subplots(figsize=(8, 5))
+    trained = [(c, *_reached(c)) for c in cands if c.get("p50_ms") is not None and _reached(c)[1] is not None]
+    mets = [m for _, _, m in trained]
+    floor = (min(mets) - 0.1 * (max(mets) - min(mets) + 1)) if mets else 0.0
+    for c, rung, met in trained:
         full = rung == final_rung
-        ax.scatter(
-            c["p50_ms"],
-            met,
-            marker="o" if full else "x",
-            color="C1" if c["id"] == winner else ("C0" if full else "C7"),
-            zorder=3,
-        )
+        color = "C1" if c["id"] == winner else ("C0" if full else "C7")
+        ax.scatter(c["p50_ms"], met, marker="o" if full else "x", color=color, zorder=3)
         ax.annotate(c["id"], (c["p50_ms"], met), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    pts = sorted((c["p50_ms"], _reached(c)[1]) for c in cands if c["id"] in front)
+    rest = [c for c in cands if c.get("p50_ms") is not None and _reached(c)[1] is None]
+    if rest:
+        over = [c["p50_ms"] for c in rest if not c.get("meets_budget")]
+        under = [c["p50_ms"] for c in rest if c.get("meets_budget")]
+        ax.scatter(over, [floor] * len(over), marker="|", color="C3", s=80, label="not trained: over budget")
+        ax.scatter(
+            under,
+            [floor] * len(under),
+            marker="|",
+            color="C7",
+            s=80,
+            label="not trained: under budget, not among the largest / stopped",
+        )
+    pts = sorted((c["p50_ms"], met) for c, _, met in trained if c["id"] in front)
     if pts:
         ax.plot(*zip(*pts), color="C2", lw=1, label="Pareto front (metric at the fidelity reached)")
-    limits = {c.get("budget_ms") for c in cands if c.get("budget_ms")}
-    for lim in limits:
-        ax.axvline(lim, color="C3", ls="--", lw=1, label="latency budget")
-    ax.set_xlabel(f"p50 latency (ms) at {budget['shape'][0]} x {budget['shape'][1]}")
-    ax.set_ylabel("dev metric")
+    for lim in {c.get("budget_ms") for c in cands if c.get("budget_ms")}:
+        ax.axvline(lim, color="C3", ls="--", lw=1, label=f"latency budget ({lim:.2f} ms)")
+    ax.set_xlabel(f"p50 latency (ms) at {budget['shape'][0]} x {budget['shape'][1]}, as timed in the search")
+    ax.set_ylabel("dev metric (bottom strip: not trained)")
     ax.set_title("search: o = full recipe, x = cheaper rung only; orange = winner", fontsize=9)
     ax.grid(alpha=0.3)
-    if pts or limits:
-        ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
