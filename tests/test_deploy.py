@@ -407,3 +407,33 @@ def test_trim_vocab_keeps_predictions(bundles, tmp_path, glue_dir):
     assert rp["covered"]["label_agreement"] == 1
     with pytest.raises(CheckFailed, match="below min_agreement"):
         trim_vocab(src, ["a b c"], tmp_path / "tiny", check_texts=SENTS, min_agreement=1.0)
+
+
+def test_pipeline_trims_the_bundle_vocabulary_and_verifies_it(tmp_path, tiny_bert, glue_dir, monkeypatch):
+    """`report.trim_vocab`: the shipped bundle's vocabulary is cut to the training text's word pieces, checked on
+    the dev set, and still predicts; the edge model is built from the trimmed one."""
+    from click.testing import CliRunner
+    from conftest import write_pipeline
+
+    from compresstune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir, extra="  trim_vocab: true\n  edge: true")
+    r = CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "vocabulary trimmed 30522 -> " in r.output
+    rep = json.loads((tmp_path / "exported" / "t" / "report.json").read_text())
+    v = rep["ship"]["bundle"]["vocab"]
+    assert v["trimmed"] and v["vocab_after"] < 3000 and v["check"]["inputs"] == 48
+    assert v["covered"]["tokenization_changed"] == 0 and v["covered"]["label_agreement"] == 1
+    deploy = tmp_path / "exported" / "t" / "deploy"
+    cfg = json.loads((deploy / "config.json").read_text())
+    assert cfg["vocab"]["size"] == v["vocab_after"]
+    outside_edge = [p for p in deploy.rglob("*") if p.is_file() and "edge" not in p.relative_to(deploy).parts]
+    assert rep["ship"]["bundle"]["total_bytes"] == sum(p.stat().st_size for p in outside_edge)
+    assert "error" not in rep["ship"]["bundle"]["edge"]["ort_format"]
+    assert "Vocabulary trimmed" in (deploy / "README.md").read_text()
+    p = Predictor(deploy)
+    assert p.tokenizer.get_vocab_size() == v["vocab_after"] and len(p.predict(["a fine film"], warn=False)) == 1
+    sess = ort.InferenceSession(str(deploy / "edge" / "model.ort"))
+    assert sess.get_inputs()[0].name == "input_ids"

@@ -291,6 +291,14 @@ class ReportConfig(StageConfig):
     )
     bundle: bool = Field(True, description="write exported/RUN/deploy/ with the shipped variant")
     edge: bool = Field(True, description="also an ORT-format model and its operator config in deploy/edge/")
+    trim_vocab: bool = Field(
+        False,
+        description="cut the bundle's vocabulary to the word pieces of the task's training text plus special tokens "
+        "(smaller embedding table); verified on the dev set, kept untrimmed when the check fails",
+    )
+    trim_min_agreement: float = Field(
+        0.99, gt=0, le=1, description="trim_vocab: least share of dev labels equal to the untrimmed bundle's"
+    )
     fixed_shape: tuple[PositiveInt, PositiveInt] | None = Field(
         None,
         description="also a fixed-shape (batch, seq) copy in deploy/edge/ for accelerators that need static shapes",

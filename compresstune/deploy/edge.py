@@ -26,12 +26,14 @@ from .predictor import make_session
 ATOL = 1e-3  # logits: fusions done at conversion time reorder float sums
 
 
-def sample_feed(session, batch: int, seq: int, seed: int = 0) -> dict:
+def sample_feed(session, batch: int, seq: int, seed: int = 0, vocab: int | None = None) -> dict:
     """Random BERT-style int64 inputs for ``session``'s inputs; later rows padded to exercise the mask.
 
-    Token ids are drawn from [1000, 2000): present in every BERT/DistilBERT vocabulary."""
+    Token ids are drawn from [1000, 2000): present in every BERT/DistilBERT vocabulary; from the upper
+    half of a smaller ``vocab`` (a trimmed bundle's)."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 2000, size=(batch, seq), dtype=np.int64)
+    high = 2000 if vocab is None else min(2000, vocab)
+    ids = rng.integers(min(1000, high // 2), high, size=(batch, seq), dtype=np.int64)
     mask = np.ones((batch, seq), dtype=np.int64)
     for b in range(1, batch):
         keep = max(2, seq - (b * seq) // (batch + 1))
@@ -47,11 +49,21 @@ def sample_feed(session, batch: int, seq: int, seed: int = 0) -> dict:
     return {n: feed[n] for n in names}
 
 
-def compare(ref_session, session, shapes, atol: float = ATOL, what: str = "model") -> dict:
+def vocab_of(onnx_path) -> int | None:
+    """The vocabulary size a bundle's config.json records when it was trimmed (None: untrimmed or no bundle)."""
+    import json
+
+    cfg = Path(onnx_path).parent / "config.json"
+    if not cfg.is_file():
+        return None
+    return (json.loads(cfg.read_text()).get("vocab") or {}).get("size")
+
+
+def compare(ref_session, session, shapes, atol: float = ATOL, what: str = "model", vocab: int | None = None) -> dict:
     """Max |logits difference| between two sessions at each (batch, seq); :class:`CheckFailed` above ``atol``."""
     diffs = {}
     for b, s in shapes:
-        feed = sample_feed(ref_session, b, s, seed=b * 1000 + s)
+        feed = sample_feed(ref_session, b, s, seed=b * 1000 + s, vocab=vocab)
         ref = ref_session.run(None, feed)[0]
         got = session.run(None, feed)[0]
         if got.shape != ref.shape:
@@ -106,7 +118,9 @@ def to_ort_format(onnx_path, out_dir, *, verify_shapes=((1, 7), (3, 19)), atol: 
             f"ORT-format conversion of {src} wrote no {ort_model.name} / operator config in {out}:\n"
             + log.getvalue()[-2000:]
         )
-    diffs = compare(make_session(src), make_session(ort_model), verify_shapes, atol, what=str(ort_model))
+    diffs = compare(
+        make_session(src), make_session(ort_model), verify_shapes, atol, what=str(ort_model), vocab=vocab_of(src)
+    )
     return {
         "ort_model": str(ort_model),
         "operators_config": str(configs[0]),
@@ -145,7 +159,7 @@ def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> 
     onnx.save(model, str(tmp))
     shutil.move(str(tmp), str(dst))
     ref, fixed = make_session(src), make_session(dst)
-    diffs = compare(ref, fixed, [(batch, seq)], atol, what=str(dst))
+    diffs = compare(ref, fixed, [(batch, seq)], atol, what=str(dst), vocab=vocab_of(onnx_path))
     return {
         "path": str(dst),
         "input_shape": [batch, seq],

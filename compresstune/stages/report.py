@@ -143,6 +143,20 @@ class ReportStage(Stage):
             bundle_name="deploy",
         )
         rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card)
+        if ctx.cfg.trim_vocab:
+            rep["vocab"] = ship.trim_bundle(ctx.out_dir / "deploy", ctx.task, ctx.cfg.trim_min_agreement, ctx.log)
+            if rep["vocab"]["trimmed"]:
+                from ..deploy.bundle import bundle_sizes
+
+                v = rep["vocab"]
+                with open(ctx.out_dir / "deploy" / "README.md", "a", encoding="utf-8") as f:
+                    f.write(
+                        f"\nVocabulary trimmed to the {v['vocab_after']} word pieces of the training text (from "
+                        f"{v['vocab_before']}): dev metric {v['dev_metric']:.2f}, dev labels agree "
+                        f"{v['check']['label_agreement']:.2%} with the untrimmed model; words never seen in "
+                        "training split into shorter pieces or [UNK].\n"
+                    )
+                rep.update(bundle_sizes(ctx.out_dir / "deploy"))
         if ctx.cfg.edge or ctx.cfg.fixed_shape:
             rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
         rep["dir"] = "deploy"

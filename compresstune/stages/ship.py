@@ -249,3 +249,47 @@ def _latency_vs_batch(sm: dict, out_dir: Path) -> list[str]:
     fig.savefig(out_dir / "latency_vs_batch.png", dpi=110)
     plt.close(fig)
     return ["latency_vs_batch.png"]
+
+
+def _plain(texts) -> list:
+    """Task texts as the tokenizer takes them: a string, or a (first, second) pair."""
+    return [t[0] if len(t) == 1 else tuple(t) for t in texts]
+
+
+def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
+    """``report.trim_vocab``: the bundle's vocabulary cut to the word pieces of the task's training text plus
+    the special tokens (deploy/vocab.py), then verified: training-text tokenization and scores unchanged, dev
+    labels agreeing with the untrimmed bundle on at least ``min_agreement``, and the dev metric of the trimmed
+    bundle measured. A failed check keeps the untrimmed bundle and records why."""
+    import os
+    import shutil
+
+    from ..data.metrics import compute_metrics
+    from ..deploy.predictor import Predictor
+    from ..deploy.vocab import trim_vocab
+    from ..errors import CheckFailed, UserError
+
+    tmp, old = bundle_dir.with_name(bundle_dir.name + ".trim"), bundle_dir.with_name(bundle_dir.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dev = _plain(task.dev.texts)
+    try:
+        res = trim_vocab(bundle_dir, _plain(task.train.texts), tmp, check_texts=dev, min_agreement=min_agreement)
+    except (CheckFailed, UserError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"  vocabulary not trimmed: {exc}")
+        return {"trimmed": False, "error": str(exc)}
+    out = Predictor(tmp).predict(dev, warn=False)
+    preds = [r["value"] for r in out] if task.is_regression else [r["label_id"] for r in out]
+    res["dev_metric"] = compute_metrics(task, preds, list(task.dev.labels))["main"]
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(bundle_dir, old)  # the untrimmed bundle set aside until the trimmed one is in place
+    os.replace(tmp, bundle_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    chk = res.get("check", {})
+    log(
+        f"  vocabulary trimmed {res['vocab_before']} -> {res['vocab_after']} tokens, bundle "
+        f"{res['bytes_before'] / 2**20:.2f} -> {res['bytes_after'] / 2**20:.2f} MB; dev: labels agree "
+        f"{chk.get('label_agreement', 0):.2%} with the untrimmed bundle, [UNK] rate {chk.get('unk_rate', 0):.3%}, "
+        f"metric {res['dev_metric']:.2f}"
+    )
+    return {"trimmed": True, **res}
