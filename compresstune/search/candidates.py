@@ -12,11 +12,16 @@ import itertools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from ..config.sections import PipelineConfig
-from .spec import TEACHER_DEPTH, SearchConfig
+
+if TYPE_CHECKING:  # spec.py validates rungs with this module: only the type is needed here
+    from .spec import SearchConfig
+
+TEACHER_DEPTH = 10**6  # "the teacher's own depth" before the model is loaded (clipped to it then)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from ..config.loader import Problems, apply_overrides, line_map, yaml_load
 from ..config.sections import PipelineConfig
 from ..errors import ConfigError
 from ..options import Section
+from .candidates import TEACHER_DEPTH, Candidate, candidate_pipeline
 
 SPACE_VARIANTS = ("fp32", "optimized", "int8_dynamic", "fp16")
-TEACHER_DEPTH = 10**6  # "the teacher's own depth" before the model is loaded (clipped to it then)
 
 
 class Budget(Section):
@@ -183,7 +183,6 @@ def check_rungs(raw: dict, s: SearchConfig, pcfg: PipelineConfig, src: str) -> N
     """Each rung's settings on a candidate that keeps every stage, validated now (a typo would otherwise
     surface in the first candidate's generated file)."""
     from ..config.loader import config_from_dict
-    from .candidates import Candidate, candidate_pipeline
 
     cand = Candidate(min(s.space.layers), 0.25, 0.25, 0.0, s.space.variant[0])
     problems = []
