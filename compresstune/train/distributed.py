@@ -127,6 +127,19 @@ def setup_processes(device: str = "cpu") -> Processes:
     return _STATE
 
 
+def shutdown_processes() -> None:
+    """End a multi-process run cleanly: every rank meets at a barrier, then the process group is destroyed
+    (``Accelerator.end_training``). Left to interpreter exit, gloo's threads can be torn down while still
+    joinable, and a rank that finished its work aborts ("terminate called without an active exception"),
+    failing the whole job after the run completed. Trivial in a single-process run."""
+    global _STATE
+    if _STATE is None or _STATE.acc is None:
+        return
+    _STATE.barrier()
+    _STATE.acc.end_training()
+    _STATE = None
+
+
 def uses_cpu(device: str) -> bool:
     """Whether the pipeline's ``device`` setting (cpu, cuda, cuda:N, auto) trains on the CPU."""
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
