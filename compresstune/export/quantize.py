@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -89,6 +91,22 @@ def _report(src, dst, extra: dict) -> dict:
     }
 
 
+def _no_preprocess_hint(record: logging.LogRecord) -> bool:
+    # ORT's quantizers log "Please consider to run pre-processing before quantization" on the root logger for
+    # every model; here the graph is the exporter's (dynamic) or already prepared (static): the hint is noise
+    return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _quiet_hint():
+    root = logging.getLogger()
+    root.addFilter(_no_preprocess_hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(_no_preprocess_hint)
+
+
 def quantize_int8_dynamic(src: str | Path, dst: str | Path, per_channel: bool = False,
                           quantize_embeddings: bool = False, reduce_range: bool = False,
                           nodes_to_exclude: Sequence[str] = ()) -> dict:
@@ -102,11 +120,12 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path, per_channel: bool = 
 
     op_types = ["MatMul", "Attention"] + (["Gather", "EmbedLayerNormalization"] if quantize_embeddings else [])
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=reduce_range,
-        weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude),
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _quiet_hint():
+        quantize_dynamic(
+            str(src), str(dst), op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=reduce_range,
+            weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return _report(src, dst, {"mode": "dynamic", "per_channel": per_channel, "quantize_embeddings": quantize_embeddings,
                               "op_types": op_types, "nodes_excluded": list(nodes_to_exclude)})
 
@@ -189,12 +208,13 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration_feeds: li
     with tempfile.TemporaryDirectory(prefix="ct_static_") as tmp:
         model_in = Path(src) if prepared else prepare_for_static(src, Path(tmp) / "prepared.onnx")
         names = [i.name for i in onnx.load(str(model_in), load_external_data=False).graph.input]
-        quantize_static(
-            str(model_in), str(dst), FeedsReader(calibration_feeds, names), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=act,
-            weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude), calibrate_method=meth,
-            extra_options=extra, calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-        )
+        with _quiet_hint():
+            quantize_static(
+                str(model_in), str(dst), FeedsReader(calibration_feeds, names), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=act,
+                weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude), calibrate_method=meth,
+                extra_options=extra, calibration_cache_path=str(calibration_cache) if calibration_cache else None,
+            )
     return _report(src, dst, {"mode": "static_qdq", "method": method, "per_channel": per_channel,
                               "activation_type": activation_type, "op_types": list(op_types),
                               "nodes_excluded": list(nodes_to_exclude)})
