@@ -56,9 +56,8 @@ def reuse_stage(
                 f"(same fingerprint {fp}; its wall time {rec.get('wall_time_s')} s was spent there)"
             )
             return True
-    log(
-        f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {', '.join(map(str, sources))})"
-    )
+    where = ", ".join(map(str, sources[:3])) + (f" and {len(sources) - 3} more run folders" if len(sources) > 3 else "")
+    log(f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {where})")
     return False
 
 
