@@ -279,3 +279,22 @@ def test_space_left_out_keeps_the_recipe_and_time_limit_stops_new_runs(tmp_path,
     md = (tmp_path / "exported" / "tsearch" / "SEARCH.md").read_text()
     assert "the time limit was reached before a finalist finished" in md
     assert not (tmp_path / "exported" / "tsearch" / "runs").exists()
+
+
+def test_the_winners_retime_takes_four_times_the_calls_of_a_screening(tmp_path, tiny_bert):
+    """The bundle's check decides the winner: it is timed on 4x the calls in 4x the interleaved rounds."""
+    from transformers import AutoModelForSequenceClassification
+
+    from compresstune.export.onnx import export_onnx
+    from compresstune.search.latency import LatencyTable, retime_bundle
+    from compresstune.search.spec import Budget
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    path = export_onnx(model, tmp_path / "model.onnx", 17)
+    table = LatencyTable(tmp_path / "latency.json", Budget(latency_fraction=1.0, shape=[1, 16]), 20)
+    table.reference = model
+    screening = table._time(path, model.config.vocab_size, path.name)
+    check = retime_bundle(path, table)
+    assert screening["runs"] == 5 * 4  # 20 calls in 4 rounds
+    assert check["runs"] == 5 * 16 and check["retimed"]
+    assert check["fraction_of_eager"] > 0 and check["size_mb"] > 0
