@@ -177,6 +177,25 @@ def test_fingerprints_cover_glue_dir_env_device_version_and_hub_ids(tmp_path, gl
     assert model_identity(hub, ContentHashes()) == "hub:someorg/some-model"  # identified by its name only
 
 
+def test_a_local_model_folder_counts_by_content_however_its_path_is_written(tmp_path, glue_dir, tiny_bert):
+    """The same folder named from two pipeline files (relative to each, as a search's candidate pipelines and
+    winner.yaml name it) or by its absolute path gives the same fingerprints; different contents do not."""
+    shutil.copytree(tiny_bert, tmp_path / "models" / "m")
+    text = "name: t\nmodel: {m}\ntask: {{name: sst2, glue_dir: {g}, max_length: 32}}\nstages: [finetune, export]\n"
+    fps = []
+    for folder, ref in (("a", "../models/m"), ("b/c", "../../models/m"), ("d", str(tmp_path / "models" / "m"))):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "p.yaml").write_text(text.format(m=ref, g=glue_dir))
+        fps.append(fingerprints(load_config(tmp_path / folder / "p.yaml")))
+    assert fps[0] == fps[1] == fps[2]
+    shutil.copytree(tiny_bert, tmp_path / "models" / "m2")
+    cfg = json.loads((tmp_path / "models" / "m2" / "config.json").read_text())
+    (tmp_path / "models" / "m2" / "config.json").write_text(json.dumps({**cfg, "hidden_dropout_prob": 0.0}))
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "p.yaml").write_text(text.format(m="../models/m2", g=glue_dir))
+    assert fingerprints(load_config(tmp_path / "e" / "p.yaml"))["finetune"] != fps[0]["finetune"]
+
+
 def test_damaged_checkpoint_starts_training_over(project):
     d, run = project, project / "exported" / "t"
     man = json.loads((run / "manifest.json").read_text())

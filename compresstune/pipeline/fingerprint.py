@@ -68,11 +68,22 @@ def stage_fingerprints(cfg: PipelineConfig, stage_class, hashes: ContentHashes |
         }
         payload["settings"].pop("input", None)
         if cls.uses_model_and_task:
-            payload.update(model=cfg.model, task=cfg.task.model_dump(), seed=cfg.seed, **reads)
+            payload.update(model=_model_name(cfg), task=cfg.task.model_dump(), seed=cfg.seed, **reads)
         if cls.uses_model_and_task or scfg.type in TIMES:
             payload["device"] = device_kind(cfg.device)
-        if getattr(scfg, "text_file", None):  # compress: unlabelled text for distillation
+        if getattr(scfg, "text_file", None):  # compress: unlabelled text for distillation, by content only
             p = Path(scfg.text_file)
+            payload["settings"].pop("text_file", None)  # how the path is spelled (relative to which file) is moot
             payload["text_file_content"] = hashes.file(p if p.is_absolute() else cfg.base_dir / p)
         fps[name] = fingerprint(payload)
     return fps
+
+
+def _model_name(cfg: PipelineConfig) -> str:
+    """The model setting as it enters a fingerprint: a hub id or the packaged alias as written; a local folder
+    not by its path (``model_content`` holds it by content), so the same folder named relative to another file
+    (a search's candidate pipelines, a winner.yaml) or moved elsewhere keeps the fingerprints."""
+    ref = Path(cfg.model).expanduser()
+    if ref.is_absolute() or (cfg.base_dir / ref).exists():
+        return "(local folder)"
+    return cfg.model
