@@ -195,6 +195,8 @@ def test_search_finds_a_winner_and_resumes_after_sigkill(tmp_path, tiny_bert, gl
         [sys.executable, "-m", "compresstune.cli", "search", "s.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
     assert third.returncode == 0 and "] running" not in third.stdout, third.stdout
+    again = json.loads((sdir / "search.json").read_text())  # the winner's check too: same bundle, same budget
+    assert again["winner"] == res["winner"] and again["winner_checks"][0]["cached"]
 
 
 def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
@@ -298,3 +300,99 @@ def test_the_winners_retime_takes_four_times_the_calls_of_a_screening(tmp_path, 
     assert screening["runs"] == 5 * 4  # 20 calls in 4 rounds
     assert check["runs"] == 5 * 16 and check["retimed"]
     assert check["fraction_of_eager"] > 0 and check["size_mb"] > 0
+
+
+def test_advancing_share_is_exact():
+    from compresstune.search.spec import advancing
+
+    assert [advancing(100, 0.07), advancing(8, 0.5), advancing(3, 0.5), advancing(1, 0.1)] == [7, 4, 2, 1]
+
+
+def test_retime_takes_ids_inside_a_trimmed_bundles_vocabulary(tmp_path, tiny_bert):
+    """A bundle whose vocabulary was trimmed (report.trim_vocab) is re-timed with ids its tokenizer can give."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from compresstune.export.onnx import export_onnx
+    from compresstune.search.latency import LatencyTable, bundle_vocab_size, retime_bundle
+    from compresstune.search.spec import Budget
+
+    reference = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    small = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny_bert, vocab_size=40))
+    (tmp_path / "deploy").mkdir()
+    path = export_onnx(small.eval(), tmp_path / "deploy" / "model.onnx", 17)
+    vocab = {f"w{i}": i for i in range(40)}
+    Tokenizer(WordLevel(vocab, unk_token="w0")).save(str(tmp_path / "deploy" / "tokenizer.json"))
+    assert reference.config.vocab_size > 40 and bundle_vocab_size(path, reference) == 40
+    table = LatencyTable(tmp_path / "latency.json", Budget(latency_fraction=1.0, shape=[1, 16]), 10)
+    table.reference = reference
+    check = retime_bundle(path, table)
+    assert check["retimed"] and check["p50_ms"] > 0
+
+
+def test_a_target_table_must_match_the_budgets_provider_and_threads(tmp_path):
+    from compresstune.errors import UserError
+    from compresstune.search.latency import LatencyTable
+    from compresstune.search.spec import Budget
+
+    table = tmp_path / "target.json"
+    table.write_text(json.dumps({"provider": "cpu", "threads": 8, "rows": []}))
+    with pytest.raises(UserError, match=r"threads 8 .* threads 2.*search.budget.threads=8"):
+        LatencyTable(tmp_path / "latency.json", Budget(latency_ms=5, threads=2, latency_table=str(table)), 10)
+    same = Budget(latency_ms=5, threads=8, latency_table=str(table))
+    assert LatencyTable(tmp_path / "l.json", same, 10).external == {}
+    # writing the candidate files for the target: its table need not exist yet
+    missing = Budget(latency_ms=5, latency_table=str(tmp_path / "not-yet.json"))
+    assert LatencyTable(tmp_path / "l2.json", missing, 10, keep_dir=tmp_path / "cands").external is None
+
+
+def test_own_latency_table_from_another_machine_is_timed_again(tmp_path):
+    from compresstune.measure.latency import machine_info
+    from compresstune.search.latency import LatencyTable
+    from compresstune.search.spec import Budget
+
+    here = "this machine, back to back with the uncompressed model's PyTorch eager"
+    entries = {"k1": {"p50_ms": 1.0, "source": here}, "k2": {"p50_ms": 2.0, "source": "target.json"}}
+    path = tmp_path / "latency.json"
+    path.write_text(json.dumps({"machine": {**machine_info(), "cpu": "another CPU"}, "entries": entries}))
+    logged = []
+    table = LatencyTable(path, Budget(size_mb=10), 10, log=logged.append)
+    assert list(table.data["entries"]) == ["k2"] and "another machine" in logged[0]
+    path.write_text(json.dumps({"machine": machine_info(), "entries": entries}))
+    assert len(LatencyTable(path, Budget(size_mb=10), 10).data["entries"]) == 2
+
+
+def test_finished_needs_every_stage_up_to_the_rung(tmp_path):
+    from compresstune.manifest import Manifest
+    from compresstune.search.ladder import _finished
+
+    run = tmp_path / "run"
+    man = Manifest(run)
+    man.update_stage("teacher", status="done")
+    man.update_stage("distill", status="done")
+    man.save()
+    stages = ["teacher", "distill", "prune", "finetune", "export"]
+    assert _finished(run, stages, "distill")
+    assert not _finished(run, stages, "finetune")  # killed between two stages: only done records so far
+    assert not _finished(run, stages, None) and not _finished(tmp_path / "absent", stages, None)
+
+
+def test_ladder_notes_the_finalist_cut_and_survives_a_crashing_candidate(tmp_path, tiny_bert, glue_dir, monkeypatch):
+    import compresstune.search.ladder as ladder_mod
+    from compresstune.search.ladder import Clock, Ladder
+
+    _write(tmp_path, tiny_bert, glue_dir)
+    raw, s, pcfg = load_search(tmp_path / "s.yaml", ["search.ladder.rungs=[]", "search.ladder.finalists=1"])
+    lad = Ladder(tmp_path / "out", raw, pcfg, s, 2, Clock(), log=lambda m: None)
+    cands = [Candidate(2, 0.0, f, 0.0, "int8_dynamic") for f in (0.0, 0.5)]
+    for c in cands:
+        lad.results[c.id] = {"rungs": {}}
+
+    def crash(*a, **k):
+        raise RuntimeError("shape mismatch in one candidate")
+
+    monkeypatch.setattr(ladder_mod, "run_pipeline", crash)
+    assert lad.run(cands) == []
+    assert lad.results[cands[0].id]["error"] == "rung 0: RuntimeError: shape mismatch in one candidate"
+    assert lad.results[cands[1].id]["stopped"] == "rung 0: not among the 1 finalists (search.ladder.finalists)"

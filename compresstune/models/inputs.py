@@ -23,7 +23,8 @@ def dummy_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random token ids; when ``pad_tail``, later rows are padded so masking is exercised."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, min(vocab, 30000), (batch, seq), generator=g)
+    lo = min(1000, vocab // 2)  # a trimmed vocabulary may have fewer than 1000 tokens
+    ids = torch.randint(lo, min(vocab, 30000), (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
     if pad_tail and seq > 2:
         for b in range(1, batch):

@@ -135,7 +135,8 @@ def candidate_pipeline(
         out[bench] = b
     # the variant to ship: the smallest file when the budget is a size (int8 on real models is both)
     rule = "smallest" if s.budget.size_mb is not None else "fastest"
-    out[report] = {**(out.get(report) or {}), "ship_shape": shape, "ship_rule": rule}
+    # the bundle is what the winner is re-timed on (and what a user ships)
+    out[report] = {**(out.get(report) or {}), "ship_shape": shape, "ship_rule": rule, "bundle": True}
     for key, value in (rung or {}).items():
         _set(out, key, value)
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ class Clock:
         return self.before + time.perf_counter() - self.started
 
     def add(self, phase: str, seconds: float) -> None:
-        self.spent[phase] = round(self.spent[phase] + seconds, 1)
+        self.spent[phase] = self.spent[phase] + seconds
 
 
 def rung_metric(run_dir: Path, until: str | None, stages: list[str]) -> float | None:
@@ -60,12 +61,14 @@ def rung_metric(run_dir: Path, until: str | None, stages: list[str]) -> float | 
     return None
 
 
-def _finished(run_dir: Path) -> bool:
-    """Every stage the run has planned is done (a rerun of it only reads the manifest)."""
+def _finished(run_dir: Path, stages: list[str], until: str | None) -> bool:
+    """Every stage of ``stages`` up to ``until`` (all when None) is done (a rerun of it only reads the
+    manifest); a run killed between two stages is not finished."""
     if not (run_dir / "manifest.json").is_file():
         return False
-    stages = Manifest.load(run_dir).stages
-    return bool(stages) and all(rec.get("status") == "done" for rec in stages.values())
+    recs = Manifest.load(run_dir).stages
+    wanted = stages if until is None else stages[: stages.index(until) + 1]
+    return all((recs.get(n) or {}).get("status") == "done" for n in wanted)
 
 
 def last_training_stage(raw: dict) -> str:
@@ -104,7 +107,12 @@ class Ladder:
         for k, rung in enumerate(rungs):
             final = rung is None
             if final:
-                current = current[: self.s.ladder.finalists]
+                n_fin = self.s.ladder.finalists
+                for cand in current[n_fin:]:
+                    self.results[cand.id]["stopped"] = (
+                        f"rung {k}: not among the {n_fin} finalists (search.ladder.finalists)"
+                    )
+                current = current[:n_fin]
             scored = []
             for cand in current:
                 metric = self._run_one(cand, k, rung)
@@ -125,19 +133,20 @@ class Ladder:
     def _run_one(self, cand: Candidate, k: int, rung: dict | None) -> float | None:
         res = self.results.setdefault(cand.id, {"rungs": {}})
         name = self.run_name(cand, k)
-        if self.clock.total() > self.s.time_limit_min * 60 and not _finished(self.runs / name):
-            res["stopped"] = f"rung {k}: not started, the time limit ({self.s.time_limit_min:g} min) was reached"
-            self.log(f"[search] {name}: not started (time limit)")
-            return None
         raw = candidate_pipeline(self.raw, self.pcfg, self.s, cand, self.n, rung)
         raw["name"] = name
         raw = relocate_paths(raw, Path(self.pcfg.base_dir), self.sdir / "pipelines")
+        until = None if rung is None else last_training_stage(raw)
+        over = self.clock.total() > self.s.time_limit_min * 60
+        if over and not _finished(self.runs / name, raw["stages"], until):
+            res["stopped"] = f"rung {k}: not started, the time limit ({self.s.time_limit_min:g} min) was reached"
+            self.log(f"[search] {name}: not started (time limit)")
+            return None
         path = write_pipeline(
             raw,
             self.sdir / "pipelines" / f"{name}.yaml",
             f"search candidate {cand.id}, rung {k}{' (full recipe)' if rung is None else ''}",
         )
-        until = None if rung is None else last_training_stage(raw)
         reuse = [p for p in sorted(self.runs.glob("*")) if p.name != name]
         for r in map(Path, self.s.reuse_from):  # a run folder, or another search's folder (its runs)
             reuse += sorted((r / "runs").glob("*")) if (r / "runs").is_dir() else [r]
@@ -155,10 +164,14 @@ class Ladder:
                 progress=self.progress,
                 reuse_from=reuse or None,
             )
-        except CompresstuneError as exc:  # this candidate's recipe failed (a check, a verification): the others go on
+        except Exception as exc:  # noqa: BLE001 -- this candidate failed (a check, a verification, or a crash of
+            # one shape, OOM included): recorded as its result, and the others go on; a resume does not retry it
+            why = str(exc) if isinstance(exc, CompresstuneError) else f"{exc.__class__.__name__}: {exc}"
             res["rungs"][str(k)] = None
-            res["error"] = f"rung {k}: {exc}"
-            self.log(f"[search] {name}: failed: {exc}")
+            res["error"] = f"rung {k}: {why}"
+            self.log(f"[search] {name}: failed: {why}")
+            if not isinstance(exc, CompresstuneError):
+                self.log("".join(traceback.format_exception(exc)[-6:]).rstrip())
             return None
         finally:
             self.clock.add("final" if rung is None else "recovery", time.perf_counter() - t0)

@@ -79,11 +79,12 @@ def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg) -> str:
     )
 
 
-def timing_key(file_key: str, budget: Budget, reference: dict) -> str:
+def timing_key(file_key: str, budget: Budget, reference: dict, from_table: bool = True) -> str:
     """A measurement of that file: where it was timed (here, against ``reference``, or a target's table by its
-    content), at which shape, provider and thread count."""
+    content), at which shape, provider and thread count. ``from_table``: False when the search writes the
+    candidate files for the target instead of reading its table."""
     source = "here"
-    if budget.latency_table:
+    if budget.latency_table and from_table:
         source = "table:" + hashlib.sha256(Path(budget.latency_table).read_bytes()).hexdigest()[:16]
     where = {"source": source, "shape": list(budget.shape), "provider": budget.provider, "threads": budget.threads}
     return _digest({"file": file_key, "reference": reference if source == "here" else None, **where})
@@ -122,8 +123,27 @@ class LatencyTable:
     def __init__(self, path: Path, budget: Budget, iters: int, log=print, keep_dir: Path | None = None):
         self.path, self.budget, self.iters, self.log, self.keep_dir = path, budget, iters, log, keep_dir
         self.data = json.loads(path.read_text()) if path.is_file() else {"entries": {}}
-        self.external = _load_external(budget.latency_table) if budget.latency_table else None
+        self._drop_other_machines()
+        # --export-candidates writes the files a target's table is made from: that table may not exist yet
+        use_table = budget.latency_table and keep_dir is None
+        self.external = _load_external(budget.latency_table, budget) if use_table else None
         self.reference: torch.nn.Module | None = None  # the uncompressed model, PyTorch eager
+
+    def _drop_other_machines(self) -> None:
+        """Timings made here are only valid here: a search folder resumed on another machine (shared storage)
+        times its candidates again instead of trusting the first machine's numbers."""
+        here, there = machine_info(), self.data.get("machine")
+        if there is None or there == here:
+            return
+        entries = self.data["entries"]
+        stale = [k for k, v in entries.items() if str(v.get("source", "")).startswith("this machine")]
+        for k in stale:
+            del entries[k]
+        if stale:
+            self.log(
+                f"[search] {self.path}: {len(stale)} latencies were timed on another machine "
+                f"({there.get('cpu')}, {there.get('logical_cores')} cores); timing them again here"
+            )
 
     def adopt(self, other: Path) -> int:
         """Entries of another search's table measured on this machine (same CPU and cores); returns how many."""
@@ -141,7 +161,7 @@ class LatencyTable:
     def measure(self, cand: Candidate, export_cfg) -> dict:
         model = build_architecture(self.reference, cand)
         file_key = shape_key(model, cand, export_cfg)
-        key = timing_key(file_key, self.budget, reference_id(self.reference))
+        key = timing_key(file_key, self.budget, reference_id(self.reference), self.external is not None)
         if key in self.data["entries"] and not self.keep_dir:
             return {**self.data["entries"][key], "key": key, "cached": True}
         t0 = time.perf_counter()
@@ -227,18 +247,32 @@ class LatencyTable:
         }
 
 
-def _load_external(path: str) -> dict:
+def _load_external(path: str, budget: Budget) -> dict:
     p = Path(path)
     try:
         data = json.loads(p.read_text())
         rows = data["rows"]
-        return {(Path(r["file"]).name, int(r["batch"]), int(r["seq"])): r for r in rows}
+        table = {(Path(r["file"]).name, int(r["batch"]), int(r["seq"])): r for r in rows}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(
             f"search.budget.latency_table: {p} is not a `compresstune bench onnx --out FILE` result "
             f"({exc.__class__.__name__}: {exc}); time the files `search --export-candidates DIR` wrote with "
             "`compresstune bench onnx DIR/*.onnx --shapes BxS --out FILE` on the target and give FILE."
         ) from None
+    timed = {"provider": data.get("provider"), "threads": data.get("threads")}
+    wanted = {"provider": budget.provider, "threads": budget.threads}
+    if differ := [k for k in wanted if timed[k] is not None and timed[k] != wanted[k]]:
+        raise UserError(
+            f"search.budget.latency_table: {p} was timed with "
+            + ", ".join(f"{k} {timed[k]}" for k in differ)
+            + " but the budget is for "
+            + ", ".join(f"{k} {wanted[k]}" for k in differ)
+            + f"; set {' and '.join(f'search.budget.{k}={timed[k]}' for k in differ)}, or time the files again "
+            "on the target with `compresstune bench onnx ... "
+            + " ".join(f"--{k} {wanted[k]}" for k in differ)
+            + "`."
+        )
+    return table
 
 
 def within_budget(entry: dict, budget: Budget, margin: float = 0.0) -> tuple[bool, str]:
@@ -259,6 +293,28 @@ def within_budget(entry: dict, budget: Budget, margin: float = 0.0) -> tuple[boo
     return (not why, "; ".join(why))
 
 
+def bundle_vocab_size(model_file: Path, reference: torch.nn.Module) -> int:
+    """How many token ids the shipped model takes: its bundle's tokenizer.json (smaller than the reference's
+    when the report trimmed the vocabulary), else the reference's."""
+    tok = model_file.parent / "tokenizer.json"
+    if tok.is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(tok)).get_vocab_size()
+    return reference.config.vocab_size
+
+
+def check_key(path: Path, budget: Budget) -> str | None:
+    """What a bundle check depends on: the file's bytes, the budget and this machine (None: no file)."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return _digest({"file": h.hexdigest(), "budget": budget.model_dump(), "machine": machine_info()})
+
+
 def retime_bundle(path: Path, table: LatencyTable) -> dict:
     """The shipped file timed again on its own, back to back with the uncompressed model, and its size."""
     if not path.is_file():
@@ -275,7 +331,7 @@ def retime_bundle(path: Path, table: LatencyTable) -> dict:
     else:
         # the deciding measurement: 4x the calls in 16 interleaved rounds (the speed-up is the median over rounds),
         # so one noisy stretch of the machine moves it less than a candidate's screening timing
-        entry.update(table._time(path, table.reference.config.vocab_size, path.name, scale=4), retimed=True)
+        entry.update(table._time(path, bundle_vocab_size(path, table.reference), path.name, scale=4), retimed=True)
         budget = table.budget
     ok, why = within_budget(entry, budget)
     return {**entry, "meets_budget": ok, "over_budget": why, "time_s": round(time.perf_counter() - t0, 2)}

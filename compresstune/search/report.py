@@ -92,8 +92,8 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
         rows.append(
             [
                 c["id"] + (" *" if c["id"] in front else ""),
-                c["params"],
-                _fmt(c["size_mb"]),
+                "-" if c.get("params") is None else c["params"],
+                _fmt(c.get("size_mb")),
                 _fmt(c.get("p50_ms")),
                 _fmt(c.get("fraction_of_eager"), ".3f"),
                 " / ".join(_fmt(c.get("rungs", {}).get(str(k))) for k in range(n_rungs)),
@@ -103,7 +103,11 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
             ]
         )
     spent, total = res["spent_s"], res["elapsed_s"]
-    one_point = res["dev_examples"] / 100
+    metric = res.get("metric", "accuracy")
+    if metric == "accuracy":
+        size_note = f"{res['dev_examples']} examples: a 1-point difference is {res['dev_examples'] / 100:g} examples"
+    else:
+        size_note = f"{res['dev_examples']} examples; the metric is {metric}, so a point is not a fixed example count"
     lines = [
         f"# Search: {Path(res['pipeline']).name}",
         "",
@@ -115,8 +119,7 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
         f"{res['search']['ladder']['finalists']} get the full recipe; the winner is the best full-recipe dev metric "
         "whose shipped bundle meets the budget when timed again on its own.",
         "",
-        f"Selection used the dev set ({res['dev_examples']} examples: a 1-point difference is {one_point:g} "
-        "examples), as the pipelines do; no test set was read.",
+        f"Selection used the dev set ({size_note}), as the pipelines do; no test set was read.",
         "",
         f"Time: {total / 60:.1f} min in all: timing {spent['timing'] / 60:.1f}, recovery (cheap rungs) "
         f"{spent['recovery'] / 60:.1f}, full recipe {spent['final'] / 60:.1f} "

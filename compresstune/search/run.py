@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from ..errors import CompresstuneError
 from ..manifest import write_json_atomic
 from ..models.arch import encoder_layers
 from ..models.resolve import load_pretrained_for_task, resolve_model_path
@@ -71,14 +72,22 @@ def run_search(
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
 
+        state_checks = state.get("checks", {})
+
         def save_state() -> None:
-            state = {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
-            write_json_atomic(state_path, state)
+            new = {
+                "spent": clock.spent,
+                "elapsed_s": round(clock.total(), 1),
+                "results": ladder.results,
+                "checks": state_checks,
+            }
+            write_json_atomic(state_path, new)
 
         ladder.on_change = save_state
         finished = ladder.run(entrants)
-        winner, checks = _pick(finished, ladder, s, table, pcfg, log)
-        clock.add("timing", sum(c.get("time_s", 0.0) for c in checks))
+        winner, checks = _pick(finished, ladder, table, state.get("checks", {}), log)
+        clock.add("timing", sum(c.get("time_s", 0.0) for c in checks if not c.get("cached")))
+        state_checks.update({c["id"]: c for c in checks})
         result = {
             "search": s.model_dump(),
             "pipeline": str(pcfg.source),
@@ -90,6 +99,7 @@ def run_search(
             "winner": winner.to_dict() if winner else None,
             "winner_checks": checks,
             "dev_examples": len(task.dev),
+            "metric": task.metric,
             "spent_s": clock.spent,
             "elapsed_s": round(clock.total(), 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -119,7 +129,16 @@ def _time_all(cands, table, export_cfg, clock, log) -> dict[str, dict]:
     out = {}
     for c in cands:
         t0 = time.perf_counter()
-        e = table.measure(c, export_cfg)
+        try:
+            e = table.measure(c, export_cfg)
+        except CompresstuneError:
+            raise  # a setting (the target's table, the budget) that every candidate would fail on
+        except Exception as exc:  # noqa: BLE001 -- one shape that cannot be built or exported: the others go on
+            clock.add("timing", time.perf_counter() - t0)
+            why = f"could not be built and timed ({exc.__class__.__name__}: {exc})"
+            log(f"[search] {c.id}: {why}")
+            out[c.id] = {"size_mb": None, "params": None, "p50_ms": None, "meets_budget": False, "over_budget": why}
+            continue
         clock.add("timing", time.perf_counter() - t0)
         ok, why = within_budget(e, table.budget, table.budget.margin)
         out[c.id] = {**{k: v for k, v in e.items() if k != "layer_shapes"}, "meets_budget": ok, "over_budget": why}
@@ -148,15 +167,23 @@ def _entrants(cands, measured, s) -> tuple[list[Candidate], dict[str, str]]:
     return under[:n], skipped
 
 
-def _pick(finished, ladder, s, table, pcfg, log) -> tuple[Candidate | None, list[dict]]:
-    """The best finalist whose shipped bundle meets the budget when timed again on its own."""
-    from .latency import retime_bundle
+def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None, list[dict]]:
+    """The best finalist whose shipped bundle meets the budget when timed again on its own. A check already
+    made on the same bundle file for the same budget (an earlier invocation's, in state.json) is not redone:
+    a finished search reruns to the same winner."""
+    from .latency import check_key, retime_bundle
 
     checks = []
     for cand in finished:
         run = ladder.runs / ladder.run_name(cand, len(ladder.rungs()) - 1)
-        check = retime_bundle(run / "deploy" / "model.onnx", table)
-        checks.append({"id": cand.id, **check})
+        bundle = run / "deploy" / "model.onnx"
+        key = check_key(bundle, table.budget)
+        old = cached.get(cand.id)
+        if old is not None and key is not None and old.get("key") == key:
+            check = {**old, "cached": True}
+        else:
+            check = {**retime_bundle(bundle, table), "key": key}
+        checks.append({**check, "id": cand.id})
         if check["meets_budget"]:
             return cand, checks
         log(f"[search] {cand.id}: its bundle misses the budget when timed again ({check['over_budget']})")

@@ -241,4 +241,6 @@ def one_point_examples(dev_size: int) -> float:
 
 
 def advancing(n: int, keep: float) -> int:
-    return max(1, math.ceil(n * keep))
+    """How many of ``n`` go on to the next rung: the ``keep`` share rounded up, at least one (rounded to 9
+    places first, so 100 x 0.07 is 7, not the 8 that float arithmetic would give)."""
+    return max(1, math.ceil(round(n * keep, 9)))
