@@ -49,11 +49,7 @@ def run_search(
         n_layers = len(encoder_layers(reference))
         export_cfg = next(st for st in reversed(pcfg.stages.values()) if st.type == "export")
         keep = Path(export_candidates) if export_candidates else None
-        table = LatencyTable(sdir / "latency.json", s.budget, s.timing_iters, log, keep_dir=keep)
-        table.reference = reference
-        for r in s.reuse_from:  # another search's folder: its timings on this machine count here too
-            if n := table.adopt(Path(r) / "latency.json"):
-                log(f"[search] {n} latencies from {r}/latency.json (same machine)")
+        table = _latency_table(sdir, s, reference, keep, log)
         cands = enumerate_space(s, n_layers)
         if deeper := [d for d in s.space.layers if n_layers < d < 10**6]:
             log(f"[search] search.space.layers {deeper}: deeper than the model's {n_layers} layers, left out")
@@ -75,13 +71,8 @@ def run_search(
         state_checks = state.get("checks", {})
 
         def save_state() -> None:
-            new = {
-                "spent": clock.spent,
-                "elapsed_s": round(clock.total(), 1),
-                "results": ladder.results,
-                "checks": state_checks,
-            }
-            write_json_atomic(state_path, new)
+            new = {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
+            write_json_atomic(state_path, {**new, "checks": state_checks})
 
         ladder.on_change = save_state
         finished = ladder.run(entrants)
@@ -111,6 +102,15 @@ def run_search(
         write_json_atomic(sdir / "search.json", result)
         write_report(sdir, result, log)
         return result
+
+
+def _latency_table(sdir: Path, s, reference, keep: Path | None, log) -> LatencyTable:
+    table = LatencyTable(sdir / "latency.json", s.budget, s.timing_iters, log, keep_dir=keep)
+    table.reference = reference
+    for r in s.reuse_from:  # another search's folder: its timings on this machine count here too
+        if n := table.adopt(Path(r) / "latency.json"):
+            log(f"[search] {n} latencies from {r}/latency.json (same machine)")
+    return table
 
 
 def _budget_text(b) -> str:
