@@ -50,6 +50,13 @@ class TaskConfig(Section):
         None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)"
     )
     dev_subset: int | None = Field(None, gt=0, description="a fixed random subset of the dev set (for quick tests)")
+    holdout: int | None = Field(
+        None,
+        gt=0,
+        description="hold out this many training examples (a fixed random slice, seeded by `seed`) and evaluate on "
+        "them instead of the dev set: every metric, checkpoint choice and verification of the run; the dev set is "
+        "not used (a search selects on them and scores only its winner on dev)",
+    )
 
     @field_validator("name")
     @classmethod

@@ -24,6 +24,16 @@ class Split:
         idx = sorted(random.Random(seed).sample(range(len(self)), n))
         return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx])
 
+    def split_off(self, n: int, seed: int) -> tuple[Split, Split]:
+        """(the rest, a fixed random slice of ``n`` examples): disjoint, together the whole split."""
+        held = set(random.Random(seed).sample(range(len(self)), n))
+        rest = [i for i in range(len(self)) if i not in held]
+        pick = sorted(held)
+        return (
+            Split([self.texts[i] for i in rest], [self.labels[i] for i in rest]),
+            Split([self.texts[i] for i in pick], [self.labels[i] for i in pick]),
+        )
+
 
 @dataclass
 class TaskData:
@@ -35,6 +45,7 @@ class TaskData:
     is_regression: bool
     label_names: list[str] | None = None
     sources: dict = field(default_factory=dict)  # split -> file or hub id, for the report
+    holdout: int | None = None  # the "dev" split is this many held-out training examples (task.holdout)
 
     @property
     def problem_type(self) -> str:

@@ -68,7 +68,7 @@ def stage_fingerprints(cfg: PipelineConfig, stage_class, hashes: ContentHashes |
         }
         payload["settings"].pop("input", None)
         if cls.uses_model_and_task:
-            payload.update(model=_model_name(cfg), task=cfg.task.model_dump(), seed=cfg.seed, **reads)
+            payload.update(model=_model_name(cfg), task=_task_settings(cfg), seed=cfg.seed, **reads)
         if cls.uses_model_and_task or scfg.type in TIMES:
             payload["device"] = device_kind(cfg.device)
         if getattr(scfg, "text_file", None):  # compress: unlabelled text for distillation, by content only
@@ -87,3 +87,11 @@ def _model_name(cfg: PipelineConfig) -> str:
     if ref.is_absolute() or (cfg.base_dir / ref).exists():
         return "(local folder)"
     return cfg.model
+
+
+def _task_settings(cfg: PipelineConfig) -> dict:
+    """The task settings; ``holdout`` (added later) only when set, so runs without it keep their fingerprints."""
+    task = cfg.task.model_dump()
+    if task.get("holdout") is None:
+        task.pop("holdout", None)
+    return task

@@ -104,6 +104,8 @@ def candidate_pipeline(
 ) -> dict:
     """The pipeline (as a dict) that trains ``cand``; ``rung``: a cheap rung's settings, else the full recipe."""
     out = copy.deepcopy({k: v for k, v in raw.items() if k != "search"})
+    if s.holdout:  # every stage evaluates and chooses on held-out training examples; dev is scored after the search
+        out["task"] = {**(out.get("task") or {}), "holdout": s.holdout}
     if s.depth_stage:
         if cand.layers < teacher_layers:
             out[s.depth_stage] = {**out[s.depth_stage], "student_layers": cand.layers, "keep_layers": None}

@@ -23,7 +23,9 @@ def pareto(cands: list[dict], x: str = "p50_ms") -> list[str]:
     return front
 
 
-def _plot(path: Path, cands: list[dict], front: list[str], winner: str | None, final_rung: int, budget) -> None:
+def _plot(
+    path: Path, cands: list[dict], front: list[str], winner: str | None, final_rung: int, budget, on: str = "dev"
+) -> None:
     """Every candidate: trained ones at the metric of the highest rung reached; the others on a strip at the
     bottom (over budget, or not among the largest); the Pareto front; the latency budget."""
     import matplotlib
@@ -59,13 +61,33 @@ def _plot(path: Path, cands: list[dict], front: list[str], winner: str | None, f
     for lim in {c.get("budget_ms") for c in cands if c.get("budget_ms")}:
         ax.axvline(lim, color="C3", ls="--", lw=1, label=f"latency budget ({lim:.2f} ms)")
     ax.set_xlabel(f"p50 latency (ms) at {budget['shape'][0]} x {budget['shape'][1]}, as timed in the search")
-    ax.set_ylabel("dev metric (bottom strip: not trained)")
+    ax.set_ylabel(f"{on} metric (bottom strip: not trained)")
     ax.set_title("search: o = full recipe, x = cheaper rung only; orange = winner", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _selection_line(res: dict) -> str:
+    n, metric = res["dev_examples"], res.get("metric", "accuracy")
+    if metric == "accuracy":
+        size = f"{n} examples: a 1-point difference is {n / 100:g} examples"
+    else:
+        size = f"{n} examples; the metric is {metric}, so a point is not a fixed example count"
+    if not res.get("holdout"):
+        return f"Selection used the dev set ({size}), as the pipelines do; no test set was read."
+    line = (
+        f"Selection used {size.replace(' examples', ' training examples held out', 1)} of every candidate's "
+        "training (`task.holdout`), not the dev set; no test set was read."
+    )
+    if d := res.get("winner_dev"):
+        line += (
+            f" The winner's bundle on the dev set, read once after the choice: {d['metric']} {d['value']:.2f} "
+            f"({d['examples']} examples)."
+        )
+    return line
 
 
 def _fmt(v, spec=".2f") -> str:
@@ -84,7 +106,7 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
         c["budget_ms"] = ms_budget
     front = pareto(cands)
     winner = (res.get("winner") or {}).get("id")
-    _plot(sdir / "search.png", cands, front, winner, n_rungs - 1, budget)
+    _plot(sdir / "search.png", cands, front, winner, n_rungs - 1, budget, "held-out" if res.get("holdout") else "dev")
     rows = []
     for c in sorted(cands, key=lambda c: c.get("p50_ms") or 1e9):
         rung, met = _reached(c)
@@ -103,11 +125,7 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
             ]
         )
     spent, total = res["spent_s"], res["elapsed_s"]
-    metric = res.get("metric", "accuracy")
-    if metric == "accuracy":
-        size_note = f"{res['dev_examples']} examples: a 1-point difference is {res['dev_examples'] / 100:g} examples"
-    else:
-        size_note = f"{res['dev_examples']} examples; the metric is {metric}, so a point is not a fixed example count"
+    on = "held-out" if res.get("holdout") else "dev"
     lines = [
         f"# Search: {Path(res['pipeline']).name}",
         "",
@@ -116,10 +134,10 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
         + ".",
         f"Rule: every candidate under budget (at most {res['search']['ladder']['max_candidates']}, largest first) "
         f"gets rung 0; after each rung the best {res['search']['ladder']['keep']:g} share goes on; at most "
-        f"{res['search']['ladder']['finalists']} get the full recipe; the winner is the best full-recipe dev metric "
-        "whose shipped bundle meets the budget when timed again on its own.",
+        f"{res['search']['ladder']['finalists']} get the full recipe; the winner is the best full-recipe {on} "
+        "metric whose shipped bundle meets the budget when timed again on its own.",
         "",
-        f"Selection used the dev set ({size_note}), as the pipelines do; no test set was read.",
+        _selection_line(res),
         "",
         f"Time: {total / 60:.1f} min in all: timing {spent['timing'] / 60:.1f}, recovery (cheap rungs) "
         f"{spent['recovery'] / 60:.1f}, full recipe {spent['final'] / 60:.1f} "
@@ -132,8 +150,8 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
                 "size (MB)",
                 "p50 (ms)",
                 "of eager",
-                "dev per rung",
-                "dev reached",
+                f"{on} per rung",
+                f"{on} reached",
                 "fidelity",
                 "note",
             ],

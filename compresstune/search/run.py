@@ -42,6 +42,7 @@ def run_search(
             before=state.get("elapsed_s", 0.0),
         )
         task = load_task_data(pcfg)
+        holdout = s.holdout or pcfg.task.holdout  # selection on held-out training examples, not on dev
         problem = "regression" if task.is_regression else "single_label_classification"
         reference = load_pretrained_for_task(
             resolve_model_path(pcfg.model, pcfg.base_dir), task.num_labels, problem
@@ -79,29 +80,49 @@ def run_search(
         winner, checks = _pick(finished, ladder, table, state.get("checks", {}), log)
         clock.add("timing", sum(c.get("time_s", 0.0) for c in checks if not c.get("cached")))
         state_checks.update({c["id"]: c for c in checks})
-        result = {
-            "search": s.model_dump(),
-            "pipeline": str(pcfg.source),
-            "candidates": [
-                {**c.to_dict(), **measured[c.id], **ladder.results.get(c.id, {}), "skipped": skipped.get(c.id)}
-                for c in cands
-            ],
-            "rungs": [r if r is not None else "full recipe" for r in ladder.rungs()],
-            "winner": winner.to_dict() if winner else None,
-            "winner_checks": checks,
-            "dev_examples": len(task.dev),
-            "metric": task.metric,
-            "spent_s": clock.spent,
-            "elapsed_s": round(clock.total(), 1),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        result = _result(s, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock)
         if winner:
             result["winner_run"] = str(ladder.runs / ladder.run_name(winner, len(ladder.rungs()) - 1))
             result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, s, winner, n_layers, sdir, Path(path)))
+            if result["holdout"]:
+                result["winner_dev"] = _score_on_dev(Path(result["winner_run"]), pcfg, log)
         save_state()
         write_json_atomic(sdir / "search.json", result)
         write_report(sdir, result, log)
         return result
+
+
+def _result(s, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock) -> dict:
+    """search.json: the settings, every candidate with its timing and rungs, the winner and its checks."""
+    return {
+        "search": s.model_dump(),
+        "pipeline": str(pcfg.source),
+        "candidates": [
+            {**c.to_dict(), **measured[c.id], **ladder.results.get(c.id, {}), "skipped": skipped.get(c.id)}
+            for c in cands
+        ],
+        "rungs": [r if r is not None else "full recipe" for r in ladder.rungs()],
+        "winner": winner.to_dict() if winner else None,
+        "winner_checks": checks,
+        "dev_examples": len(task.dev) if not holdout else holdout,
+        "holdout": holdout,
+        "metric": task.metric,
+        "spent_s": clock.spent,
+        "elapsed_s": round(clock.total(), 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _score_on_dev(run: Path, pcfg, log) -> dict:
+    """The winner's shipped bundle on the dev set, read once, after a choice made on held-out training
+    examples (the dev set stayed out of every candidate's run)."""
+    from ..data.load import load_task
+    from ..stages.ship import bundle_metric
+
+    task = load_task(pcfg.task.model_copy(update={"holdout": None}), pcfg.seed)
+    metric = bundle_metric(run / "deploy", task)
+    log(f"[search] winner's bundle on the dev set (read once, after the choice): {task.metric} {metric:.2f}")
+    return {"metric": task.metric, "value": metric, "examples": len(task.dev)}
 
 
 def _latency_table(sdir: Path, s, reference, keep: Path | None, log) -> LatencyTable:

@@ -121,6 +121,12 @@ class SearchConfig(Section):
         description="run folders whose finished stages candidates may take, or other searches' folders (their runs "
         "and, when timed on this machine, their latency tables)",
     )
+    holdout: int | None = Field(
+        None,
+        gt=0,
+        description="select on this many training examples held out of every candidate's training (task.holdout) "
+        "instead of the dev set; the winner's bundle is scored on the dev set once, after the choice",
+    )
 
 
 class SearchProblem(ConfigError):

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config.sections import PipelineConfig, StageConfig
-from ..data.files import load_user_files
-from ..data.glue import load_glue
+from ..data.load import load_task
 from ..data.task import TaskData
 
 STAGES: dict[str, type[Stage]] = {}
@@ -22,14 +21,7 @@ STAGES: dict[str, type[Stage]] = {}
 
 def load_task_data(pipeline: PipelineConfig) -> TaskData:
     """The pipeline's task data, with the configured fixed subsets (seeded by the pipeline seed)."""
-    t = pipeline.task
-    if t.name == "custom":
-        data = load_user_files(t.train_file, t.dev_file, t.text_columns, t.label_column, t.problem, t.metric, t.labels)
-    else:
-        data = load_glue(t.name, t.source, t.glue_dir)
-    data.train = data.train.subset(t.train_subset, pipeline.seed)
-    data.dev = data.dev.subset(t.dev_subset, pipeline.seed)
-    return data
+    return load_task(pipeline.task, pipeline.seed)
 
 
 def register(cls):

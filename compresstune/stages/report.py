@@ -93,6 +93,7 @@ class ReportStage(Stage):
             "config_file": ctx.pipeline.source,
             "model": ctx.pipeline.model,
             "task": ctx.pipeline.task.name,
+            "evaluated_on": _evaluated_on(ctx),
             "machine": machine_info(),
             "versions": versions(),
             "stages": stages,
@@ -135,7 +136,7 @@ class ReportStage(Stage):
                 "problem_type": "regression" if cfg.get("is_regression") else "single_label_classification",
             },
             description=None,
-            data=f"{ctx.pipeline.task.name}: trained on its training set, evaluated on its dev set.",
+            data=_data_line(ctx),
             latency=ship.card_latency(stages, decision["chosen"]),
             machine=f"{m['cpu']}, {m['logical_cores']} cores",
             how_made=f"compresstune pipeline `{ctx.pipeline.source}` (stages: {', '.join(ctx.pipeline.stages)}); "
@@ -193,6 +194,7 @@ def _md_head(r: dict) -> list[str]:
         f"# compresstune report: {r['run']}",
         "",
         f"Pipeline `{r['config_file']}`, model `{r['model']}`, task `{r['task']}`. Generated {r['generated_at']}.",
+        f"Every metric below is on {r.get('evaluated_on', 'the dev set')}.",
         f"Machine: {m['cpu']} ({m['logical_cores']} logical cores){', GPU ' + m['gpu'] if m.get('gpu') else ''}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
     ]
@@ -335,3 +337,18 @@ def _md_latency(stages: dict) -> list[str]:
         "",
         md_table(["benchmark", "engine", "batch x seq", "p50 (ms)", "speed-up"], rows),
     ]
+
+
+def _evaluated_on(ctx: StageContext) -> str:
+    h = ctx.pipeline.task.holdout
+    return f"{h} training examples held out (task.holdout; the dev set was not used)" if h else "the dev set"
+
+
+def _data_line(ctx: StageContext) -> str:
+    t = ctx.pipeline.task
+    if t.holdout:
+        return (
+            f"{t.name}: trained on its training set less {t.holdout} examples held out at random (task.holdout), "
+            "evaluated on those held-out examples; the dev set was not used."
+        )
+    return f"{t.name}: trained on its training set, evaluated on its dev set."

@@ -256,6 +256,16 @@ def _plain(texts) -> list:
     return [t[0] if len(t) == 1 else tuple(t) for t in texts]
 
 
+def bundle_metric(bundle_dir: Path, task) -> float:
+    """The main metric of a deploy bundle on ``task.dev``, through the torch-free Predictor."""
+    from ..data.metrics import compute_metrics
+    from ..deploy.predictor import Predictor
+
+    out = Predictor(bundle_dir).predict(_plain(task.dev.texts), warn=False)
+    preds = [r["value"] for r in out] if task.is_regression else [r["label_id"] for r in out]
+    return compute_metrics(task, preds, list(task.dev.labels))["main"]
+
+
 def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
     """``report.trim_vocab``: the bundle's vocabulary cut to the word pieces of the task's training text plus
     the special tokens (deploy/vocab.py), then verified: training-text tokenization and scores unchanged, dev
@@ -264,8 +274,6 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
     import os
     import shutil
 
-    from ..data.metrics import compute_metrics
-    from ..deploy.predictor import Predictor
     from ..deploy.vocab import trim_vocab
     from ..errors import CheckFailed, UserError
 
@@ -278,9 +286,7 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"  vocabulary not trimmed: {exc}")
         return {"trimmed": False, "error": str(exc)}
-    out = Predictor(tmp).predict(dev, warn=False)
-    preds = [r["value"] for r in out] if task.is_regression else [r["label_id"] for r in out]
-    res["dev_metric"] = compute_metrics(task, preds, list(task.dev.labels))["main"]
+    res["dev_metric"] = bundle_metric(tmp, task)
     shutil.rmtree(old, ignore_errors=True)
     os.replace(bundle_dir, old)  # the untrimmed bundle set aside until the trimmed one is in place
     os.replace(tmp, bundle_dir)
