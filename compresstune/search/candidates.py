@@ -129,6 +129,11 @@ def candidate_pipeline(
     # the candidate ships as its own variant: exported beside fp32 (the reference every variant is verified
     # against), and the only one the benchmark times (the report ships among timed variants only)
     out[export] = {**(out.get(export) or {}), "variants": list(dict.fromkeys(["fp32", cand.variant]))}
+    if s.budget.size_mb is not None:
+        # int8's label-agreement fallback keeps sensitive MatMuls float, which can push the file past a size
+        # budget (measured: 14.0 -> 15.9 MB); under a size budget the file stays all int8 and the variant's
+        # dev-metric tolerance alone guards accuracy
+        out[export]["min_agreement"] = 0.0
     if bench and bench in out["stages"]:
         points = [list(p) for p in pcfg.stages[bench].points()]
         b = {**(out.get(bench) or {}), "variants": [cand.variant]}
