@@ -46,6 +46,7 @@ def test_a_run_with_holdout_never_evaluates_on_dev(tmp_path, tiny_bert, glue_dir
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "task.holdout=24", "--no-progress"])
     assert r.exit_code == 0, r.output
+    assert "96 train / 24 held-out (task.holdout) examples" in r.output
     run = tmp_path / "exported" / "t"
     man = json.loads((run / "manifest.json").read_text())["stages"]
     assert man["finetune"]["summary"]["dev_examples"] == 24 and man["finetune"]["summary"]["train_examples"] == 96

@@ -31,7 +31,8 @@ class FinetuneStage(Stage):
         torch.manual_seed(ctx.seed)  # the new classifier head's (and Learners') initialisation
         model, tok, structure, source = load_input_model(ctx)
         ctx.log(
-            f"[{ctx.name}] {task.name}: {len(task.train)} train / {len(task.dev)} dev examples; method {cfg.method}; "
+            f"[{ctx.name}] {task.name}: {len(task.train)} train / {len(task.dev)} "
+            f"{'held-out (task.holdout)' if task.holdout else 'dev'} examples; method {cfg.method}; "
             f"model from {source}"
         )
         self._check_structure(ctx, method, structure)
