@@ -7,7 +7,7 @@ import json
 
 from click.testing import CliRunner
 from conftest import write_pipeline
-from test_search import _write
+from test_search import _search_in, _write
 
 from compresstune.cli import main
 from compresstune.config import load_config
@@ -63,18 +63,12 @@ def test_holdout_larger_than_the_training_set_is_caught_before_work(tmp_path, ti
 
 def test_search_selects_on_held_out_examples_and_scores_the_winner_on_dev_once(tmp_path, tiny_bert, glue_dir):
     _write(tmp_path, tiny_bert, glue_dir)
-    r = CliRunner().invoke(
-        main,
-        [
-            "search",
-            str(tmp_path / "s.yaml"),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "search.holdout=24",
-            "search.ladder.rungs=[]",
-            "search.ladder.max_candidates=1",
-            "search.ladder.finalists=1",
-        ],
+    r = _search_in(
+        tmp_path,
+        "search.holdout=24",
+        "search.ladder.rungs=[]",
+        "search.ladder.max_candidates=1",
+        "search.ladder.finalists=1",
     )
     assert r.exit_code == 0, r.output
     sdir = tmp_path / "out" / "tsearch"

@@ -60,6 +60,11 @@ def _write(d: Path, tiny_bert: Path, glue_dir: Path, text: str = SEARCH_YAML) ->
     return p
 
 
+def _search_in(d: Path, *args: str):
+    """`compresstune search d/s.yaml --output-dir d/out ARGS...` in this process."""
+    return CliRunner().invoke(main, ["search", str(d / "s.yaml"), "--output-dir", str(d / "out"), *args])
+
+
 def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_dir):
     raw, s, pcfg = load_search(_write(tmp_path, tiny_bert, glue_dir))
     assert (s.depth_stage, s.prune_stage) == ("distill", "prune")
@@ -210,17 +215,7 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
     assert text != SEARCH_YAML
     _write(tmp_path, tiny_bert, glue_dir, text)
     cand_dir = tmp_path / "cands"
-    r = CliRunner().invoke(
-        main,
-        [
-            "search",
-            str(tmp_path / "s.yaml"),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--export-candidates",
-            str(cand_dir),
-        ],
-    )
+    r = _search_in(tmp_path, "--export-candidates", str(cand_dir))
     assert r.exit_code == 0, r.output
     files = sorted(cand_dir.glob("*.onnx"))
     assert len(files) == 2
@@ -232,18 +227,12 @@ def test_latency_from_a_target_devices_table(tmp_path, tiny_bert, glue_dir):
     assert r.exit_code == 0, r.output
     rows = {row["file"]: row["p50_ms"] for row in json.loads(table.read_text())["rows"]}
     slow = max(rows.values())
-    r = CliRunner().invoke(
-        main,
-        [
-            "search",
-            str(tmp_path / "s.yaml"),
-            "--output-dir",
-            str(tmp_path / "out"),  # the folder the local timings went to: the target's must still win
-            f"search.budget.latency_table={table}",
-            f"search.budget.latency_ms={slow * 0.999}",
-            "search.budget.margin=0",
-            "search.ladder.rungs=[]",
-        ],
+    r = _search_in(  # the folder the local timings went to: the target's must still win
+        tmp_path,
+        f"search.budget.latency_table={table}",
+        f"search.budget.latency_ms={slow * 0.999}",
+        "search.budget.margin=0",
+        "search.ladder.rungs=[]",
     )
     assert r.exit_code in (0, 1), r.output
     lat = json.loads((tmp_path / "out" / "tsearch" / "latency.json").read_text())["entries"]
