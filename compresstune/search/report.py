@@ -64,9 +64,10 @@ def _plot(
     ax.set_ylabel(f"{on} metric (bottom strip: not trained)")
     ax.set_title("search: o = full recipe, x = cheaper rung only; orange = winner", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: inside, it hid candidates' labels wherever it sat
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
