@@ -74,7 +74,14 @@ def pipeline_run(
     training stage resumes from its last checkpoint when the same command is run again."""
     from ..config.preflight import check_pipeline
     from ..pipeline import run_dir_for, run_pipeline
-    from ..train.distributed import is_main_process, launched_world_size, relaunch, shutdown_processes, uses_cpu
+    from ..train.distributed import (
+        exit_finished_rank,
+        is_main_process,
+        launched_world_size,
+        relaunch,
+        shutdown_processes,
+        uses_cpu,
+    )
 
     cfg, checked = check_pipeline(file, overrides, run_name, output_dir)  # every check; all problems at once
     if num_processes > 1 and launched_world_size() == 1:
@@ -92,14 +99,16 @@ def pipeline_run(
         reuse_from=list(reuse_from),
         checked=checked,
     )
+    several = launched_world_size() > 1
     shutdown_processes()  # every rank done (a failed one raised above): leave the process group before exit
-    if not is_main_process():
-        return manifest  # one of several processes: the main one reports
-    run_dir = run_dir_for(cfg, run_name, output_dir)
-    click.echo(f"run folder: {run_dir}")
-    for name in ("model.onnx", "REPORT.md"):
-        if (run_dir / name).exists():
-            click.echo(f"  {name}: {run_dir / name}")
+    if is_main_process():  # one of several processes: the main one reports
+        run_dir = run_dir_for(cfg, run_name, output_dir)
+        click.echo(f"run folder: {run_dir}")
+        for name in ("model.onnx", "REPORT.md"):
+            if (run_dir / name).exists():
+                click.echo(f"  {name}: {run_dir / name}")
+    if several:
+        exit_finished_rank()
     return manifest
 
 
