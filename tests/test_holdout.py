@@ -74,6 +74,8 @@ def test_search_selects_on_held_out_examples_and_scores_the_winner_on_dev_once(t
     sdir = tmp_path / "out" / "tsearch"
     res = json.loads((sdir / "search.json").read_text())
     assert res["holdout"] == 24 and res["winner"]
+    scored = [ln for ln in r.output.splitlines() if ln.startswith(f"[search] {res['winner']['id']}: ")]
+    assert any(": held-out " in ln for ln in scored) and not any(": dev " in ln for ln in scored), scored
     run = tmp_path / "out" / "tsearch" / "runs" / res["winner"]["id"]
     assert json.loads((run / "manifest.json").read_text())["stages"]["finetune"]["summary"]["dev_examples"] == 24
     dev = res["winner_dev"]

@@ -179,7 +179,8 @@ class Ladder:
         metric = rung_metric(self.runs / name, until, raw["stages"])
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)
-        self.log(f"[search] {name}: dev {'-' if metric is None else f'{metric:.2f}'}")
+        on = "held-out" if self.s.holdout else "dev"  # the set this search selects on
+        self.log(f"[search] {name}: {on} {'-' if metric is None else f'{metric:.2f}'}")
         return metric
 
     def _indent(self, msg: str) -> None:
