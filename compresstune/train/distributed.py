@@ -147,7 +147,7 @@ def exit_finished_rank() -> NoReturn:
 
     DDP's gradient hooks stay on the parameters of the models a run keeps (merged, exported), so gloo's
     process group can outlive :func:`shutdown_processes`; its threads, destroyed with the interpreter,
-    aborted a rank that had finished in about one CI run of ten ("terminate called without an active
+    aborted a rank that had finished in two CI runs of the suite ("terminate called without an active
     exception", SIGABRT, and the launcher fails the whole job). Every file is written and closed by now:
     flush what is printed and leave with status 0."""
     sys.stdout.flush()
