@@ -101,7 +101,7 @@ def pipeline_run(
     )
     several = launched_world_size() > 1
     shutdown_processes()  # every rank done (a failed one raised above): leave the process group before exit
-    if is_main_process():  # one of several processes: the main one reports
+    if is_main_process():  # the only process, or the main one of several, reports
         run_dir = run_dir_for(cfg, run_name, output_dir)
         click.echo(f"run folder: {run_dir}")
         for name in ("model.onnx", "REPORT.md"):

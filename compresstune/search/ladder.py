@@ -21,7 +21,7 @@ from ..errors import CompresstuneError
 from ..manifest import Manifest
 from ..pipeline import run_pipeline
 from .candidates import Candidate, candidate_pipeline, relocate_paths, write_pipeline
-from .spec import SearchConfig, advancing
+from .spec import SearchConfig, advancing, selection_holdout, selects_on
 
 
 @dataclass
@@ -179,7 +179,7 @@ class Ladder:
         metric = rung_metric(self.runs / name, until, raw["stages"])
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)
-        on = "held-out" if self.s.holdout else "dev"  # the set this search selects on
+        on = selects_on(selection_holdout(self.s, self.pcfg))
         self.log(f"[search] {name}: {on} {'-' if metric is None else f'{metric:.2f}'}")
         return metric
 

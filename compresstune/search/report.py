@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..measure.markdown import md_table
+from .spec import selects_on
 
 
 def _reached(c: dict) -> tuple[int | None, float | None]:
@@ -107,7 +108,7 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
         c["budget_ms"] = ms_budget
     front = pareto(cands)
     winner = (res.get("winner") or {}).get("id")
-    _plot(sdir / "search.png", cands, front, winner, n_rungs - 1, budget, "held-out" if res.get("holdout") else "dev")
+    _plot(sdir / "search.png", cands, front, winner, n_rungs - 1, budget, selects_on(res.get("holdout")))
     rows = []
     for c in sorted(cands, key=lambda c: c.get("p50_ms") or 1e9):
         rung, met = _reached(c)
@@ -126,7 +127,7 @@ def write_report(sdir: Path, res: dict, log=print) -> None:
             ]
         )
     spent, total = res["spent_s"], res["elapsed_s"]
-    on = "held-out" if res.get("holdout") else "dev"
+    on = selects_on(res.get("holdout"))
     lines = [
         f"# Search: {Path(res['pipeline']).name}",
         "",

@@ -16,7 +16,7 @@ from .candidates import Candidate, candidate_pipeline, enumerate_space, relocate
 from .ladder import Clock, Ladder
 from .latency import LatencyTable, within_budget
 from .report import write_report
-from .spec import load_search
+from .spec import load_search, selection_holdout
 
 
 def search_dir_for(pcfg, output_dir: str | None) -> Path:
@@ -42,7 +42,7 @@ def run_search(
             before=state.get("elapsed_s", 0.0),
         )
         task = load_task_data(pcfg)
-        holdout = s.holdout or pcfg.task.holdout  # selection on held-out training examples, not on dev
+        holdout = selection_holdout(s, pcfg)
         problem = "regression" if task.is_regression else "single_label_classification"
         reference = load_pretrained_for_task(
             resolve_model_path(pcfg.model, pcfg.base_dir), task.num_labels, problem

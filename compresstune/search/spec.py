@@ -129,6 +129,17 @@ class SearchConfig(Section):
     )
 
 
+def selection_holdout(s: SearchConfig, pcfg: PipelineConfig) -> int | None:
+    """How many held-out training examples the search selects on (``search.holdout``, or the pipeline's own
+    ``task.holdout``); None: the dev set selects."""
+    return s.holdout or pcfg.task.holdout
+
+
+def selects_on(holdout: int | None) -> str:
+    """The selection set as the search's log, report and plot name it."""
+    return "held-out" if holdout else "dev"
+
+
 class SearchProblem(ConfigError):
     pass
 

@@ -131,9 +131,8 @@ def setup_processes(device: str = "cpu") -> Processes:
 
 def shutdown_processes() -> None:
     """End a multi-process run cleanly: every rank meets at a barrier, then the process group is destroyed
-    (``Accelerator.end_training``). Left to interpreter exit, gloo's threads can be torn down while still
-    joinable, and a rank that finished its work aborts ("terminate called without an active exception"),
-    failing the whole job after the run completed. Trivial in a single-process run."""
+    (``Accelerator.end_training``). Not enough on its own for a clean exit: see :func:`exit_finished_rank`.
+    Trivial in a single-process run."""
     global _STATE
     if _STATE is None or _STATE.acc is None:
         return
