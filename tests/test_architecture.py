@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own package and any lower layer, never a higher one):
 
-0  errors, options, manifest        foundations: error types, the settings base class, the run record
+0  errors, options, manifest,       foundations: error types, the settings base class, the run record,
+   machine                          the machine profile (instruction-set class, GPU, providers; no torch import)
 1  data, models, measure, deploy    task data; architectures, artifacts; timing/monitoring; the torch-free predictor
 2  train                            the training loop
 3  methods                          fine-tuning methods (registry)
@@ -22,7 +23,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "compresstune"
 
 LAYERS = {
-    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0,
+    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0, "machine": 0,
     "data": 1, "models": 1, "measure": 1, "deploy": 1,
     "train": 2,
     "methods": 3,
@@ -77,7 +78,7 @@ def test_imports_only_point_down():
     for path in sorted(PKG.rglob("*.py")):
         me = _top(path.relative_to(PKG).parts)
         for line, target in _imports(path):
-            if target != me and LAYERS.get(target, 0) >= LAYERS[me] and target not in ("errors", "options", "manifest"):
+            if target != me and LAYERS.get(target, 0) >= LAYERS[me] and target not in ("errors", "options", "manifest", "machine"):
                 bad.append(
                     f"{path.relative_to(PKG.parent)}:{line} ({me}, layer {LAYERS[me]}) imports {target} "
                     f"(layer {LAYERS.get(target)})"

@@ -153,12 +153,14 @@ def test_ship_shape_must_be_timed(tiny_bert, glue_dir, tmp_path):
 def test_gpu_selection_rules_on_cpu():
     """What a CUDA machine would build and time, checked where CI runs (no GPU)."""
     from compresstune.export.variants import resolve_variants
-    from compresstune.stages.benchmark import CPU_VARIANTS, GPU_VARIANTS
+    from compresstune.export.variants import runs_on, target_provider
 
     assert resolve_variants("auto", "cuda") == ["fp32", "optimized", "fp16"]
     assert resolve_variants("auto", "cpu") == ["fp32", "optimized", "int8_dynamic", "int8_static"]
     assert resolve_variants(["int8_dynamic"], "cpu") == ["fp32", "int8_dynamic"]  # fp32 is always built first
-    assert "fp16" not in CPU_VARIANTS and not any(v.startswith("int8") for v in GPU_VARIANTS)
+    assert "fp16" not in runs_on("cpu") and not any(v.startswith("int8") for v in runs_on("cuda"))
+    assert target_provider("fp16", cuda=True) == "cuda" and target_provider("int8_dynamic", cuda=True) == "cpu"
+    assert target_provider("optimized", cuda=False) == "cpu"
 
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error(shipped, tiny_bert, glue_dir, tmp_path):

@@ -162,6 +162,7 @@ def _check_machine(cfg: PipelineConfig, add: Add) -> None:
             "device: cuda, but no CUDA GPU is visible to this process (torch.cuda.is_available() is "
             "False); use device: auto (the GPU when there is one) or device: cpu.",
         )
+    _check_bf16(cfg, add, "cuda" if str(cfg.device).startswith("cuda") or (cfg.device == "auto" and gpu) else "cpu")
     for name, c in cfg.stages.items():
         if c.type != "benchmark" or c.providers == "auto" or "cuda" not in c.providers:
             continue
@@ -181,6 +182,21 @@ def _check_machine(cfg: PipelineConfig, add: Add) -> None:
                 f"CUDAExecutionProvider (it has {', '.join(ort.get_available_providers())}); install the gpu extra "
                 "(onnxruntime-gpu), or use providers: [cpu].",
             )
+
+
+def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
+    """``bf16: true`` where the device has no native bf16: a run that would take 20-30x longer than fp32."""
+    from ..machine import BF16_COST, cpu_profile, describe, native_bf16
+
+    for name, c in cfg.stages.items():
+        if getattr(c, "bf16", None) is not True or native_bf16(device):
+            continue
+        where = "this GPU has no bf16" if device == "cuda" else f"this CPU ({describe(cpu_profile())}) has no native bf16"
+        add(
+            (name, "bf16"),
+            f"{name}.bf16: true, but {where}; {BF16_COST}. Use {name}.bf16=auto (bf16 where the device runs it "
+            f"natively, fp32 here) or {name}.bf16=false.",
+        )
 
 
 def _check_run_folder(run_dir: Path, add: Add) -> None:

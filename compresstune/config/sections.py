@@ -234,6 +234,11 @@ class ExportConfig(StageConfig):
     )
     per_channel: bool = Field(True, description="int8: per-channel weight scales (per-tensor when false)")
     quantize_embeddings: bool = Field(False, description="int8_dynamic: the embedding tables too")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="int8: 7-bit weights, so that ONNX Runtime's u8s8 kernels cannot saturate on x86 CPUs without "
+        "VNNI; auto: on when the exporting CPU lacks VNNI (set true for a bundle bound for such CPUs or a browser)",
+    )
     min_agreement: float = Field(
         0.99,
         ge=0,

@@ -127,7 +127,8 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path, per_channel: bool = 
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return _report(src, dst, {"mode": "dynamic", "per_channel": per_channel, "quantize_embeddings": quantize_embeddings,
-                              "op_types": op_types, "nodes_excluded": list(nodes_to_exclude)})
+                              "reduce_range": reduce_range, "op_types": op_types,
+                              "nodes_excluded": list(nodes_to_exclude)})
 
 
 class FeedsReader:
@@ -186,13 +187,14 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration_feeds: li
                          method: str = "minmax", per_channel: bool = False, nodes_to_exclude: Sequence[str] = (),
                          op_types: Sequence[str] = ("MatMul",), activation_type: str = "uint8",
                          percentile: float = 99.999, calibration_cache: str | Path | None = None,
-                         prepared: bool = False) -> dict:
+                         prepared: bool = False, reduce_range: bool = False) -> dict:
     """Static int8 quantization in QDQ format, calibrated on ``calibration_feeds`` (name -> array dicts).
 
     ``method``: minmax, entropy or percentile (``percentile`` sets the clipping percentile).
     ``activation_type``: ``uint8`` (U8S8, the fast x86 path) or ``int8``. ``calibration_cache``:
     a JSON file of ranges; when it exists calibration is skipped (ranges must come from the same
     graph and method). ``prepared``: ``src`` already went through :func:`prepare_for_static`.
+    ``reduce_range``: 7-bit weights, for x86 CPUs without VNNI (machine.py).
     Returns what :func:`quantize_int8_dynamic` returns plus the method and the excluded nodes."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -213,11 +215,11 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration_feeds: li
                 str(model_in), str(dst), FeedsReader(calibration_feeds, names), quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=act,
                 weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude), calibrate_method=meth,
-                extra_options=extra, calibration_cache_path=str(calibration_cache) if calibration_cache else None,
+                reduce_range=reduce_range, extra_options=extra, calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
     return _report(src, dst, {"mode": "static_qdq", "method": method, "per_channel": per_channel,
                               "activation_type": activation_type, "op_types": list(op_types),
-                              "nodes_excluded": list(nodes_to_exclude)})
+                              "reduce_range": reduce_range, "nodes_excluded": list(nodes_to_exclude)})
 
 
 def node_groups(src: str | Path | onnx.ModelProto, op_types: Sequence[str] = ("MatMul",)) -> dict[str, list[str]]:
@@ -320,7 +322,8 @@ def static_with_fallback(src: str | Path, dst: str | Path, calibration_feeds: li
                          evaluate: Callable[[Path], float], reference: float, tolerance: float,
                          method: str = "minmax", per_channel: bool = False,
                          probe_feeds: list[dict[str, np.ndarray]] | None = None, op_types: Sequence[str] = ("MatMul",),
-                         max_float_groups: int | None = None, activation_type: str = "uint8") -> dict:
+                         max_float_groups: int | None = None, activation_type: str = "uint8",
+                         reduce_range: bool = False) -> dict:
     """Static int8 with accuracy-driven fallback to float for the most sensitive node groups.
 
     Quantizes everything; if ``reference - evaluate(dst) > tolerance``, ranks the groups with
@@ -330,7 +333,7 @@ def static_with_fallback(src: str | Path, dst: str | Path, calibration_feeds: li
     passing model, or the best one tried. Returns ``passed``, ``float_groups``, ``float_nodes``
     (names), ``metric``, ``tries`` (every try with its metric), ``sensitivity`` and the final report."""
     kwargs = {"method": method, "per_channel": per_channel, "op_types": tuple(op_types),
-              "activation_type": activation_type}
+              "activation_type": activation_type, "reduce_range": reduce_range}
     with tempfile.TemporaryDirectory(prefix="ct_fallback_") as tmp:
         runner = _StaticRunner(src, Path(tmp), calibration_feeds, **kwargs)
         nodes = node_groups(runner.prepared, op_types)

@@ -21,10 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CompresstuneError
+from ..machine import int8_reduce_range
 
 VARIANTS = ("fp32", "optimized", "int8_dynamic", "int8_static", "fp16")
 DEFAULT_VARIANTS = {"cpu": ("fp32", "optimized", "int8_dynamic", "int8_static"), "cuda": ("fp32", "optimized", "fp16")}
+
+
+# the ONNX Runtime providers each variant runs on (int8 is a CPU path; the CPU provider runs fp16 graphs with fp32
+# arithmetic, so fp16 is timed and verified on CUDA only)
+RUNS_ON = {
+    "fp32": ("cpu", "cuda"),
+    "optimized": ("cpu", "cuda"),
+    "int8_dynamic": ("cpu",),
+    "int8_static": ("cpu",),
+    "fp16": ("cuda",),
+}
+
+
+def runs_on(provider: str) -> tuple[str, ...]:
+    """The variants timed on ``provider``."""
+    return tuple(v for v, provs in RUNS_ON.items() if provider in provs)
+
+
+def target_provider(variant: str, cuda: bool) -> str:
+    """Where ``variant`` is verified and would ship: CUDA when the run uses it and the variant runs there."""
+    return "cuda" if cuda and "cuda" in RUNS_ON.get(variant, ("cpu",)) else "cpu"
 
 
 def kind_of(variant: str) -> str:
@@ -74,6 +95,7 @@ class VariantBuilder:
             log,
         )
         self.built: dict[str, Path] = {"fp32": fp32_path}
+        self.reduce_range = int8_reduce_range(getattr(cfg, "reduce_range", False))
 
     def build(self, variant: str) -> dict:
         """Build one variant; returns its details (what was fused or quantised). Raises on failure."""
@@ -110,6 +132,7 @@ class VariantBuilder:
                 dst,
                 per_channel=self.cfg.per_channel,
                 quantize_embeddings=self.cfg.quantize_embeddings,
+                reduce_range=self.reduce_range,
                 nodes_to_exclude=exclude,
             )
 
@@ -171,7 +194,9 @@ class VariantBuilder:
         feeds = self.calibration_feeds()
         src = self._source_graph()
         if not self.cfg.static_fallback:
-            return quantize_int8_static(src, dst, feeds, self.cfg.calibration_method, self.cfg.per_channel)
+            return quantize_int8_static(
+                src, dst, feeds, self.cfg.calibration_method, self.cfg.per_channel, reduce_range=self.reduce_range
+            )
         rep = static_with_fallback(
             src,
             dst,
@@ -181,9 +206,10 @@ class VariantBuilder:
             self.cfg.tolerances.int8,
             method=self.cfg.calibration_method,
             per_channel=self.cfg.per_channel,
+            reduce_range=self.reduce_range,
         )
         self.log(f"  int8_static: {len(rep['tries'])} tries; kept in float: {rep['float_groups'] or 'nothing'}")
-        return {k: rep[k] for k in ("passed", "float_groups", "tries", "method", "per_channel")}
+        return {k: rep[k] for k in ("passed", "float_groups", "tries", "method", "per_channel", "reduce_range")}
 
     def _fp16(self, dst: Path) -> dict:
         from .quantize import convert_fp16
@@ -208,7 +234,7 @@ def verify_variant(
     try:
         diffs = logit_diffs(path)
         metrics = dev_metric(path)
-    except (CompresstuneError, RuntimeError, ValueError) as exc:  # ORT refuses a graph: the variant failed
+    except Exception as exc:  # noqa: BLE001 - ORT refuses a graph (its Fail, InvalidGraph, NotImplemented...)
         return {"passed": False, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}", "tolerance": tolerance}
     gap = abs(metrics["main"] - reference)
     return {

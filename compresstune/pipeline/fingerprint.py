@@ -6,7 +6,9 @@ options count), its stage type's code ``version`` (``Stage.version``), and its i
 fingerprints. A stage that reads the pipeline's model and task (``uses_model_and_task``)
 also covers the model, task and seed settings and, by content (identity.py), the task's data
 files and the model folder, plus $COMPRESSTUNE_GLUE_DIR when it picks the GLUE folder. Stages
-that train or time also cover the device kind (cpu or cuda). A stage whose recorded
+that train or time also cover the device kind (cpu or cuda), and those that time the CPU's
+instruction-set class (machine.py); ``bf16: auto`` and ``reduce_range: auto`` enter as what they
+resolve to on this machine. A stage whose recorded
 fingerprint matches is skipped; library versions are recorded but do not rerun anything."""
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from pathlib import Path
 
 from ..config.sections import PipelineConfig, method_option_fields
+from ..machine import cpu_profile, int8_reduce_range, resolve_bf16
 from ..options import Section
 from .identity import ContentHashes, data_identity, device_kind, model_identity
 
@@ -67,16 +70,32 @@ def stage_fingerprints(cfg: PipelineConfig, stage_class, hashes: ContentHashes |
             "inputs": [fps[i] for i in cfg.stage_inputs(name)],
         }
         payload["settings"].pop("input", None)
+        _resolve_machine_settings(payload["settings"], device_kind(cfg.device))
         if cls.uses_model_and_task:
             payload.update(model=_model_name(cfg), task=_task_settings(cfg), seed=cfg.seed, **reads)
         if cls.uses_model_and_task or scfg.type in TIMES:
             payload["device"] = device_kind(cfg.device)
+        if scfg.type in TIMES:  # a timing belongs to the CPU's instruction-set class, not only to "cpu"
+            payload["isa"] = cpu_profile()["isa"]
         if getattr(scfg, "text_file", None):  # compress: unlabelled text for distillation, by content only
             p = Path(scfg.text_file)
             payload["settings"].pop("text_file", None)  # how the path is spelled (relative to which file) is moot
             payload["text_file_content"] = hashes.file(p if p.is_absolute() else cfg.base_dir / p)
         fps[name] = fingerprint(payload)
     return fps
+
+
+def _resolve_machine_settings(settings: dict, device: str) -> None:
+    """Settings whose ``auto`` depends on the machine enter as what they resolve to here (machine.py): ``bf16``
+    as the precision used; ``reduce_range`` only when on, so that exports made before it existed, and exports on
+    CPUs with VNNI, keep their fingerprints."""
+    if "bf16" in settings:
+        settings["bf16"] = resolve_bf16(settings["bf16"], device)
+    if "reduce_range" in settings:
+        if int8_reduce_range(settings["reduce_range"]):
+            settings["reduce_range"] = True
+        else:
+            settings.pop("reduce_range")
 
 
 def _model_name(cfg: PipelineConfig) -> str:

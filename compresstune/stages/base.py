@@ -77,6 +77,18 @@ class StageContext:
             "max_length": self.pipeline.task.max_length,
         }
 
+    def precision(self) -> dict:
+        """The training precision this stage resolved (``bf16: auto`` -> what the device runs natively), said once
+        in the log; recorded in the stage summary."""
+        from ..machine import describe, profile, resolve_bf16
+
+        setting = getattr(self.cfg, "bf16", False)
+        bf16 = resolve_bf16(setting, self.device)
+        where = describe(profile()) if not self.device.startswith("cuda") else self.device
+        why = "" if setting != "auto" else (" (native on this device)" if bf16 else " (this device has no native bf16)")
+        self.log(f"[{self.name}] precision: {'bf16 autocast' if bf16 else 'fp32'}{why}; bf16: {setting}; {where}")
+        return {"bf16_setting": setting, "bf16": bf16, "precision": "bf16-autocast" if bf16 else "fp32"}
+
     def rel(self, path: Path) -> str:
         """``path`` relative to the run folder when it is inside it (summaries stay movable), else as is."""
         return str(path.relative_to(self.run_dir)) if path.is_relative_to(self.run_dir) else str(path)

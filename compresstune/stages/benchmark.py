@@ -17,16 +17,12 @@ import torch
 
 from ..errors import UserError
 from ..export.onnx import make_session, ort_run
-from ..export.variants import variant_file
+from ..export.variants import runs_on, variant_file
 from ..measure.compare import interleaved, process_footprint, speedup
 from ..measure.latency import machine_info
 from ..methods import load_artifact
 from ..models.inputs import dummy_inputs, model_inputs
 from .base import Stage, StageContext, register
-
-GPU_VARIANTS = ("fp32", "optimized", "fp16")  # int8 is a CPU path: the CUDA provider does not run it
-CPU_VARIANTS = ("fp32", "optimized", "int8_dynamic", "int8_static")
-
 
 def resolve_providers(requested) -> list[str]:
     import onnxruntime as ort
@@ -37,6 +33,12 @@ def resolve_providers(requested) -> list[str]:
             out.append("cuda")
         return out
     return list(requested)
+
+
+def ship_provider(providers: list[str]) -> str:
+    """The provider whose timings decide (the variant table, the speed-up references, the ship rule): CUDA when
+    the run times on it, since that is where the model would be served; the CPU rows are kept beside it."""
+    return "cuda" if "cuda" in providers else providers[0]
 
 
 def _cuda_iobinding_runner(sess, feed: dict):
@@ -137,9 +139,15 @@ class BenchmarkStage(Stage):
             "rows": self._rows(stats),
             "machine": machine_info(),
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
-            "references": self._references(base_ref, providers[0], engines),
+            "provider": ship_provider(providers),
         }
+        summary["references"] = self._references(base_ref, summary["provider"], engines)
         summary["variants"] = self._variant_table(ctx, export_ref, variants, stats, summary["references"])
+        summary["variants_other_providers"] = {
+            p: self._variant_table(ctx, export_ref, variants, stats, self._references(base_ref, p, engines), p, False)
+            for p in providers
+            if p != summary["provider"]
+        }  # labelled by provider; never read by the ship rule
         summary["comparison"] = self._comparison(ctx, base_ref, export_ref, stats) if base_ref is not None else None
         return summary
 
@@ -199,7 +207,7 @@ class BenchmarkStage(Stage):
         if base_ref is not None and cfg.pytorch and base_ref.summary.get("model_dir"):
             base_model = load_artifact(ctx.run_dir / base_ref.summary["model_dir"])[0]
         for prov in providers:
-            usable = GPU_VARIANTS if prov == "cuda" else CPU_VARIANTS
+            usable = runs_on(prov)
             for v in (v for v in variants if v in usable):
                 sess = make_session(variant_file(export_ref.dir, v), prov, cfg.threads)
                 out.append(_Engine(f"ort-{prov}" + ("" if v == "fp32" else f":{v}"), prov, session=sess))
@@ -245,10 +253,13 @@ class BenchmarkStage(Stage):
         torch_ref = f"{pre}torch-{prov}" if f"{pre}torch-{prov}" in names else None
         return {"pytorch_eager": torch_ref, "onnx_fp32": f"{pre}ort-{prov}", "of": "baseline" if pre else "this model"}
 
-    def _variant_table(self, ctx, export_ref, variants, stats, refs) -> dict:
-        """Per variant: size, footprint, and per point its latency and speed-ups against the references."""
+    def _variant_table(
+        self, ctx, export_ref, variants, stats, refs, prov: str | None = None, footprint: bool = True
+    ) -> dict:
+        """Per variant timed on ``prov`` (default: the ship provider): size, footprint, and per point its latency
+        and speed-ups against the references (``refs``, timed on the same provider)."""
         cfg, out = ctx.cfg, {}
-        prov = self._providers(ctx)[0]
+        prov = prov or ship_provider(self._providers(ctx))
         for v in variants:
             name = f"ort-{prov}" + ("" if v == "fp32" else f":{v}")
             if not any(name in point for point in stats.values()):
@@ -262,9 +273,10 @@ class BenchmarkStage(Stage):
                     for key, ref in (("pytorch_eager", refs["pytorch_eager"]), ("onnx_fp32", refs["onnx_fp32"]))
                     if ref is not None and ref in point
                 }
-            fp = process_footprint(path, cfg.points(), prov, cfg.threads) if cfg.footprint else None
+            fp = process_footprint(path, cfg.points(), prov, cfg.threads) if cfg.footprint and footprint else None
             out[v] = {
                 "engine": name,
+                "provider": prov,
                 "file": ctx.rel(path),
                 "size_mb": round(path.stat().st_size / 2**20, 2),
                 "footprint": fp,

@@ -238,7 +238,8 @@ class CompressStage(Stage):
         over = {"select": "last"} if not task_specific else {}
         if cfg.method == "prune":
             over["epochs"] = cfg.heal_epochs
-        spec = cfg.train_options(ctx.seed, **over)
+        spec = cfg.train_options(ctx.seed, ctx.device, **over)
+        precision = ctx.precision()
         for p in student.parameters():
             p.requires_grad_(True)
         res = train(
@@ -262,6 +263,7 @@ class CompressStage(Stage):
             "layer_map": layer_map,
             "best_dev": res.best_metric,
             "history": res.history,
+            **precision,
         }
 
     @staticmethod

@@ -17,7 +17,7 @@ from ..data.glue import GLUE_TASKS
 from ..data.metrics import compute_metrics
 from ..errors import CheckFailed, UserError
 from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
-from ..export.variants import VariantBuilder, kind_of, resolve_variants, verify_variant
+from ..export.variants import VariantBuilder, kind_of, resolve_variants, target_provider, verify_variant
 from ..methods import load_artifact as load_model
 from ..models.arch import arch_for
 from ..models.artifacts import layer_shapes
@@ -111,8 +111,10 @@ class ExportStage(Stage):
             log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
         )
         builder.agreement = check.agreement
+        cuda = check.cuda_usable()
         out = {}
         for name in resolve_variants(cfg.variants, ctx.device):
+            prov = target_provider(name, cuda)  # verified where it would ship: CUDA for fp16/fp32/optimized on a GPU
             tol = cfg.metric_tolerance if name == "fp32" else getattr(cfg.tolerances, kind_of(name))
             details = {}
             if name != "fp32":
@@ -126,8 +128,15 @@ class ExportStage(Stage):
                     }
                     ctx.log(f"[{ctx.name}] {name}: FAILED to build ({out[name]['error']})")
                     continue
-            res = verify_variant(name, builder.built[name], check.logit_diffs, check.dev_metric, reference, tol)
-            out[name] = {**res, "details": details}
+            res = verify_variant(
+                name,
+                builder.built[name],
+                lambda p, prov=prov: check.logit_diffs(p, prov),
+                lambda p, prov=prov: check.dev_metric(p, prov),
+                reference,
+                tol,
+            )
+            out[name] = {**res, "verified_on": prov, "details": details}
             self._log_variant(ctx, name, out[name])
         return out
 
@@ -138,7 +147,8 @@ class ExportStage(Stage):
             return
         verdict = "ok" if v["passed"] else f"FAILED (more than {v['tolerance']} points from PyTorch)"
         ctx.log(
-            f"[{ctx.name}] {name}: {v['size_mb']} MB, dev {ctx.task.metric} {v['dev']['main']:.2f} "
+            f"[{ctx.name}] {name} ({v['verified_on']} provider): {v['size_mb']} MB, dev {ctx.task.metric} "
+            f"{v['dev']['main']:.2f} "
             f"(gap {v['gap_points']:.2f}), max |logit diff| {max(v['max_abs_diff'].values()):.2e}: {verdict}"
         )
 
@@ -146,10 +156,7 @@ class ExportStage(Stage):
     def _check_cuda(path, check, torch_metrics, cfg, ctx) -> dict:
         """Where a GPU and onnxruntime-gpu are present, the CUDA provider's dev metric is checked too
         (TF32 and fused kernels change the numbers)."""
-        import onnxruntime as ort
-        import torch
-
-        if not (torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()):
+        if not check.cuda_usable():
             return {}
         m = check.dev_metric_of_session(make_session(path, "cuda"))
         gap = abs(m["main"] - torch_metrics["main"])
@@ -195,11 +202,22 @@ class _Checker:
         task = self.ctx.task
         return compute_metrics(task, logits_to_preds(task, ort_predict(sess, self.enc, self.pad)), task.dev.labels)
 
-    def dev_metric(self, path) -> dict:
-        return self.dev_metric_of_session(make_session(path, "cpu"))
+    def dev_metric(self, path, provider: str = "cpu") -> dict:
+        return self.dev_metric_of_session(make_session(path, provider))
 
-    def logit_diffs(self, path) -> dict:
-        return max_abs_diff_at_shapes(self.model, make_session(path, "cpu"), self.ctx.cfg.verify_shapes)
+    def logit_diffs(self, path, provider: str = "cpu") -> dict:
+        return max_abs_diff_at_shapes(self.model, make_session(path, provider), self.ctx.cfg.verify_shapes)
+
+    def cuda_usable(self) -> bool:
+        """The run uses CUDA and ONNX Runtime has its CUDA provider: variants are then verified there."""
+        import onnxruntime as ort
+        import torch
+
+        return (
+            self.ctx.device.startswith("cuda")
+            and torch.cuda.is_available()
+            and "CUDAExecutionProvider" in ort.get_available_providers()
+        )
 
     def calibration_feeds(self) -> list[dict]:
         """Training examples (a fixed subset), batched with dynamic padding, as ONNX Runtime feeds."""

@@ -36,7 +36,8 @@ class FinetuneStage(Stage):
             f"model from {source}"
         )
         self._check_structure(ctx, method, structure)
-        opts = cfg.train_options(ctx.seed)
+        opts = cfg.train_options(ctx.seed, ctx.device)
+        precision = ctx.precision()
         setup = method.prepare(model, method.options(cfg), self._prepare_context(ctx, tok, opts))
         model = setup.model or model
         structure = {**structure, **setup.structure}
@@ -55,7 +56,7 @@ class FinetuneStage(Stage):
             {"method": cfg.method, "source": source},
             structure=structure,
         )
-        return self._summary(ctx, res, setup, total, trainable_now, groups, structure)
+        return {**self._summary(ctx, res, setup, total, trainable_now, groups, structure), **precision}
 
     @staticmethod
     def _prepare_context(ctx: StageContext, tok, opts) -> PrepareContext:

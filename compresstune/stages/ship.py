@@ -28,19 +28,24 @@ def candidates(stages: dict, shape: tuple[int, int]) -> list[dict]:
     if export is None:
         return []
     timed = (bench or {}).get("summary", {}).get("variants") or {}
+    provider = (bench or {}).get("summary", {}).get("provider", "cpu")  # the provider whose timings decide
     key = f"{shape[0]}x{shape[1]}"
     out = []
     for name, v in (export["summary"].get("variants") or {}).items():
         point = (timed.get(name) or {}).get("points", {}).get(key)
+        verified_on = v.get("verified_on", "cpu")
+        elsewhere = bool(point) and verified_on != provider  # e.g. timed on CUDA but checked on the CPU provider
         out.append(
             {
                 "variant": name,
-                "passed": bool(v.get("passed")),
+                "passed": bool(v.get("passed")) and not elsewhere,
+                "provider": provider if point else None,
+                "verified_on": verified_on,
                 "dev": (v.get("dev") or {}).get("main"),
                 "gap_points": v.get("gap_points"),
                 "tolerance": v.get("tolerance"),
                 "size_mb": v.get("size_mb"),
-                "error": v.get("error"),
+                "error": f"verified on {verified_on}, timed on {provider}" if elsewhere else v.get("error"),
                 "p50_ms": point["p50_ms"] if point else None,
                 "timed": point,
             }
@@ -65,8 +70,9 @@ def choose(cands: list[dict], rule: str, shape) -> dict:
     }[rule]
     best = min(ok, key=key)
     failed = [c["variant"] for c in cands if not c["passed"]]
+    where = f" on the {best['provider']} provider" if best.get("provider") else ""
     what = {
-        "fastest": f"the lowest p50 at batch {shape[0]} x seq {shape[1]} ({best['p50_ms']:.2f} ms)",
+        "fastest": f"the lowest p50 at batch {shape[0]} x seq {shape[1]}{where} ({best['p50_ms']:.2f} ms)",
         "smallest": f"the smallest file ({best['size_mb']} MB)",
         "most_accurate": f"the highest dev metric ({best['dev']:.2f})",
     }[rule]
@@ -75,7 +81,7 @@ def choose(cands: list[dict], rule: str, shape) -> dict:
         f"{best['variant']} has {what}"
         + (f"; not eligible (failed verification): {', '.join(failed)}" if failed else "")
     )
-    return {"rule": rule, "shape": list(shape), "chosen": best["variant"], "why": why}
+    return {"rule": rule, "shape": list(shape), "chosen": best["variant"], "provider": best.get("provider"), "why": why}
 
 
 def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Path, Path]:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..data.batching import collate, encode, epoch_batches
 from ..data.task import TaskData
 from ..errors import CheckFailed
+from ..machine import resolve_bf16
 from ..models.inputs import model_inputs
 from . import faults
 from .checkpoint import RESUME_KEYS, atomic_save, load_checkpoint, rng_state, seed_everything, set_rng_state
@@ -222,7 +223,9 @@ class Trainer:
         batch = collate([self.train_enc[i] for i in idx], self.pad_id, "token_type_ids" in self.names)
         batch = {k: v.to(dev) for k, v in batch.items() if k in self.names}
         with torch.autocast(
-            device_type="cuda" if dev.startswith("cuda") else "cpu", dtype=torch.bfloat16, enabled=self.opts.bf16
+            device_type="cuda" if dev.startswith("cuda") else "cpu",
+            dtype=torch.bfloat16,
+            enabled=resolve_bf16(self.opts.bf16, dev),
         ):
             if self.loss_fn is not None:
                 loss = self.loss_fn(self.fwd, batch, self.labels[idx].to(dev))

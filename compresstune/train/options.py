@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..machine import resolve_bf16
 from ..options import Section
 
 
@@ -22,7 +23,11 @@ class TrainOptions(Section):
     )
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
-    bf16: bool = Field(False, description="bf16 autocast for the forward pass (weights stay fp32)")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast for the forward pass (weights stay fp32); auto: where the device runs bf16 "
+        "natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
+    )
     eval_every_steps: int | None = Field(
         None, gt=0, description="also evaluate every N steps (always at each epoch end)"
     )
@@ -40,7 +45,9 @@ class TrainOptions(Section):
     )
     seed: int | None = Field(None, description="default: the pipeline seed")
 
-    def train_options(self, seed: int, **override) -> TrainOptions:
-        """Only the training options of this (possibly larger) settings block, with the seed resolved."""
+    def train_options(self, seed: int, device: str = "cpu", **override) -> TrainOptions:
+        """Only the training options of this (possibly larger) settings block, with the seed and the precision
+        (``bf16: auto`` -> what ``device`` runs natively) resolved."""
         data = {k: getattr(self, k) for k in TrainOptions.model_fields}
+        data["bf16"] = resolve_bf16(data["bf16"], device)
         return TrainOptions.model_construct(**{**data, "seed": seed, **override})

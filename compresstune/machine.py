@@ -1,0 +1,228 @@
+"""The machine a result is made, timed or checked on: one profile used wherever a machine is described.
+
+What decides results and speed on a CPU is its instruction-set class, not its model name ("AMD EPYC"
+is printed by machines with AVX2 only and by machines with AVX-512 VNNI and BF16):
+
+* bf16 autocast is fast only where the CPU has native bf16 dot products (AVX-512 BF16, AMX); elsewhere
+  PyTorch falls back to a scalar path that is 20-30x slower than fp32 (measured: issue 17);
+* ONNX Runtime's u8s8 int8 kernels are exact with VNNI (AVX-512 VNNI, AVX-VNNI); without it they use
+  ``vpmaddubsw``, whose int16 sums can saturate, so int8 weights are quantised to 7 bits there
+  (``reduce_range``).
+
+The flags come from the kernel (``/proc/cpuinfo``) or, elsewhere, from ``py-cpuinfo`` when it is
+installed; ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``, which cap what PyTorch uses, cap the
+profile too. Nothing here imports torch: GPU facts are read only when torch is already imported (the
+torch-free ``compresstune verify`` runs on machines without it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+# x86 flags (Linux names) that change results or speed, highest first within each family
+X86_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "fma")
+ARM_FEATURES = ("sve2", "sve", "bf16", "i8mm", "asimddp", "asimd")
+# ONEDNN_MAX_CPU_ISA values (lower case, prefix match) -> the x86 flags they leave usable
+_ONEDNN_CAPS = (
+    ("avx512_core_amx", set(X86_FEATURES)),
+    ("avx512_core_bf16", {"avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "fma"}),
+    ("avx512_core_vnni", {"avx512_vnni", "avx512f", "avx_vnni", "avx2", "fma"}),
+    ("avx512_core", {"avx512f", "avx2", "fma"}),
+    ("avx2_vnni", {"avx_vnni", "avx2", "fma"}),
+    ("avx2", {"avx2", "fma"}),
+    ("avx", set()),
+    ("sse41", set()),
+)
+
+
+def _read_cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    if out:
+                        break
+                    continue
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    return out
+
+
+def _cpuinfo_library() -> dict[str, str]:
+    """py-cpuinfo's view (macOS, Windows), when that package is installed."""
+    try:
+        import cpuinfo  # py-cpuinfo: optional
+
+        info = cpuinfo.get_cpu_info()
+    except Exception:  # noqa: BLE001 - optional, and it probes the machine in ways that can fail
+        return {}
+    return {"model name": info.get("brand_raw", ""), "flags": " ".join(info.get("flags", []))}
+
+
+def raw_cpu() -> tuple[str, str, set[str]]:
+    """(vendor, model name, flags) as the operating system reports them."""
+    info = _read_cpuinfo() or _cpuinfo_library()
+    model = info.get("model name") or info.get("hardware") or info.get("cpu model") or platform.processor() or ""
+    vendor = info.get("vendor_id") or info.get("cpu implementer") or ""
+    flags = set((info.get("flags") or info.get("features") or "").lower().split())
+    return vendor, model, flags
+
+
+def arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def effective_flags(flags: set[str], env=None) -> set[str]:
+    """``flags`` less what ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` keep PyTorch from using."""
+    env = os.environ if env is None else env
+    out = set(flags)
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or "").strip().lower()
+    if cap and cap != "all":
+        allowed = next((keep for prefix, keep in _ONEDNN_CAPS if cap.startswith(prefix)), None)
+        if allowed is not None:
+            out = {f for f in out if f not in X86_FEATURES or f in allowed}
+    aten = (env.get("ATEN_CPU_CAPABILITY") or "").strip().lower()
+    if aten in ("avx2", "default"):
+        out -= {f for f in X86_FEATURES if f.startswith(("avx512", "amx"))}
+        if aten == "default":
+            out -= {"avx2", "avx_vnni", "fma"}
+    return out
+
+
+def isa_class(arch_name: str, flags: set[str]) -> str:
+    """The instruction-set class that matters for bf16 training and int8 inference, in words."""
+    if arch_name == "x86_64":
+        if "amx_tile" in flags or "amx_bf16" in flags:
+            return "x86-64 AMX"
+        if "avx512f" in flags:
+            extra = "+".join(x for x, f in (("VNNI", "avx512_vnni"), ("BF16", "avx512_bf16")) if f in flags)
+            return "x86-64 AVX-512" + (f" {extra}" if extra else "")
+        if "avx2" in flags:
+            return "x86-64 AVX-VNNI" if "avx_vnni" in flags else "x86-64 AVX2"
+        return "x86-64 (no AVX2)"
+    if arch_name == "aarch64":
+        if "sve" in flags or "sve2" in flags:
+            return "arm64 SVE"
+        if "asimddp" in flags:
+            return "arm64 NEON dot-product"
+        return "arm64 NEON"
+    return arch_name or "unknown"
+
+
+def has_vnni(arch_name: str, flags: set[str]) -> bool:
+    """int8 dot products without 16-bit saturation (x86: AVX-512 VNNI, AVX-VNNI or AMX)."""
+    return arch_name == "x86_64" and bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_native_bf16(arch_name: str, flags: set[str]) -> bool:
+    """bf16 matrix products in hardware (x86: AVX-512 BF16 or AMX; arm64: the BF16 extension)."""
+    if arch_name == "x86_64":
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if arch_name == "aarch64":
+        return "bf16" in flags
+    return False
+
+
+def cpu_profile(flags: set[str] | None = None, arch_name: str | None = None) -> dict:
+    """The CPU part of the profile; ``flags``/``arch_name`` replace what this machine reports (tests)."""
+    vendor, model, hw = raw_cpu()
+    a = arch_name or arch()
+    f = effective_flags(hw if flags is None else set(flags))
+    known = X86_FEATURES if a == "x86_64" else ARM_FEATURES
+    return {
+        "cpu": model,
+        "vendor": vendor,
+        "arch": a,
+        "isa": isa_class(a, f),
+        "features": [x for x in known if x in f],
+        "vnni": has_vnni(a, f),
+        "native_bf16": cpu_native_bf16(a, f),
+        "logical_cores": os.cpu_count(),
+    }
+
+
+def gpu_profile() -> dict | None:
+    """The first CUDA GPU (name, compute capability, memory, bf16/fp16), only when torch is already imported."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return {
+        "name": p.name,
+        "compute_capability": f"{p.major}.{p.minor}",
+        "memory_gb": round(p.total_memory / 2**30, 1),
+        "bf16": bool(torch.cuda.is_bf16_supported()),
+        "fp16": (p.major, p.minor) >= (5, 3),
+        "count": torch.cuda.device_count(),
+    }
+
+
+def ort_profile() -> dict | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return {"version": ort.__version__, "providers": list(ort.get_available_providers())}
+
+
+def profile(cpu: dict | None = None) -> dict:
+    """The whole profile: CPU (instruction-set class, features, cores), GPU, ONNX Runtime, platform."""
+    out = dict(cpu or cpu_profile())
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    gpu = gpu_profile()
+    if gpu:
+        out["gpu"] = gpu
+    ort = ort_profile()
+    if ort:
+        out["onnxruntime"] = ort
+    out["platform"] = platform.platform()
+    return out
+
+
+def describe(p: dict | None = None) -> str:
+    """One line: 'AMD EPYC, x86-64 AVX-512 VNNI+BF16, 2 logical cores[, GPU NVIDIA H100 (cc 9.0, 79.1 GB)]'."""
+    p = p or profile()
+    s = f"{p.get('cpu') or 'unknown CPU'}, {p.get('isa')}, {p.get('logical_cores')} logical cores"
+    g = p.get("gpu")
+    if isinstance(g, dict):
+        s += f", GPU {g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GB)"
+    elif g:
+        s += f", GPU {g}"
+    return s
+
+
+def native_bf16(device: str, cpu: dict | None = None) -> bool:
+    """Whether ``device`` ('cpu', 'cuda', 'cuda:1') runs bf16 autocast natively."""
+    if device.startswith("cuda"):
+        torch = sys.modules.get("torch")
+        return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return bool((cpu or cpu_profile())["native_bf16"])
+
+
+def resolve_bf16(setting, device: str, cpu: dict | None = None) -> bool:
+    """``bf16: auto`` -> native support of the device; ``true``/``false`` as given."""
+    if setting == "auto":
+        return native_bf16(device, cpu)
+    return bool(setting)
+
+
+def int8_reduce_range(setting, cpu: dict | None = None) -> bool:
+    """``reduce_range: auto`` -> 7-bit int8 weights on x86 CPUs without VNNI (where u8s8 sums can saturate)."""
+    if setting == "auto":
+        c = cpu or cpu_profile()
+        return c["arch"] == "x86_64" and not c["vnni"]
+    return bool(setting)
+
+
+BF16_COST = (
+    "on a CPU without native bf16 (AVX-512 BF16 or AMX) PyTorch's bf16 autocast falls back to a scalar path: "
+    "measured 35-36 s per training step against 1.1-1.5 s in fp32 (MiniLM-L6, batch 32 x 64, AVX2 CPU)"
+)

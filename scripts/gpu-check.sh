@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The CUDA check, one script: on a machine with one GPU it sets up with the CUDA builds (COMPRESSTUNE_GPU=1),
+# runs pipelines/gpu-check.yaml end to end on CUDA (training, fp16 export verified on the CUDA provider,
+# benchmark with I/O binding, ship) and prints a short table. Under 8 minutes on one H100 is the aim.
+#
+#   bash scripts/gpu-check.sh             the real run; exits 3, loudly, where no CUDA GPU is visible
+#   bash scripts/gpu-check.sh --dry-run   anywhere (CI): checks the pipeline, the data and the model on the
+#                                         CPU and prints what the real run would do; runs no stage
+# COMPRESSTUNE_SKIP_SETUP=1 uses the environment as it is (torch with CUDA and onnxruntime-gpu already there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: bash scripts/gpu-check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+PIPE=pipelines/gpu-check.yaml
+fail() { echo "gpu-check: FAILED: $*" >&2; exit 3; }
+
+if [ "$DRY" = 0 ] && ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; then
+  fail "no CUDA GPU on this machine (nvidia-smi finds none). This script checks the CUDA path and needs one GPU; use --dry-run to check the pipeline without one."
+fi
+if [ "${COMPRESSTUNE_SKIP_SETUP:-0}" != 1 ]; then
+  if [ "$DRY" = 1 ]; then bash scripts/setup.sh; else COMPRESSTUNE_GPU=1 bash scripts/setup.sh; fi
+fi
+PY=python; CT=(compresstune)
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; CT=(.venv/bin/compresstune); fi
+
+if [ "$DRY" = 1 ]; then
+  echo "gpu-check: dry run: checking $PIPE on the CPU (device=cpu); no stage runs"
+  "${CT[@]}" pipeline validate "$PIPE" device=cpu --run-name gpu-check-dry
+  echo "gpu-check: dry run ok. On a GPU the real run trains on cuda, builds fp32/optimized/fp16, verifies each on"
+  echo "  the CUDA provider, times them on CUDA (I/O binding) and on the CPU, and ships by the CUDA timings."
+  exit 0
+fi
+
+"$PY" - <<'PYCHECK' || fail "torch sees no CUDA GPU or onnxruntime has no CUDAExecutionProvider (set up with COMPRESSTUNE_GPU=1)"
+import sys, torch, onnxruntime as ort
+ok = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+print("gpu-check:", torch.__version__, "cuda", torch.version.cuda, "|", ort.__version__, ort.get_available_providers())
+sys.exit(0 if ok else 1)
+PYCHECK
+start=$(date +%s)
+"${CT[@]}" pipeline run "$PIPE" --no-progress
+echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
+"$PY" - <<'PYTABLE'
+import json
+r = json.load(open("exported/gpu-check/report.json"))
+print("machine:", r["machine"].get("cpu"), "|", r["machine"].get("isa"), "| GPU:", r["machine"].get("gpu"))
+st = r["stages"]
+ft = next(s["summary"] for s in st.values() if s["type"] == "finetune")
+print(f"training: {ft['steps']} steps in {ft['train_time_s']} s, precision {ft.get('precision')}, dev {ft['dev_metric']:.2f}")
+ex = next(s["summary"] for s in st.values() if s["type"] == "export")
+bench = next(s["summary"] for s in st.values() if s["type"] == "benchmark")
+print(f"{'variant':14s} {'verified on':11s} {'dev':>6s} {'passed':>6s} {'p50 1x128 (ms)':>15s} {'x eager':>8s}")
+for v, res in ex["variants"].items():
+    t = (bench["variants"].get(v) or {}).get("points", {}).get("1x128") or {}
+    dev = (res.get("dev") or {}).get("main", float("nan"))
+    print(f"{v:14s} {res.get('verified_on', '?'):11s} {dev:6.2f} {str(res.get('passed')):>6s} "
+          f"{t.get('p50_ms', float('nan')):15.3f} {t.get('speedup_vs_pytorch_eager', float('nan')):8.2f}")
+ship = r.get("ship") or {}
+print(f"shipped: {ship.get('chosen')} on the {ship.get('provider')} provider ({ship.get('why')})")
+if ship.get("provider") != "cuda":
+    raise SystemExit("gpu-check: FAILED: the ship decision was not made on CUDA timings")
+PYTABLE

@@ -1,0 +1,212 @@
+"""Right on the hardware it runs on: the machine profile, bf16 only where it is native, int8 settings per
+instruction-set class, GPU ship decisions made on GPU timings (faked on CPU: CI has no GPU), and the GPU
+check script failing loudly where there is no GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_pipeline
+
+from compresstune import machine
+from compresstune.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+AVX2 = {"avx", "avx2", "fma", "f16c", "sse4_2"}
+AVX512_VNNI_BF16 = AVX2 | {"avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}
+AMX = AVX512_VNNI_BF16 | {"amx_tile", "amx_bf16", "amx_int8"}
+
+
+@pytest.mark.parametrize(
+    "flags, isa, vnni, bf16",
+    [
+        (AVX2, "x86-64 AVX2", False, False),
+        (AVX2 | {"avx_vnni"}, "x86-64 AVX-VNNI", True, False),
+        (AVX2 | {"avx512f"}, "x86-64 AVX-512", False, False),
+        (AVX2 | {"avx512f", "avx512_vnni"}, "x86-64 AVX-512 VNNI", True, False),
+        (AVX512_VNNI_BF16, "x86-64 AVX-512 VNNI+BF16", True, True),
+        (AMX, "x86-64 AMX", True, True),
+        ({"sse4_2"}, "x86-64 (no AVX2)", False, False),
+    ],
+)
+def test_instruction_set_classes(flags, isa, vnni, bf16):
+    p = machine.cpu_profile(flags, "x86_64")
+    assert (p["isa"], p["vnni"], p["native_bf16"]) == (isa, vnni, bf16)
+    assert machine.int8_reduce_range("auto", p) is (not vnni)
+    assert machine.resolve_bf16("auto", "cpu", p) is bf16
+    assert machine.resolve_bf16(True, "cpu", p) is True and machine.resolve_bf16(False, "cpu", p) is False
+
+
+def test_arm_classes_and_env_caps():
+    assert machine.isa_class("aarch64", {"asimd", "asimddp"}) == "arm64 NEON dot-product"
+    assert machine.isa_class("aarch64", {"asimd", "sve", "bf16"}) == "arm64 SVE"
+    assert machine.cpu_native_bf16("aarch64", {"asimd", "bf16"}) and not machine.has_vnni("aarch64", {"asimddp"})
+    assert machine.int8_reduce_range("auto", machine.cpu_profile({"asimd"}, "aarch64")) is False
+    # what PyTorch is told to use caps the profile (an AVX-512 machine run as an AVX2 one)
+    capped = machine.effective_flags(AMX, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert machine.isa_class("x86_64", capped) == "x86-64 AVX2"
+    assert machine.isa_class("x86_64", machine.effective_flags(AMX, {"ATEN_CPU_CAPABILITY": "avx2"})) == "x86-64 AVX2"
+    assert machine.effective_flags(AMX, {"ONEDNN_MAX_CPU_ISA": "ALL"}) == AMX
+
+
+def test_profile_of_this_machine_describes_it():
+    p = machine.profile()
+    assert p["isa"] and p["logical_cores"] and p["onnxruntime"]["providers"]
+    line = machine.describe(p)
+    assert p["isa"] in line and "logical cores" in line
+
+
+def _fake_cpu(monkeypatch, flags):
+    real = machine.cpu_profile
+    monkeypatch.setattr(machine, "cpu_profile", lambda f=None, a=None: real(flags if f is None else f, "x86_64"))
+
+
+def test_bf16_true_refused_on_a_cpu_without_native_bf16(monkeypatch, tiny_bert, glue_dir, tmp_path):
+    """`pipeline validate` and `pipeline run` exit 2 before any work, with the measured cost and the fix."""
+    _fake_cpu(monkeypatch, AVX2)
+    monkeypatch.chdir(tmp_path)
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
+    for cmd in (["pipeline", "validate"], ["pipeline", "run"]):
+        r = CliRunner().invoke(main, [*cmd, str(p), "finetune.bf16=true"])
+        assert r.exit_code == 2, r.output
+        assert "finetune.bf16: true" in r.output and "x86-64 AVX2" in r.output and "bf16=auto" in r.output
+        assert "35-36 s per training step" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "exported").exists() or not any((tmp_path / "exported").rglob("model"))
+    r = CliRunner().invoke(main, ["pipeline", "validate", str(p), "finetune.bf16=auto"])
+    assert r.exit_code == 0, r.output
+
+
+def test_bf16_auto_resolves_into_the_fingerprint(monkeypatch, tiny_bert, glue_dir, tmp_path):
+    """The resolved precision, not the word auto, enters the fingerprint: on a bf16 CPU auto == true (old
+    fingerprints of `bf16: true` runs hold), on an AVX2 CPU auto == false."""
+    from compresstune.config import load_config
+    from compresstune.pipeline.fingerprint import stage_fingerprints
+    from compresstune.stages.base import STAGES
+
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
+
+    def fp(flags, *over):
+        _fake_cpu(monkeypatch, flags)
+        return stage_fingerprints(load_config(p, ["device=cpu", *over]), lambda t: STAGES[t])["finetune"]
+
+    assert fp(AVX512_VNNI_BF16, "finetune.bf16=auto") == fp(AVX512_VNNI_BF16, "finetune.bf16=true")
+    assert fp(AVX2, "finetune.bf16=auto") == fp(AVX2, "finetune.bf16=false")
+    assert fp(AVX2, "finetune.bf16=auto") != fp(AVX512_VNNI_BF16, "finetune.bf16=auto")
+    # int8 reduce_range: on only where the CPU lacks VNNI; off leaves the fingerprint of exports made before it
+    # (both CPUs without bf16, so the finetune stage under the export is the same)
+    def export_fp(flags, *over):
+        _fake_cpu(monkeypatch, flags)
+        return stage_fingerprints(load_config(p, ["device=cpu", *over]), lambda t: STAGES[t])["export"]
+
+    vnni = AVX2 | {"avx_vnni"}
+    assert export_fp(AVX2) != export_fp(vnni) == export_fp(vnni, "export.reduce_range=false")
+    assert export_fp(AVX2) == export_fp(vnni, "export.reduce_range=true")
+
+
+# --- GPU decisions on the GPU, with CUDA timings faked --------------------------------------------------------
+
+
+def _stat(ms):
+    return {"p50_ms": ms, "p90_ms": ms, "p99_ms": ms, "runs": 30, "rounds_p50_ms": [ms] * 4}
+
+
+def _fake_gpu_run(tmp_path, fp16_passed=True, fp16_verified_on="cuda"):
+    """A CUDA run's export and benchmark summaries made by the real benchmark code from faked timings."""
+    from compresstune.config.sections import BenchmarkConfig
+    from compresstune.stages.benchmark import BenchmarkStage, ship_provider
+
+    d = tmp_path / "02_export"
+    d.mkdir()
+    for name, mb in (("model.onnx", 4), ("model.optimized.onnx", 4), ("model.fp16.onnx", 2)):
+        (d / name).write_bytes(b"\0" * (mb << 20))
+    # at 1 x 128: on CUDA fp16 is fastest; on the CPU provider the fused fp32 graph is
+    cuda = {"ort-cuda": 2.0, "ort-cuda:optimized": 1.5, "ort-cuda:fp16": 0.7, "torch-cuda": 5.0}
+    cpu = {"ort-cpu": 20.0, "ort-cpu:optimized": 15.0, "torch-cpu": 40.0}
+    stats = {(1, 128): {n: _stat(ms) for n, ms in {**cpu, **cuda}.items()}}
+    cfg = BenchmarkConfig(shapes=[(1, 128)], footprint=False)
+    ctx = SimpleNamespace(cfg=cfg, rel=lambda p: str(Path(p).relative_to(tmp_path)))
+    stage = BenchmarkStage()
+    stage._providers = lambda ctx: ["cpu", "cuda"]  # what `providers: auto` gives on a GPU machine
+    engines = [SimpleNamespace(name=n) for n in stats[(1, 128)]]
+    providers = ["cpu", "cuda"]
+    prov = ship_provider(providers)
+    refs = stage._references(None, prov, engines)
+    variants = ["fp32", "optimized", "fp16"]
+    bench = {
+        "provider": prov,
+        "references": refs,
+        "variants": stage._variant_table(ctx, SimpleNamespace(dir=d), variants, stats, refs),
+    }
+    ver = {"passed": True, "dev": {"main": 90.0}, "gap_points": 0.0, "tolerance": 0.3, "size_mb": 4.0}
+    export = {
+        "variants": {
+            "fp32": {**ver, "verified_on": "cuda"},
+            "optimized": {**ver, "verified_on": "cuda"},
+            "fp16": {**ver, "passed": fp16_passed, "verified_on": fp16_verified_on, "size_mb": 2.0},
+        }
+    }
+    return {"export": {"type": "export", "summary": export}, "benchmark": {"type": "benchmark", "summary": bench}}
+
+
+def test_gpu_run_ships_fp16_when_fastest_on_cuda_and_verified(tmp_path):
+    from compresstune.stages import ship
+
+    stages = _fake_gpu_run(tmp_path)
+    bench = stages["benchmark"]["summary"]
+    assert bench["provider"] == "cuda" and bench["references"]["pytorch_eager"] == "torch-cuda"
+    assert bench["variants"]["fp16"]["engine"] == "ort-cuda:fp16"
+    assert bench["variants"]["fp16"]["points"]["1x128"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0 / 0.7, 1e-3)
+    d = ship.choose(ship.candidates(stages, (1, 128)), "fastest", (1, 128))
+    assert d["chosen"] == "fp16" and d["provider"] == "cuda" and "cuda provider" in d["why"]
+
+
+@pytest.mark.parametrize("passed, verified_on", [(False, "cuda"), (True, "cpu")])
+def test_gpu_run_never_ships_fp16_unverified_on_cuda(tmp_path, passed, verified_on):
+    from compresstune.stages import ship
+
+    stages = _fake_gpu_run(tmp_path, fp16_passed=passed, fp16_verified_on=verified_on)
+    d = ship.choose(ship.candidates(stages, (1, 128)), "fastest", (1, 128))
+    assert d["chosen"] == "optimized" and d["provider"] == "cuda" and "fp16" in d["why"]
+
+
+def test_cpu_run_still_decides_on_cpu_timings(tmp_path):
+    from compresstune.stages.benchmark import ship_provider
+
+    assert ship_provider(["cpu"]) == "cpu" and ship_provider(["cpu", "cuda"]) == "cuda"
+
+
+# --- scripts/gpu-check.sh ------------------------------------------------------------------------------------
+
+
+def _gpu_check(*args):
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env['PATH']}"
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu-check.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**env, "COMPRESSTUNE_SKIP_SETUP": "1"},
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_check_dry_run_validates_and_real_run_fails_loudly_without_a_gpu():
+    import torch
+
+    dry = _gpu_check("--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "gpu-check.yaml" in dry.stdout and "dry run" in dry.stdout
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the real run is not a CPU test")
+    real = _gpu_check()
+    assert real.returncode != 0
+    assert "no CUDA GPU" in real.stderr
