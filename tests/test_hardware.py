@@ -99,6 +99,7 @@ def test_bf16_auto_resolves_into_the_fingerprint(monkeypatch, tiny_bert, glue_di
     assert fp(AVX512_VNNI_BF16, "finetune.bf16=auto") == fp(AVX512_VNNI_BF16, "finetune.bf16=true")
     assert fp(AVX2, "finetune.bf16=auto") == fp(AVX2, "finetune.bf16=false")
     assert fp(AVX2, "finetune.bf16=auto") != fp(AVX512_VNNI_BF16, "finetune.bf16=auto")
+
     # int8 reduce_range: on only where the CPU lacks VNNI; off leaves the fingerprint of exports made before it
     # (both CPUs without bf16, so the finetune stage under the export is the same)
     def export_fp(flags, *over):

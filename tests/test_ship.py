@@ -126,6 +126,49 @@ def test_the_bundle_runs_through_predict_without_torch(shipped):
     assert [p["index"] for p in preds] == [0, 1] and all(p["label"] in ("0", "1") for p in preds)
 
 
+def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
+    """`compresstune verify`: 100% on the machine that built the bundle, torch-free, the machine named in the bundle
+    config, report.json and the card; a verification set that no longer matches exits 3; none at all exits 2."""
+    import shutil
+
+    from compresstune.machine import profile
+
+    run, _ = shipped
+    bundle = run / "deploy"
+    cfg = json.loads((bundle / "config.json").read_text())
+    isa = profile()["isa"]
+    assert cfg["built_on"]["isa"] == isa and cfg["built_on"]["provider"] == "cpu"
+    assert json.loads((run / "report.json").read_text())["machine"]["isa"] == isa
+    card = (bundle / "README.md").read_text()
+    assert f"verified on: {isa}" in card and "compresstune verify deploy" in card
+    assert isa in (run / "REPORT.md").read_text()
+    script = (
+        "import sys\n"
+        "from compresstune.cli import main\n"
+        "try:\n"
+        f"    main(['verify', {str(bundle)!r}, '--json'], standalone_mode=False)\n"
+        "finally:\n"
+        "    print('IMPORTED', 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "IMPORTED False False", r.stdout + r.stderr
+    res = json.loads(r.stdout[: r.stdout.rindex("IMPORTED")])
+    assert res["passed"] and res["agreement"] == 1.0 and res["max_abs_logit_diff"] < 1e-5 and res["examples"] > 0
+    assert res["here"]["isa"] == res["made_on"]["isa"] == isa
+    # a verification set whose labels no longer match (as on a device whose int8 kernels saturate): exit 3
+    other = tmp_path / "deploy"
+    shutil.copytree(bundle, other)
+    rec = json.loads((other / "verify.json").read_text())
+    rec["labels"] = [1 - x for x in rec["labels"]]
+    (other / "verify.json").write_text(json.dumps(rec))
+    r = CliRunner().invoke(main, ["verify", str(other)])
+    assert r.exit_code == 3 and "FAILED" in r.output and "label agreement 0.00%" in r.output, r.output
+    (other / "verify.json").unlink()
+    r = CliRunner().invoke(main, ["verify", str(other)])
+    assert r.exit_code == 2 and "no verify.json" in r.output and "Traceback" not in r.output
+
+
 def test_bench_onnx_times_files_back_to_back(shipped, tmp_path):
     run, _ = shipped
     files = [str(run / "02_export" / "model.onnx"), str(run / "02_export" / "model.optimized.onnx")]
@@ -152,8 +195,7 @@ def test_ship_shape_must_be_timed(tiny_bert, glue_dir, tmp_path):
 
 def test_gpu_selection_rules_on_cpu():
     """What a CUDA machine would build and time, checked where CI runs (no GPU)."""
-    from compresstune.export.variants import resolve_variants
-    from compresstune.export.variants import runs_on, target_provider
+    from compresstune.export.variants import resolve_variants, runs_on, target_provider
 
     assert resolve_variants("auto", "cuda") == ["fp32", "optimized", "fp16"]
     assert resolve_variants("auto", "cpu") == ["fp32", "optimized", "int8_dynamic", "int8_static"]

@@ -8,8 +8,6 @@ stack; its JSON (``--out``) records the machine and is what a latency budget can
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from ..deploy.predictor import make_session
 from ..errors import UserError
+from ..machine import describe, profile
 from ..measure.compare import interleaved, process_footprint, speedup
 from ..measure.markdown import md_table
 
@@ -33,13 +32,8 @@ def _feed(sess, batch: int, seq: int, seed: int = 0) -> dict:
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "platform": platform.platform()}
+    """The machine profile (machine.py): CPU model, instruction-set class, cores, ONNX Runtime providers."""
+    return profile()
 
 
 def bench_onnx(
@@ -98,8 +92,8 @@ def bench_onnx(
 def to_markdown(res: dict) -> str:
     m = res["machine"]
     head = (
-        f"ONNX Runtime {res['onnxruntime']} on {res['provider']}, {res['threads']} threads, {m['cpu']} "
-        f"({m['logical_cores']} cores); {res['rounds']} interleaved rounds, {res['iters']} calls per file and "
+        f"ONNX Runtime {res['onnxruntime']} on {res['provider']}, {res['threads']} threads, {describe(m)}; "
+        f"{res['rounds']} interleaved rounds, {res['iters']} calls per file and "
         "point; speed-up = median over rounds of (first file p50 / this p50)."
     )
     rows = [

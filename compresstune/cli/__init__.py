@@ -15,6 +15,7 @@ from .common import Group
 from .inspect import inspect
 from .predict import predict
 from .search import search
+from .verify import verify
 
 PIPELINE_DIR_ENV = "COMPRESSTUNE_PIPELINES"
 
@@ -29,6 +30,7 @@ main.add_command(inspect)
 main.add_command(bench)
 main.add_command(predict)
 main.add_command(search)
+main.add_command(verify)
 
 
 @main.group(cls=Group)

@@ -191,7 +191,8 @@ def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
     for name, c in cfg.stages.items():
         if getattr(c, "bf16", None) is not True or native_bf16(device):
             continue
-        where = "this GPU has no bf16" if device == "cuda" else f"this CPU ({describe(cpu_profile())}) has no native bf16"
+        cpu = describe(cpu_profile())
+        where = "this GPU has no bf16" if device == "cuda" else f"this CPU ({cpu}) has no native bf16"
         add(
             (name, "bf16"),
             f"{name}.bf16: true, but {where}; {BF16_COST}. Use {name}.bf16=auto (bf16 where the device runs it "

@@ -93,6 +93,7 @@ def model_card(
     data: str | None = None,
     latency: list[dict] | None = None,
     machine: str | None = None,
+    verified_on: str | None = None,
     how_made: str | None = None,
     limits: list[str] | None = None,
     bundle_name: str = "BUNDLE",
@@ -100,6 +101,7 @@ def model_card(
     """Markdown model card (README.md) for a bundle described by ``config`` (as for :func:`write_bundle`).
 
     ``latency`` rows: ``{"engine", "batch", "seq", "p50_ms", "p90_ms", "p99_ms"}``; ``machine``: CPU/GPU in words;
+    ``verified_on``: where the shipped file was verified (machine, ONNX Runtime, provider) and what that means;
     ``how_made``: base model, compression and fine-tuning steps; ``limits``: extra caveats (defaults added)."""
     config = {**normalize_config(config), "versions": config.get("versions") or versions()}
     task, variant = config.get("task") or "a text classification task", config.get("variant")
@@ -131,6 +133,7 @@ def model_card(
         "",
         f"Dev set: {_fmt_metric(config)}.",
         "",
+        *([verified_on, ""] if verified_on else []),
         "## Latency",
         "",
     ]
@@ -145,6 +148,20 @@ def model_card(
         "",
     ]
     L += _usage(config, bundle_name)
+    L += [
+        "",
+        "## Check it on your device",
+        "",
+        "The bundle carries a verification set (`verify.json`: dev inputs with the labels and logits of the machine "
+        "that built it). On the machine that will run it (needs only onnxruntime, tokenizers and numpy):",
+        "",
+        "```bash",
+        f"compresstune verify {bundle_name}",
+        "```",
+        "",
+        "It prints both machines, the label agreement and the largest logit difference, and exits 3 when fewer "
+        "than 99% of the labels agree (`--min-agreement` to change it).",
+    ]
     lim = list(limits or []) + [
         f"Text beyond {config['max_length']} tokens is cut off (the predictor counts and reports it).",
         "Scores are softmax probabilities of an uncalibrated model, not calibrated confidences."

@@ -255,6 +255,11 @@ class Predictor:
         probability of the predicted label) for classification, ``{"value"}`` for regression.
         Inputs longer than ``max_length`` tokens are truncated; their count is ``last_truncated``
         and, when ``warn``, a warning says how many."""
+        return self._format(self.logits(inputs, batch_size, warn))
+
+    def logits(self, inputs, batch_size: int = 32, warn: bool = True) -> np.ndarray:
+        """The model's raw outputs (inputs x labels, or x 1 for regression), in input order, batched as
+        :meth:`predict` batches them."""
         items = self._normalize(inputs)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size must be a positive integer, not {batch_size!r}.")
@@ -267,8 +272,7 @@ class Predictor:
                 UserWarning,
                 stacklevel=2,
             )
-        logits = self._run(encs, self.fixed_batch or batch_size)
-        return self._format(logits)
+        return self._run(encs, self.fixed_batch or batch_size)
 
     def _normalize(self, inputs) -> list:
         if isinstance(inputs, (str, bytes, dict)):

@@ -24,6 +24,7 @@ from ..methods import load_artifact
 from ..models.inputs import dummy_inputs, model_inputs
 from .base import Stage, StageContext, register
 
+
 def resolve_providers(requested) -> list[str]:
     import onnxruntime as ort
 

@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ..machine import describe, profile
 from ..manifest import Manifest, write_json_atomic
-from ..measure.latency import machine_info
 from ..measure.markdown import md_table
 from ..models.artifacts import versions
 from . import ship
@@ -94,7 +94,7 @@ class ReportStage(Stage):
             "model": ctx.pipeline.model,
             "task": ctx.pipeline.task.name,
             "evaluated_on": _evaluated_on(ctx),
-            "machine": machine_info(),
+            "machine": profile(),
             "versions": versions(),
             "stages": stages,
         }
@@ -127,9 +127,10 @@ class ReportStage(Stage):
     def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:
         from ..deploy.bundle import normalize_config, write_bundle
         from ..deploy.card import model_card
+        from ..deploy.verify import machine_record, write_verification_set
 
         cfg, path, tok_dir = ship.bundle_config(stages, decision, ctx.run_dir)
-        m = machine_info()
+        cfg["built_on"] = {**machine_record(decision.get("provider") or "cpu"), **ship.int8_settings(stages, decision)}
         card = model_card(
             {
                 **normalize_config(cfg),
@@ -138,7 +139,8 @@ class ReportStage(Stage):
             description=None,
             data=_data_line(ctx),
             latency=ship.card_latency(stages, decision["chosen"]),
-            machine=f"{m['cpu']}, {m['logical_cores']} cores",
+            machine=describe(profile()),
+            verified_on=ship.verified_on_line(decision["chosen"], cfg["built_on"]),
             how_made=f"compresstune pipeline `{ctx.pipeline.source}` (stages: {', '.join(ctx.pipeline.stages)}); "
             f"variant {decision['chosen']} chosen by {decision['why']}.",
             bundle_name="deploy",
@@ -160,6 +162,13 @@ class ReportStage(Stage):
                 rep.update(bundle_sizes(ctx.out_dir / "deploy"))
         if ctx.cfg.edge or ctx.cfg.fixed_shape:
             rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
+        rep["verification"] = write_verification_set(
+            ctx.out_dir / "deploy", ship.plain(ctx.task.dev.texts), seed=ctx.pipeline.seed
+        )
+        ctx.log(
+            f"[{ctx.name}] verification set: {rep['verification']['examples']} inputs with this machine's labels and "
+            "logits in deploy/verify.json (`compresstune verify deploy` checks the bundle on another machine)"
+        )
         rep["dir"] = "deploy"
         return rep
 
@@ -189,13 +198,12 @@ class ReportStage(Stage):
 
 
 def _md_head(r: dict) -> list[str]:
-    m = r["machine"]
     return [
         f"# compresstune report: {r['run']}",
         "",
         f"Pipeline `{r['config_file']}`, model `{r['model']}`, task `{r['task']}`. Generated {r['generated_at']}.",
         f"Every metric below is on {r.get('evaluated_on', 'the dev set')}.",
-        f"Machine: {m['cpu']} ({m['logical_cores']} logical cores){', GPU ' + m['gpu'] if m.get('gpu') else ''}.",
+        f"Machine: {describe(r['machine'])}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
     ]
 

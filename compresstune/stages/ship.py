@@ -102,6 +102,31 @@ def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Pa
     return cfg, variant_file(out_dir, decision["chosen"]), out_dir / "tokenizer"
 
 
+def int8_settings(stages: dict, decision: dict) -> dict:
+    """How the shipped variant was quantised where that depends on the target CPU (``reduce_range``)."""
+    _, export = _last(stages, "export")
+    details = ((export["summary"].get("variants") or {}).get(decision["chosen"]) or {}).get("details") or {}
+    return {"int8_reduce_range": details["reduce_range"]} if "reduce_range" in details else {}
+
+
+def verified_on_line(variant: str, built: dict) -> str:
+    """'int8_dynamic verified on: x86-64 AVX-512 VNNI (AMD EPYC, ...), onnxruntime 1.32.0, CPU provider', with
+    what that means for other CPUs when the variant is int8."""
+    line = (
+        f"{variant} verified on: {built['isa']} ({built['machine']}), onnxruntime {built['onnxruntime']}, "
+        f"{built['provider'].upper()} provider."
+    )
+    if "int8_reduce_range" in built:
+        line += (
+            " int8 weights use 7 bits (`reduce_range`), so ONNX Runtime's int8 kernels cannot saturate on x86 CPUs "
+            "without VNNI."
+            if built["int8_reduce_range"]
+            else " int8 weights use 8 bits (`reduce_range` off): exact on CPUs with VNNI; on x86 CPUs without VNNI "
+            "ONNX Runtime's int8 kernels can saturate, so check the bundle there with `compresstune verify` first."
+        )
+    return line
+
+
 def card_latency(stages: dict, variant: str) -> list[dict]:
     _, bench = _last(stages, "benchmark")
     timed = ((bench or {}).get("summary", {}).get("variants") or {}).get(variant) or {}
@@ -257,7 +282,7 @@ def _latency_vs_batch(sm: dict, out_dir: Path) -> list[str]:
     return ["latency_vs_batch.png"]
 
 
-def _plain(texts) -> list:
+def plain(texts) -> list:
     """Task texts as the tokenizer takes them: a string, or a (first, second) pair."""
     return [t[0] if len(t) == 1 else tuple(t) for t in texts]
 
@@ -267,7 +292,7 @@ def bundle_metric(bundle_dir: Path, task) -> float:
     from ..data.metrics import compute_metrics
     from ..deploy.predictor import Predictor
 
-    out = Predictor(bundle_dir).predict(_plain(task.dev.texts), warn=False)
+    out = Predictor(bundle_dir).predict(plain(task.dev.texts), warn=False)
     preds = [r["value"] for r in out] if task.is_regression else [r["label_id"] for r in out]
     return compute_metrics(task, preds, list(task.dev.labels))["main"]
 
@@ -285,9 +310,9 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
 
     tmp, old = bundle_dir.with_name(bundle_dir.name + ".trim"), bundle_dir.with_name(bundle_dir.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    dev = _plain(task.dev.texts)
+    dev = plain(task.dev.texts)
     try:
-        res = trim_vocab(bundle_dir, _plain(task.train.texts), tmp, check_texts=dev, min_agreement=min_agreement)
+        res = trim_vocab(bundle_dir, plain(task.train.texts), tmp, check_texts=dev, min_agreement=min_agreement)
     except (CheckFailed, UserError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"  vocabulary not trimmed: {exc}")
