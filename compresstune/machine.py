@@ -10,9 +10,10 @@ is printed by machines with AVX2 only and by machines with AVX-512 VNNI and BF16
   (``reduce_range``).
 
 The flags come from the kernel (``/proc/cpuinfo``) or, elsewhere, from ``py-cpuinfo`` when it is
-installed; ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``, which cap what PyTorch uses, cap the
-profile too. Nothing here imports torch: GPU facts are read only when torch is already imported (the
-torch-free ``compresstune verify`` runs on machines without it)."""
+installed; ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``, which cap what PyTorch uses, cap what
+the profile says of PyTorch (``native_bf16``, ``torch_isa``), not of ONNX Runtime (``isa``, ``vnni``).
+Nothing here imports torch: GPU facts are read only when torch is already imported (the torch-free
+``compresstune verify`` runs on machines without it)."""
 
 from __future__ import annotations
 
@@ -130,21 +131,29 @@ def cpu_native_bf16(arch_name: str, flags: set[str]) -> bool:
 
 
 def cpu_profile(flags: set[str] | None = None, arch_name: str | None = None) -> dict:
-    """The CPU part of the profile; ``flags``/``arch_name`` replace what this machine reports (tests)."""
+    """The CPU part of the profile; ``flags``/``arch_name`` replace what this machine reports (tests; such flags
+    are taken as they are, without the environment's caps)."""
     vendor, model, hw = raw_cpu()
     a = arch_name or arch()
-    f = effective_flags(hw if flags is None else set(flags))
+    f = hw if flags is None else set(flags)
+    torch_f = effective_flags(hw) if flags is None else f  # what PyTorch may use (oneDNN / ATen caps)
     known = X86_FEATURES if a == "x86_64" else ARM_FEATURES
-    return {
+    out = {
         "cpu": model,
         "vendor": vendor,
         "arch": a,
         "isa": isa_class(a, f),
         "features": [x for x in known if x in f],
-        "vnni": has_vnni(a, f),
-        "native_bf16": cpu_native_bf16(a, f),
+        "vnni": has_vnni(a, f),  # ONNX Runtime's int8 kernels see the hardware
+        "native_bf16": cpu_native_bf16(a, torch_f),  # PyTorch's bf16 autocast sees its caps
         "logical_cores": os.cpu_count(),
     }
+    if torch_f != f:
+        out["torch_isa"] = isa_class(a, torch_f)
+        out["torch_isa_capped_by"] = {
+            k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)
+        }
+    return out
 
 
 def gpu_profile() -> dict | None:

@@ -42,7 +42,7 @@ print("gpu-check:", torch.__version__, "cuda", torch.version.cuda, "|", ort.__ve
 sys.exit(0 if ok else 1)
 PYCHECK
 start=$(date +%s)
-"${CT[@]}" pipeline run "$PIPE" --no-progress
+"${CT[@]}" pipeline run "$PIPE" device=cuda --no-progress
 echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
 "$PY" - <<'PYTABLE'
 import json

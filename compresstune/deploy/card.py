@@ -85,6 +85,23 @@ def _usage(config: dict, name: str) -> list[str]:
     ]
 
 
+def _check_on_device(name: str) -> list[str]:
+    return [
+        "",
+        "## Check it on your device",
+        "",
+        "The bundle carries a verification set (`verify.json`: dev inputs with the labels and logits of the machine "
+        "that built it). On the machine that will run it (needs only onnxruntime, tokenizers and numpy):",
+        "",
+        "```bash",
+        f"compresstune verify {name}",
+        "```",
+        "",
+        "It prints both machines, the label agreement and the largest logit difference, and exits 3 when fewer "
+        "than 99% of the labels agree (`--min-agreement` to change it).",
+    ]
+
+
 def model_card(
     config: dict,
     *,
@@ -147,21 +164,7 @@ def model_card(
         "## How to run it",
         "",
     ]
-    L += _usage(config, bundle_name)
-    L += [
-        "",
-        "## Check it on your device",
-        "",
-        "The bundle carries a verification set (`verify.json`: dev inputs with the labels and logits of the machine "
-        "that built it). On the machine that will run it (needs only onnxruntime, tokenizers and numpy):",
-        "",
-        "```bash",
-        f"compresstune verify {bundle_name}",
-        "```",
-        "",
-        "It prints both machines, the label agreement and the largest logit difference, and exits 3 when fewer "
-        "than 99% of the labels agree (`--min-agreement` to change it).",
-    ]
+    L += _usage(config, bundle_name) + _check_on_device(bundle_name)
     lim = list(limits or []) + [
         f"Text beyond {config['max_length']} tokens is cut off (the predictor counts and reports it).",
         "Scores are softmax probabilities of an uncalibrated model, not calibrated confidences."

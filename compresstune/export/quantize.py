@@ -37,17 +37,8 @@ from ..errors import CheckFailed, UserError
 
 METHODS = ("minmax", "entropy", "percentile")
 _LAYER_RE = re.compile(r"/layer\.(\d+)/")
-QUANT_OPS = (
-    "MatMulInteger",
-    "DynamicQuantizeMatMul",
-    "QAttention",
-    "QEmbedLayerNormalization",
-    "DynamicQuantizeLinear",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "QLinearMatMul",
-    "MatMulIntegerToFloat",
-)
+QUANT_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization",
+             "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulIntegerToFloat")
 
 
 def _load(path) -> onnx.ModelProto:
@@ -67,9 +58,8 @@ def _weight_summary(model: onnx.ModelProto) -> dict:
     by_type: Counter = Counter()
     for t in model.graph.initializer:
         n = int(np.prod(t.dims)) if t.dims else 1
-        by_type[onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name] += (
-            n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        )
+        by_type[onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name] += n * onnx.helper.tensor_dtype_to_np_dtype(
+            t.data_type).itemsize
     total = sum(by_type.values()) or 1
     int8 = sum(v for k, v in by_type.items() if k in ("int8", "uint8"))
     return {"initializer_bytes": dict(by_type), "int8_fraction": round(int8 / total, 4)}
@@ -94,15 +84,10 @@ def _report(src, dst, extra: dict) -> dict:
     qdq, float_mm = _qdq_fed(after)
     return {
         **extra,
-        "quantized_ops": {k: ops_a[k] for k in QUANT_OPS if ops_a.get(k)},
-        "qdq_quantized_nodes": qdq,
-        "float_matmuls_left": float_mm,
-        "float_attention_left": ops_a.get("Attention", 0),
-        "ops_before": ops_b,
-        "ops_after": ops_a,
-        "size_mb_before": _size_mb(src),
-        "size_mb_after": _size_mb(dst),
-        **_weight_summary(after),
+        "quantized_ops": {k: ops_a[k] for k in QUANT_OPS if ops_a.get(k)}, "qdq_quantized_nodes": qdq,
+        "float_matmuls_left": float_mm, "float_attention_left": ops_a.get("Attention", 0),
+        "ops_before": ops_b, "ops_after": ops_a,
+        "size_mb_before": _size_mb(src), "size_mb_after": _size_mb(dst), **_weight_summary(after),
     }
 
 
@@ -122,14 +107,9 @@ def _quiet_hint():
         root.removeFilter(_no_preprocess_hint)
 
 
-def quantize_int8_dynamic(
-    src: str | Path,
-    dst: str | Path,
-    per_channel: bool = False,
-    quantize_embeddings: bool = False,
-    reduce_range: bool = False,
-    nodes_to_exclude: Sequence[str] = (),
-) -> dict:
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, per_channel: bool = False,
+                          quantize_embeddings: bool = False, reduce_range: bool = False,
+                          nodes_to_exclude: Sequence[str] = ()) -> dict:
     """Dynamic int8 quantization (weights int8, activations quantized at run time) of ``src`` into ``dst``.
 
     Quantizes MatMul and fused Attention nodes always; embedding tables (Gather and
@@ -142,27 +122,13 @@ def quantize_int8_dynamic(
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with _quiet_hint():
         quantize_dynamic(
-            str(src),
-            str(dst),
-            op_types_to_quantize=op_types,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(nodes_to_exclude),
+            str(src), str(dst), op_types_to_quantize=op_types, per_channel=per_channel, reduce_range=reduce_range,
+            weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude),
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    return _report(
-        src,
-        dst,
-        {
-            "mode": "dynamic",
-            "per_channel": per_channel,
-            "quantize_embeddings": quantize_embeddings,
-            "reduce_range": reduce_range,
-            "op_types": op_types,
-            "nodes_excluded": list(nodes_to_exclude),
-        },
-    )
+    return _report(src, dst, {"mode": "dynamic", "per_channel": per_channel, "quantize_embeddings": quantize_embeddings,
+                              "reduce_range": reduce_range, "op_types": op_types,
+                              "nodes_excluded": list(nodes_to_exclude)})
 
 
 class FeedsReader:
@@ -190,11 +156,8 @@ class FeedsReader:
 def _calibration_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
-    table = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}
     if method not in table:
         raise UserError(f"quantize: calibration method {method!r} is not one of {', '.join(METHODS)}.")
     return table[method]
@@ -216,25 +179,15 @@ def prepare_for_static(src: str | Path, dst: str | Path) -> Path:
 
 def _check_feeds(calibration_feeds) -> None:
     if not calibration_feeds:
-        raise UserError(
-            "quantize: static quantization needs at least one calibration batch (calibration_feeds is empty)."
-        )
+        raise UserError("quantize: static quantization needs at least one calibration batch "
+                        "(calibration_feeds is empty).")
 
 
-def quantize_int8_static(
-    src: str | Path,
-    dst: str | Path,
-    calibration_feeds: list[dict[str, np.ndarray]],
-    method: str = "minmax",
-    per_channel: bool = False,
-    nodes_to_exclude: Sequence[str] = (),
-    op_types: Sequence[str] = ("MatMul",),
-    activation_type: str = "uint8",
-    percentile: float = 99.999,
-    calibration_cache: str | Path | None = None,
-    prepared: bool = False,
-    reduce_range: bool = False,
-) -> dict:
+def quantize_int8_static(src: str | Path, dst: str | Path, calibration_feeds: list[dict[str, np.ndarray]],
+                         method: str = "minmax", per_channel: bool = False, nodes_to_exclude: Sequence[str] = (),
+                         op_types: Sequence[str] = ("MatMul",), activation_type: str = "uint8",
+                         percentile: float = 99.999, calibration_cache: str | Path | None = None,
+                         prepared: bool = False, reduce_range: bool = False) -> dict:
     """Static int8 quantization in QDQ format, calibrated on ``calibration_feeds`` (name -> array dicts).
 
     ``method``: minmax, entropy or percentile (``percentile`` sets the clipping percentile).
@@ -259,33 +212,15 @@ def quantize_int8_static(
         names = [i.name for i in onnx.load(str(model_in), load_external_data=False).graph.input]
         with _quiet_hint():
             quantize_static(
-                str(model_in),
-                str(dst),
-                FeedsReader(calibration_feeds, names),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=per_channel,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(nodes_to_exclude),
-                calibrate_method=meth,
-                reduce_range=reduce_range,
-                extra_options=extra,
+                str(model_in), str(dst), FeedsReader(calibration_feeds, names), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types), per_channel=per_channel, activation_type=act,
+                weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude), calibrate_method=meth,
+                reduce_range=reduce_range, extra_options=extra,
                 calibration_cache_path=str(calibration_cache) if calibration_cache else None,
             )
-    return _report(
-        src,
-        dst,
-        {
-            "mode": "static_qdq",
-            "method": method,
-            "per_channel": per_channel,
-            "activation_type": activation_type,
-            "op_types": list(op_types),
-            "reduce_range": reduce_range,
-            "nodes_excluded": list(nodes_to_exclude),
-        },
-    )
+    return _report(src, dst, {"mode": "static_qdq", "method": method, "per_channel": per_channel,
+                              "activation_type": activation_type, "op_types": list(op_types),
+                              "reduce_range": reduce_range, "nodes_excluded": list(nodes_to_exclude)})
 
 
 def node_groups(src: str | Path | onnx.ModelProto, op_types: Sequence[str] = ("MatMul",)) -> dict[str, list[str]]:
@@ -336,15 +271,8 @@ class _StaticRunner:
 
     def quantize(self, dst, exclude: Sequence[str]) -> dict:
         """Quantize everything but ``exclude`` into ``dst``."""
-        rep = quantize_int8_static(
-            self.prepared,
-            dst,
-            self.feeds,
-            nodes_to_exclude=exclude,
-            prepared=True,
-            calibration_cache=self.cache,
-            **self.kwargs,
-        )
+        rep = quantize_int8_static(self.prepared, dst, self.feeds, nodes_to_exclude=exclude, prepared=True,
+                                   calibration_cache=self.cache, **self.kwargs)
         rep["size_mb_before"] = _size_mb(self.src)
         return rep
 
@@ -361,24 +289,14 @@ def _sensitivity(runner: _StaticRunner, tmp: Path, probe_feeds, base_exclude: Se
         mse = logit_mse(ref, probe, probe_feeds)
         rows.append({"group": name, "nodes": len(nodes), "mse_with_group_float": mse, "gain": mse_all - mse})
     rows.sort(key=lambda r: r["gain"], reverse=True)
-    return {
-        "scheme": "leave-one-group-float; logit MSE vs fp32 on probe batches",
-        "mse_all_quantized": mse_all,
-        "groups": rows,
-        "nodes": groups,
-    }
+    return {"scheme": "leave-one-group-float; logit MSE vs fp32 on probe batches", "mse_all_quantized": mse_all,
+            "groups": rows, "nodes": groups}
 
 
-def layer_sensitivity(
-    src: str | Path,
-    calibration_feeds: list[dict[str, np.ndarray]],
-    probe_feeds: list[dict[str, np.ndarray]] | None = None,
-    method: str = "minmax",
-    per_channel: bool = False,
-    op_types: Sequence[str] = ("MatMul",),
-    base_exclude: Sequence[str] = (),
-    activation_type: str = "uint8",
-) -> dict:
+def layer_sensitivity(src: str | Path, calibration_feeds: list[dict[str, np.ndarray]],
+                      probe_feeds: list[dict[str, np.ndarray]] | None = None, method: str = "minmax",
+                      per_channel: bool = False, op_types: Sequence[str] = ("MatMul",),
+                      base_exclude: Sequence[str] = (), activation_type: str = "uint8") -> dict:
     """How much each node group (``layer.N``, ``embeddings``, ``head``) hurts under static int8.
 
     Quantizes everything, then everything but one group, and compares the logit MSE against
@@ -388,15 +306,8 @@ def layer_sensitivity(
     and ``nodes`` (group -> node names)."""
     probe = probe_feeds or calibration_feeds[:4]
     with tempfile.TemporaryDirectory(prefix="ct_sens_") as tmp:
-        runner = _StaticRunner(
-            src,
-            Path(tmp),
-            calibration_feeds,
-            method=method,
-            per_channel=per_channel,
-            op_types=tuple(op_types),
-            activation_type=activation_type,
-        )
+        runner = _StaticRunner(src, Path(tmp), calibration_feeds, method=method, per_channel=per_channel,
+                               op_types=tuple(op_types), activation_type=activation_type)
         return _sensitivity(runner, Path(tmp), probe, base_exclude)
 
 
@@ -404,31 +315,16 @@ def _try(runner: _StaticRunner, dst, float_groups: list[str], nodes: dict[str, l
     exclude = [n for g in float_groups for n in nodes[g]]
     rep = runner.quantize(dst, exclude)
     metric = float(evaluate(Path(dst)))
-    return {
-        "float_groups": list(float_groups),
-        "float_nodes": len(exclude),
-        "metric": metric,
-        "drop": reference - metric,
-        "size_mb": rep["size_mb_after"],
-        "report": rep,
-    }
+    return {"float_groups": list(float_groups), "float_nodes": len(exclude), "metric": metric,
+            "drop": reference - metric, "size_mb": rep["size_mb_after"], "report": rep}
 
 
-def static_with_fallback(
-    src: str | Path,
-    dst: str | Path,
-    calibration_feeds: list[dict[str, np.ndarray]],
-    evaluate: Callable[[Path], float],
-    reference: float,
-    tolerance: float,
-    method: str = "minmax",
-    per_channel: bool = False,
-    probe_feeds: list[dict[str, np.ndarray]] | None = None,
-    op_types: Sequence[str] = ("MatMul",),
-    max_float_groups: int | None = None,
-    activation_type: str = "uint8",
-    reduce_range: bool = False,
-) -> dict:
+def static_with_fallback(src: str | Path, dst: str | Path, calibration_feeds: list[dict[str, np.ndarray]],
+                         evaluate: Callable[[Path], float], reference: float, tolerance: float,
+                         method: str = "minmax", per_channel: bool = False,
+                         probe_feeds: list[dict[str, np.ndarray]] | None = None, op_types: Sequence[str] = ("MatMul",),
+                         max_float_groups: int | None = None, activation_type: str = "uint8",
+                         reduce_range: bool = False) -> dict:
     """Static int8 with accuracy-driven fallback to float for the most sensitive node groups.
 
     Quantizes everything; if ``reference - evaluate(dst) > tolerance``, ranks the groups with
@@ -437,13 +333,8 @@ def static_with_fallback(
     ``max_float_groups`` (default: all groups but one) is reached. ``dst`` ends up holding the
     passing model, or the best one tried. Returns ``passed``, ``float_groups``, ``float_nodes``
     (names), ``metric``, ``tries`` (every try with its metric), ``sensitivity`` and the final report."""
-    kwargs = {
-        "method": method,
-        "per_channel": per_channel,
-        "op_types": tuple(op_types),
-        "activation_type": activation_type,
-        "reduce_range": reduce_range,
-    }
+    kwargs = {"method": method, "per_channel": per_channel, "op_types": tuple(op_types),
+              "activation_type": activation_type, "reduce_range": reduce_range}
     with tempfile.TemporaryDirectory(prefix="ct_fallback_") as tmp:
         runner = _StaticRunner(src, Path(tmp), calibration_feeds, **kwargs)
         nodes = node_groups(runner.prepared, op_types)
@@ -462,22 +353,15 @@ def static_with_fallback(
         if best is not tries[-1]:
             runner.quantize(dst, [n for g in best["float_groups"] for n in nodes[g]])
     return {
-        "passed": passed,
-        "reference": reference,
-        "tolerance": tolerance,
-        "metric": best["metric"],
-        "float_groups": best["float_groups"],
-        "float_nodes": [n for g in best["float_groups"] for n in nodes[g]],
-        "tries": [{k: v for k, v in t.items() if k != "report"} for t in tries],
-        "sensitivity": sens,
-        "report": best["report"],
-        **kwargs,
+        "passed": passed, "reference": reference, "tolerance": tolerance, "metric": best["metric"],
+        "float_groups": best["float_groups"], "float_nodes": [n for g in best["float_groups"] for n in nodes[g]],
+        "tries": [{k: v for k, v in t.items() if k != "report"} for t in tries], "sensitivity": sens,
+        "report": best["report"], **kwargs,
     }
 
 
-def convert_fp16(
-    src: str | Path, dst: str | Path, keep_io_types: bool = True, op_block_list: Sequence[str] | None = None
-) -> dict:
+def convert_fp16(src: str | Path, dst: str | Path, keep_io_types: bool = True,
+                 op_block_list: Sequence[str] | None = None) -> dict:
     """FP16 copy of ``src`` (the GPU variant) with ONNX Runtime's float16 converter.
 
     With ``keep_io_types`` the token-id inputs stay int64 and the logits stay float32 (Casts
@@ -495,16 +379,9 @@ def convert_fp16(
     model.save_model_to_file(str(dst))
     out = onnx.load(str(dst))
     onnx.checker.check_model(out)
-    io = {
-        v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-        for v in [*out.graph.input, *out.graph.output]
-    }
+    io = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+          for v in [*out.graph.input, *out.graph.output]}
     if keep_io_types and any(io[v.name] == "float16" for v in [*out.graph.input, *out.graph.output]):
         raise CheckFailed(f"fp16: outputs of {dst} are not float32 although keep_io_types was set: {io}")
-    return {
-        "io_types": io,
-        "casts": _ops(out).get("Cast", 0),
-        "size_mb_before": _size_mb(src),
-        "size_mb_after": _size_mb(dst),
-        **_weight_summary(out),
-    }
+    return {"io_types": io, "casts": _ops(out).get("Cast", 0), "size_mb_before": _size_mb(src),
+            "size_mb_after": _size_mb(dst), **_weight_summary(out)}

@@ -268,7 +268,9 @@ def _load_external(path: str, budget: Budget) -> dict:
             + " but the budget is for "
             + ", ".join(f"{k} {wanted[k]}" for k in differ)
             + f"; set {' and '.join(f'search.budget.{k}={timed[k]}' for k in differ)}, or time the files again "
-            "on the target with `compresstune bench onnx ... " + " ".join(f"--{k} {wanted[k]}" for k in differ) + "`."
+            "on the target with `compresstune bench onnx ... "
+            + " ".join(f"--{k} {wanted[k]}" for k in differ)
+            + "`."
         )
     return table
 

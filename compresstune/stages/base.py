@@ -84,7 +84,10 @@ class StageContext:
 
         setting = getattr(self.cfg, "bf16", False)
         bf16 = resolve_bf16(setting, self.device)
-        where = describe(profile()) if not self.device.startswith("cuda") else self.device
+        p = profile()
+        where = self.device if self.device.startswith("cuda") else describe(p)
+        if p.get("torch_isa") and not self.device.startswith("cuda"):
+            where += f" (PyTorch capped to {p['torch_isa']} by {p['torch_isa_capped_by']})"
         why = "" if setting != "auto" else (" (native on this device)" if bf16 else " (this device has no native bf16)")
         self.log(f"[{self.name}] precision: {'bf16 autocast' if bf16 else 'fp32'}{why}; bf16: {setting}; {where}")
         return {"bf16_setting": setting, "bf16": bf16, "precision": "bf16-autocast" if bf16 else "fp32"}

@@ -125,7 +125,7 @@ class ReportStage(Stage):
         return ship.variant_markdown(cands, decision, stages, metric), decision, pngs
 
     def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:
-        from ..deploy.bundle import normalize_config, write_bundle
+        from ..deploy.bundle import bundle_sizes, normalize_config, write_bundle
         from ..deploy.card import model_card
         from ..deploy.verify import machine_record, write_verification_set
 
@@ -147,21 +147,7 @@ class ReportStage(Stage):
         )
         rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card)
         if ctx.cfg.trim_vocab:
-            rep["vocab"] = ship.trim_bundle(ctx.out_dir / "deploy", ctx.task, ctx.cfg.trim_min_agreement, ctx.log)
-            if rep["vocab"]["trimmed"]:
-                from ..deploy.bundle import bundle_sizes
-
-                v = rep["vocab"]
-                with open(ctx.out_dir / "deploy" / "README.md", "a", encoding="utf-8") as f:
-                    f.write(
-                        f"\nVocabulary trimmed to the {v['vocab_after']} word pieces of the training text (from "
-                        f"{v['vocab_before']}): dev metric {v['dev_metric']:.2f}, dev labels agree "
-                        f"{v['check']['label_agreement']:.2%} with the untrimmed model; words never seen in "
-                        "training split into shorter pieces or [UNK].\n"
-                    )
-                rep.update(bundle_sizes(ctx.out_dir / "deploy"))
-        if ctx.cfg.edge or ctx.cfg.fixed_shape:
-            rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
+            rep["vocab"] = self._trim(ctx)
         rep["verification"] = write_verification_set(
             ctx.out_dir / "deploy", ship.plain(ctx.task.dev.texts), seed=ctx.pipeline.seed
         )
@@ -169,8 +155,24 @@ class ReportStage(Stage):
             f"[{ctx.name}] verification set: {rep['verification']['examples']} inputs with this machine's labels and "
             "logits in deploy/verify.json (`compresstune verify deploy` checks the bundle on another machine)"
         )
+        rep.update(bundle_sizes(ctx.out_dir / "deploy"))  # the files as shipped (edge/ is extra, not counted)
+        if ctx.cfg.edge or ctx.cfg.fixed_shape:
+            rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
         rep["dir"] = "deploy"
         return rep
+
+    @staticmethod
+    def _trim(ctx: StageContext) -> dict:
+        v = ship.trim_bundle(ctx.out_dir / "deploy", ctx.task, ctx.cfg.trim_min_agreement, ctx.log)
+        if v["trimmed"]:
+            with open(ctx.out_dir / "deploy" / "README.md", "a", encoding="utf-8") as f:
+                f.write(
+                    f"\nVocabulary trimmed to the {v['vocab_after']} word pieces of the training text (from "
+                    f"{v['vocab_before']}): dev metric {v['dev_metric']:.2f}, dev labels agree "
+                    f"{v['check']['label_agreement']:.2%} with the untrimmed model; words never seen in "
+                    "training split into shorter pieces or [UNK].\n"
+                )
+        return v
 
     def _publish_all(self, ctx: StageContext, stages: dict, pngs: list[str]) -> list[str]:
         out = []
