@@ -6,23 +6,52 @@ flushed to disk, then renamed over the old one) so a killed run leaves a readabl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from .errors import UserError
+from .names import is_inside
 
 
 def write_json_atomic(path: Path, data) -> None:
     """Write ``data`` as JSON so that ``path`` always holds either the old or the new content, never a part."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(data, indent=2, default=str))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, default=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written .tmp behind; the old file stands
+        raise
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def disk_error(exc: OSError, where: str) -> UserError | None:
+    """A full disk or a refused write as one message naming what was being written (None for other errors)."""
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else "writing is not permitted"
+    target = exc.filename or "a file"
+    try:
+        free = shutil.disk_usage(Path(exc.filename or ".").resolve().parent).free if full else None
+    except OSError:
+        free = None
+    room = f" ({free / 2**20:.0f} MiB free there now)" if free is not None else ""
+    fix = "free some space" if full else "make the folder writable (or use --output-dir)"
+    return UserError(
+        f"{where}: {what} while writing {target}{room}: {exc.strerror}. Finished stages and checkpoints are kept; "
+        f"{fix} and run the same command again: it goes on from where it stopped."
+    )
 
 
 class Manifest:
@@ -83,5 +112,7 @@ class Manifest:
             bool(rec)
             and rec.get("status") == "done"
             and rec.get("fingerprint") == fp
+            and isinstance(rec.get("output"), str)
+            and is_inside(self.run_dir / rec["output"], self.run_dir)
             and (self.run_dir / rec["output"]).is_dir()
         )

@@ -3,7 +3,8 @@
 Layers, lowest first (a module may import its own package and any lower layer, never a higher one):
 
 0  errors, options, manifest,       foundations: error types, the settings base class, the run record,
-   machine                          the machine profile (instruction-set class, GPU, providers; no torch import)
+   machine, names                   the machine profile (instruction-set class, GPU, providers; no torch import);
+                                    names that become paths, and paths that must stay inside a folder
 1  data, models, measure, deploy    task data; architectures, artifacts; timing/monitoring; the torch-free predictor
 2  train                            the training loop
 3  methods                          fine-tuning methods (registry)
@@ -23,7 +24,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "compresstune"
 
 LAYERS = {
-    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0, "machine": 0,
+    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0, "machine": 0, "names": 0,
     "data": 1, "models": 1, "measure": 1, "deploy": 1,
     "train": 2,
     "methods": 3,
@@ -78,7 +79,7 @@ def test_imports_only_point_down():
     for path in sorted(PKG.rglob("*.py")):
         me = _top(path.relative_to(PKG).parts)
         for line, target in _imports(path):
-            foundation = target in ("errors", "options", "manifest", "machine")
+            foundation = target in ("errors", "options", "manifest", "machine", "names")
             if target != me and LAYERS.get(target, 0) >= LAYERS[me] and not foundation:
                 bad.append(
                     f"{path.relative_to(PKG.parent)}:{line} ({me}, layer {LAYERS[me]}) imports {target} "

@@ -85,6 +85,31 @@ def _bad_files(d: Path, tiny_bert: Path, glue_dir: Path) -> None:
     (d / "glue_empty" / "SST-2" / "dev.tsv").write_text("")
     (d / "bad.yaml").write_text(PIPELINE.replace("  epochs: 1\n", "  epochs: [1\n"))
     (d / "afile").write_text("not a folder")
+    _hostile_files(d, tiny_bert, glue_dir)
+
+
+def _hostile_files(d: Path, tiny_bert: Path, glue_dir: Path) -> None:
+    """Files a careless or hostile user might hand over (issue 19's classes)."""
+    rows = _rows(glue_dir / "SST-2" / "train.tsv", 24)
+    _csv(d / "empty_label.csv", rows[:5] + [["a film with no label", ""]] + rows[5:])
+    _csv(d / "empty_text.csv", rows[:5] + [["   ", "1"]] + rows[5:])
+    jsonl = [json.dumps({"text": t, "label": int(y)}) for t, y in rows]
+    (d / "null_label.jsonl").write_text("\n".join(jsonl[:3] + ['{"text": "fine", "label": null}'] + jsonl[3:]) + "\n")
+    (d / "null_text.jsonl").write_text("\n".join(jsonl[:3] + ['{"text": null, "label": 1}'] + jsonl[3:]) + "\n")
+    _csv(d / "nan_value.csv", [[t, "0.5"] for t, _ in rows[:8]] + [["odd", "nan"]])
+    big = "x" * 200_000
+    (d / "huge_field.csv").write_text(f'text,label\nfine,1\n"{big}",0\n')
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    (d / "laughs.yaml").write_text(laughs + PIPELINE)
+    (d / "deep.yaml").write_text(PIPELINE + "description: " + "[" * 3000 + "]" * 3000 + "\n")
+    (d / "dupe.yaml").write_text(PIPELINE + "finetune:\n  epochs: 3\n")
+    (d / "latin1.yaml").write_bytes(PIPELINE.replace("name: t", "name: t\ndescription: caf\xe9").encode("latin-1"))
+    (d / "huge.yaml").write_text(PIPELINE + "#" + "x" * (1 << 20) + "\n")
+    shutil.copytree(tiny_bert, d / "novocab")  # config, weights and tokenizer_config.json, no vocabulary
+    for f in ("tokenizer.json", "vocab.txt"):
+        (d / "novocab" / f).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +120,21 @@ def project(tmp_path_factory, tiny_bert, glue_dir):
     _csv(d / "train.csv", _rows(glue_dir / "SST-2" / "train.tsv", 48))
     _csv(d / "dev.csv", _rows(glue_dir / "SST-2" / "dev.tsv", 16))
     (d / "p.yaml").write_text(PIPELINE)
+    (d / "victim").mkdir()
+    (d / "victim" / "precious.txt").write_text("a user's file beside the run folder\n")
     r = _cli(["pipeline", "run", "p.yaml", "--no-progress"], d)
     assert r.exit_code == 0, r.output
     _bad_files(d, tiny_bert, glue_dir)
     return d
+
+
+def _checksum(folder: Path) -> dict:
+    """Every file under ``folder`` with its sha256 (a sibling of the run folder that must never change)."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def _snapshot(run: Path) -> dict:
@@ -183,8 +219,8 @@ CASES = [
     Case("output_folder_not_writable", ("--output-dir", "/sys/compresstune"), ("cannot write in /sys", "--output-dir")),
     Case(
         "learner_rank_larger_than_layer",
-        ("finetune.method=learner", "finetune.rank=100000"),
-        ("finetune.rank: 100000 is larger than the smallest linear", "rank <= 32"),
+        ("finetune.method=learner", "finetune.rank=60000"),
+        ("finetune.rank: 60000 is larger than the smallest linear", "rank <= 32"),
     ),
     Case(
         "keep_layers_out_of_range",
@@ -243,6 +279,90 @@ CASES = [
         Case("cuda_device_without_gpu", ("device=cuda",), ("device: cuda, but no CUDA GPU", "device: cpu")),
         marks=NO_GPU,
     ),
+    # --- issue 19: names that become paths --------------------------------------------------------------------
+    Case("stage_name_escapes", ("stages=[finetune, 'a/../../../victim']",), ("stage name 2", "not a plain name")),
+    Case("stage_name_dotdot", ("stages=[finetune, '..']",), ("'..' is not a plain name",)),
+    Case("stage_name_unicode", ("stages=[finetune, 'expört']",), ("is not a plain name", "for example")),
+    Case("stage_name_300_chars", (f"stages=[finetune, {'e' * 300}]",), ("is not a plain name", "64 characters")),
+    Case("pipeline_name_escapes", ("name=../../x",), ("name: '../../x' is not a plain name",)),
+    Case("pipeline_name_300_chars", (f"name={'n' * 300}",), ("name: 'nnnn", "at most 64 characters")),
+    Case("run_name_escapes", ("--run-name", "../../x"), ("--run-name: '../../x' is not a plain name",)),
+    Case("run_name_with_separator", ("--run-name", "a/b"), ("--run-name: 'a/b' is not a plain name", "'a-b'")),
+    Case("run_name_empty", ("--run-name", ""), ("--run-name: '' is not a plain name",)),
+    # --- numbers that are not finite, or far out of range --------------------------------------------------------
+    Case("epochs_inf", ("finetune.epochs=.inf",), ("finetune.epochs", "finite number")),
+    Case("epochs_nan", ("finetune.epochs=.nan",), ("finetune.epochs", "finite number")),
+    Case("epochs_huge", ("finetune.epochs=1e300",), ("finetune.epochs", "less than or equal to 1000")),
+    Case(
+        "min_time_inf",
+        ("stages=[finetune, export, benchmark]", "benchmark.min_time_s=.inf"),
+        ("benchmark.min_time_s", "finite number"),
+    ),
+    Case("weight_decay_inf", ("finetune.weight_decay=.inf",), ("finetune.weight_decay", "finite number")),
+    Case("weight_decay_huge", ("finetune.weight_decay=1e300",), ("finetune.weight_decay", "less than or equal to 10")),
+    Case("scale_negative", ("finetune.method=learner", "finetune.scale=-1"), ("finetune.scale", "greater than 0")),
+    Case("scale_nan", ("finetune.method=learner", "finetune.scale=.nan"), ("finetune.scale", "finite number")),
+    Case("seed_huge", ("seed=100000000000000000000000",), ("seed: expected an integer from 0 to 4294967295",)),
+    Case("seed_negative", ("seed=-1",), ("seed: expected an integer from 0 to 4294967295",)),
+    Case("stage_seed_negative", ("finetune.seed=-5",), ("finetune.seed", "greater than or equal to 0")),
+    Case("batch_size_huge", ("finetune.batch_size=1e300",), ("finetune.batch_size", "exceeded maximum size")),
+    Case(
+        "bench_batch_huge",
+        ("stages=[finetune, export, benchmark]", "benchmark.batch_sizes=[1e12]"),
+        ("benchmark.batch_sizes", "less than or equal to 65536"),
+    ),
+    # --- lengths against the model's 512 position embeddings, and too short to hold text ------------------------
+    Case("max_length_past_positions", ("task.max_length=1000",), ("task.max_length: sequence length 1000", "512")),
+    Case("max_length_too_short", ("task.max_length=2",), ("task.max_length: 2 tokens leave no room", "at least 3")),
+    Case(
+        "verify_shape_past_positions",
+        ("export.verify_shapes=[[1, 600]]",),
+        ("export.verify_shapes: sequence length 600", "512 position embeddings"),
+    ),
+    Case(
+        "bench_seq_past_positions",
+        ("stages=[finetune, export, benchmark]", "benchmark.seq_lengths=[16, 600]"),
+        ("benchmark.seq_lengths: sequence length 600", "Use at most 512"),
+    ),
+    Case(
+        "fixed_shape_past_positions",
+        ("stages=[finetune, export, benchmark, report]", "report.fixed_shape=[1, 700]"),
+        ("report.fixed_shape: sequence length 700",),
+    ),
+    # --- settings one stage gives another, checked before the first stage ---------------------------------------
+    Case(
+        "bench_variant_unknown",
+        ("stages=[finetune, export, benchmark]", "benchmark.variants=[int9]"),
+        ("benchmark.variants: unknown variant(s) ['int9']", "not built by export"),
+    ),
+    Case(
+        "bench_variant_not_built",
+        ("stages=[finetune, export, benchmark]", "benchmark.variants=[int8_dynamic]"),
+        ("benchmark.variants: ['int8_dynamic'] are not built by export", "add them to export.variants"),
+    ),
+    # --- data that would silently become wrong training ---------------------------------------------------------
+    Case("empty_label", ("task.train_file=empty_label.csv",), ("empty_label.csv line 7", "label is missing")),
+    Case("null_label_jsonl", ("task.train_file=null_label.jsonl",), ("null_label.jsonl line 4", "label is missing")),
+    Case("null_text_jsonl", ("task.train_file=null_text.jsonl",), ("null_text.jsonl line 4", "empty or null text")),
+    Case("blank_text", ("task.train_file=empty_text.csv",), ("empty_text.csv line 7", "empty or null text")),
+    Case(
+        "nan_regression_label",
+        ("task.problem=regression", "task.metric=pearson", "task.train_file=nan_value.csv"),
+        ("nan_value.csv line 10", "not a finite number"),
+    ),
+    Case("text_column_is_label", ("task.text_columns=[label]",), ("includes the label column 'label'",)),
+    Case(
+        "tokenizer_without_vocabulary",
+        ("model=novocab",),
+        ("model: the tokenizer in", "novocab", "has only", "tokens but the model's embedding table has 30,522"),
+    ),
+    Case("csv_field_over_limit", ("task.dev_file=huge_field.csv",), ("huge_field.csv line", "field", "limit")),
+    # --- malformed or oversized pipeline files ------------------------------------------------------------------
+    Case("yaml_billion_laughs", (), ("laughs.yaml", "aliases expand to more than 100,000 values"), file="laughs.yaml"),
+    Case("yaml_deep_nesting", (), ("deep.yaml", "nested more than 32 levels deep"), file="deep.yaml"),
+    Case("yaml_duplicate_section", (), ("dupe.yaml", "key 'finetune' appears twice", "keep one"), file="dupe.yaml"),
+    Case("yaml_not_utf8", (), ("latin1.yaml", "line 3", "is not UTF-8"), file="latin1.yaml"),
+    Case("yaml_too_large", (), ("huge.yaml", "at most 1 MiB"), file="huge.yaml"),
     Case(
         "every_problem_at_once",
         ("finetune.epoch=2", "task.dev_file=dev_badlabel.csv", "model=smallvocab", "export.verify_shapes=[[2, 16]]"),
@@ -260,7 +380,7 @@ def test_bad_input_is_refused_before_any_work(case: Case, project: Path, monkeyp
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
     run = project / "exported" / "t"
-    before = _snapshot(run)
+    before, sibling = _snapshot(run), _checksum(project / "victim")
     for cmd in (["pipeline", "validate", case.file], ["pipeline", "run", case.file, "--no-progress"]):
         r = _cli([*cmd, *case.args], project)
         assert r.exit_code == 2, (cmd, r.output)
@@ -269,6 +389,8 @@ def test_bad_input_is_refused_before_any_work(case: Case, project: Path, monkeyp
         assert not missing, (cmd, missing, r.output)
         assert "] running" not in r.output
     assert _snapshot(run) == before  # the finished stages and the run record are untouched
+    assert _checksum(project / "victim") == sibling  # and nothing beside the run folder
+    assert not (project.parent / "x").exists() and not (project / "x").exists()
 
 
 def test_a_locked_run_folder_is_refused(project: Path):

@@ -236,7 +236,7 @@ def test_stage_committed_before_the_manifest_said_so_is_adopted(project):
     path.write_text(json.dumps(data))
     r = _run(["p.yaml"], d)
     assert r.exit_code == 0, r.output
-    assert "[finetune] had finished and was committed to 01_finetune/" in r.output
+    assert "[finetune] its finished output for fingerprint" in r.output and "01_finetune/: recorded as done" in r.output
     assert _ran(r.output) == ["export"]
     after = json.loads(path.read_text())["stages"]["finetune"]
     assert after["status"] == "done" and after["summary"]["dev_metric"] == before["dev_metric"]

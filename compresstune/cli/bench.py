@@ -219,6 +219,13 @@ def bench_onnx_cmd(files, batch_sizes, seq_lengths, shapes, threads, provider, i
         )
     except ValueError:
         raise click.BadParameter("give batch x seq points like 1x128,32x64", param_hint="--shapes") from None
+    bad = [p for p in points if len(p) != 2 or not (1 <= p[0] <= 65536 and 1 <= p[1] <= 4096)]
+    if bad:
+        shown = ", ".join("x".join(map(str, p)) for p in bad)
+        raise click.BadParameter(
+            f"{shown}: each point is BATCHxSEQ with a batch of 1..65536 and a sequence of 1..4096, like 1x128",
+            param_hint="--shapes",
+        )
     res = bench_onnx(list(files), points, threads, provider, iters, rounds, footprint=not no_footprint, log=click.echo)
     md = to_markdown(res)
     click.echo(md)

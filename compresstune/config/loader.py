@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,32 +27,11 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError
+from ..names import name_problem
 from .checks import absolutize, check_model, check_task_files
 from .rules import check_rules
 from .sections import TOP_LEVEL, PipelineConfig, StageConfig, TaskConfig, stage_types
-
-
-def _line_map(text: str) -> dict[tuple, int]:
-    """Key path -> 1-based line in the YAML text, for error messages."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, path):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                lines[path + (k.value,)] = k.start_mark.line + 1
-                walk(v, path + (k.value,))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, ())
-    return lines
+from .yamlfile import line_map, read_pipeline_file, yaml_load  # noqa: F401 - yaml_load, line_map: re-exported
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -71,20 +49,6 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``3e-5`` (no dot) as a string; this loader reads it as the float it means.
-    Quoted strings stay strings."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-
 def load_config(
     path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True, deep=None
 ) -> PipelineConfig:
@@ -96,14 +60,7 @@ def load_config(
         raise ConfigError(
             src, ["the pipeline file does not exist; `compresstune pipeline list` shows the shipped ones."]
         )
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(src, [f"{where}not valid YAML ({problem}); check indentation and quoting."]) from None
+    text, raw = read_pipeline_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -113,7 +70,7 @@ def load_config(
         overrides,
         source=src,
         base_dir=path.parent,
-        line_of=_line_map(text),
+        line_of=line_map(text),
         default_name=path.stem,
         check_files=check_files,
         deep=deep,
@@ -163,8 +120,8 @@ def config_from_dict(
     _check_stage_references(stages, stage_list, problems)
     _check_ship_shape(stages, problems)
     name = raw.get("name") or default_name
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        problems.add(("name",), f"name: {name!r} must be letters, digits, '-', '_' or '.', as it names the run folder.")
+    if problem := name_problem(name, "name"):
+        problems.add(("name",), problem)
         name = None
     model = raw["model"] if isinstance(raw.get("model"), str) and raw.get("model") else None
     if check_files:
@@ -224,7 +181,10 @@ def _check_stage_list(raw: dict, problems: Problems) -> list[str]:
         return []
     if len(set(stage_list)) != len(stage_list):
         problems.add(("stages",), "stages: a stage name appears twice; give the second one its own name and a `type:`.")
-    return stage_list
+    bad = [p for p in (name_problem(n, f"stages: stage name {i + 1}") for i, n in enumerate(stage_list)) if p]
+    for p in bad:
+        problems.add(("stages",), p)
+    return [] if bad else stage_list
 
 
 def _check_top_level_keys(raw: dict, stage_list: list[str], problems: Problems) -> None:
@@ -245,8 +205,8 @@ def _check_top_level_keys(raw: dict, stage_list: list[str], problems: Problems) 
 
 def _check_globals(raw: dict, problems: Problems) -> tuple[int, str]:
     seed = raw.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        problems.add(("seed",), f"seed: expected an integer, got {seed!r}.")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        problems.add(("seed",), f"seed: expected an integer from 0 to 4294967295 (2^32 - 1), got {seed!r:.60}.")
         seed = 42
     device = raw.get("device", "auto")
     if device not in ("auto", "cpu", "cuda"):
@@ -347,4 +307,3 @@ def _check_ship_shape(stages: dict[str, StageConfig], problems: Problems) -> Non
 
 # for the search section's own loader (search/spec.py)
 apply_overrides = _apply_overrides
-line_map = _line_map

@@ -58,7 +58,9 @@ def check_model(cfg: PipelineConfig, add: Add) -> Shape | None:
         add(("model",), str(exc))
         return None
     vocab = int(getattr(mcfg, "vocab_size", 0) or 0)
-    _check_tokenizer(ref, vocab, add)
+    tok = _check_tokenizer(ref, vocab, add)
+    if tok is not None:
+        _check_min_length(cfg, tok, add)
     hidden, heads = getattr(mcfg, spec.config_hidden), getattr(mcfg, spec.config_heads)
     shape = Shape(
         layers=getattr(mcfg, spec.config_layers),
@@ -105,13 +107,97 @@ def _check_tokenizer(ref: str, vocab: int, add: Add) -> None:
             "tokenizer files that came with the model (tokenizer.json, or vocab.txt and tokenizer_config.json) "
             "next to its config.json.",
         )
-        return
+        return None
+    if vocab and len(tok) < vocab // 2:
+        add(
+            ("model",),
+            f"model: the tokenizer in {ref} has only {len(tok):,} tokens but the model's embedding table has "
+            f"{vocab:,}; it is not the tokenizer the model was trained with (transformers builds a tiny one when "
+            "tokenizer.json and vocab.txt are missing, and every word becomes [UNK]). Copy the tokenizer files "
+            "that came with the weights (tokenizer.json, or vocab.txt) into the folder.",
+        )
     if vocab and len(tok) > vocab:
         add(
             ("model",),
             f"model: the tokenizer in {ref} has {len(tok):,} tokens but the model's config.json has vocab_size "
             f"{vocab:,}: token ids from {vocab:,} up would index past the embedding table. The tokenizer does not "
             "belong to this model; copy the tokenizer files that came with the weights into the folder.",
+        )
+    return tok
+
+
+def text_field_count(cfg: PipelineConfig) -> int:
+    from ..data.glue import GLUE_TASKS
+
+    t = cfg.task
+    return len(t.text_columns) if t.name == "custom" else len(GLUE_TASKS[t.name].hf_text)
+
+
+def _check_min_length(cfg: PipelineConfig, tok, add: Add) -> None:
+    """task.max_length leaves room for at least one token of each text after the special tokens."""
+    if cfg.task is None:
+        return
+    n = text_field_count(cfg)
+    need = tok.num_special_tokens_to_add(pair=n == 2) + n
+    if cfg.task.max_length < need:
+        add(
+            ("task", "max_length"),
+            f"task.max_length: {cfg.task.max_length} tokens leave no room for text after the "
+            f"{need - n} special tokens this tokenizer adds; use at least {need} (128 is usual).",
+        )
+
+
+def check_lengths(cfg: PipelineConfig, shape: Shape, add: Add) -> None:
+    """Every sequence length the run will feed (task.max_length, export verification, benchmark points, the ship
+    shape and a fixed-shape edge model) fits the model's position embeddings."""
+    limit = shape.positions
+    if not limit:
+        return
+    seqs = [(("task", "max_length"), "task.max_length", cfg.task.max_length)] if cfg.task is not None else []
+    for name, c in cfg.stages.items():
+        if c.type == "export":
+            seqs += [((name, "verify_shapes"), f"{name}.verify_shapes", s) for _, s in c.verify_shapes]
+        elif c.type == "benchmark":
+            key = "shapes" if c.shapes else "seq_lengths"
+            seqs += [((name, key), f"{name}.{key}", s) for _, s in c.points()]
+        elif c.type == "report":
+            seqs.append(((name, "ship_shape"), f"{name}.ship_shape", c.ship_shape[1]))
+            if c.fixed_shape:
+                seqs.append(((name, "fixed_shape"), f"{name}.fixed_shape", c.fixed_shape[1]))
+    seen = set()
+    for path, what, s in seqs:
+        if s > limit and path not in seen:
+            seen.add(path)
+            add(
+                path,
+                f"{what}: sequence length {s} is longer than the model's {limit} position embeddings "
+                "(max_position_embeddings in its config.json); the model has no position for such tokens and "
+                f"ONNX Runtime fails on them. Use at most {limit}.",
+            )
+
+
+def check_unknown_tokens(cfg: PipelineConfig, task, add: Add, sample: int = 200) -> None:
+    """A tokenizer that turns most of a sample of the training text into [UNK] does not fit the data or the model."""
+    from ..models.resolve import load_tokenizer
+
+    if task is None or not cfg.model or len(task.train) == 0:
+        return
+    try:
+        tok = load_tokenizer(resolve_model_path(cfg.model, cfg.base_dir))
+    except UserError:
+        return  # reported by check_model
+    unk = tok.unk_token_id
+    if unk is None:
+        return
+    texts = [" ".join(t) for t in task.train.texts[:sample]]
+    ids = [i for enc in tok(texts, add_special_tokens=False)["input_ids"] for i in enc]
+    share = sum(i == unk for i in ids) / max(1, len(ids))
+    if share > 0.5:
+        add(
+            ("model",),
+            f"model: its tokenizer maps {share:.0%} of the tokens of the first {len(texts)} training texts to "
+            f"{tok.unk_token}; it does not know this text's words (a tokenizer saved without its vocabulary, or "
+            "one made for another language). Use the tokenizer that came with the model, or a model for this text.",
         )
 
 

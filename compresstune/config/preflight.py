@@ -19,9 +19,10 @@ from ..data.load import load_task
 from ..data.task import TaskData
 from ..errors import ConfigError, UserError
 from ..manifest import Manifest
+from ..names import name_problem
 from .checks import check_task_files
 from .loader import Problems, load_config
-from .model_checks import check_model, check_stage_shapes
+from .model_checks import check_lengths, check_model, check_stage_shapes, check_unknown_tokens
 from .rules import Add, f3_message, model_input
 from .sections import PipelineConfig
 
@@ -57,6 +58,8 @@ def check_pipeline(
 ) -> tuple[PipelineConfig, Checked]:
     """Load ``file`` with ``overrides`` and run every check; raise one :class:`PreflightError` listing
     every problem of the config, the data, the model, the machine and the run folder."""
+    if run_name is not None and (problem := name_problem(run_name, "--run-name")):
+        raise PreflightError(str(file), [problem])
     checked = Checked()
 
     def deep(draft: PipelineConfig, problems: Problems, complete: bool) -> None:
@@ -84,6 +87,9 @@ def run_checks(cfg: PipelineConfig, add: Add, complete: bool, run_dir: Path | No
     where the config had problems; ``complete``: every stage section is valid); returns the task data."""
     shape = check_model(cfg, add)
     task = _check_task_data(cfg, add)
+    if shape is not None:
+        check_lengths(cfg, shape, add)
+    check_unknown_tokens(cfg, task, add)
     _check_machine(cfg, add)
     if complete:  # what a stage gets from the stages before it
         _check_text_files(cfg, add)

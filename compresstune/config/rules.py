@@ -48,8 +48,36 @@ def check_rules(cfg: PipelineConfig, add: Add, complete: bool = True) -> None:
             )
         if complete and _input_is_known(cfg, name):
             _check_input_kind(cfg, name, add)
+            if scfg.type == "benchmark" and scfg.variants != "all":
+                _check_bench_variants(cfg, name, add)
             if scfg.type == "compress" and (scfg.method == "distill" or scfg.heal_epochs > 0):
                 _check_distill_loss(cfg, name, add)
+
+
+def _check_bench_variants(cfg: PipelineConfig, name: str, add: Add) -> None:
+    """The variants a benchmark times are ones its export stage builds (checked now, not after the export)."""
+    from ..export.variants import RUNS_ON, resolve_variants
+
+    src = model_input(cfg, name)
+    exp = cfg.stages.get(src) if src else None
+    if exp is None or exp.type != "export":
+        return
+    if exp.variants == "auto":
+        import torch
+
+        device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    else:
+        device = "cpu"
+    built = resolve_variants(exp.variants, device)
+    missing = [v for v in cfg.stages[name].variants if v not in built]
+    if missing:
+        unknown = [v for v in missing if v not in RUNS_ON]
+        what = f"unknown variant(s) {unknown} (known: {', '.join(RUNS_ON)})" if unknown else f"{missing}"
+        add(
+            (name, "variants"),
+            f"{name}.variants: {what} are not built by {src} (it builds {', '.join(built)} here); add them to "
+            f"{src}.variants or drop them from {name}.variants.",
+        )
 
 
 def _check_input_kind(cfg: PipelineConfig, name: str, add: Add) -> None:

@@ -8,75 +8,20 @@ without editing this file."""
 from __future__ import annotations
 
 import copy
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveInt, create_model, field_validator, model_validator
+from pydantic import Field, create_model, model_validator
 
 from ..methods import all_methods, registry_version
 from ..methods.learner import AttachOptions
 from ..options import Section
 from ..train.options import TrainOptions
+from .task_config import TaskConfig  # noqa: E402,F401 - part of this module's API
 
-
-class TaskConfig(Section):
-    name: str = Field(
-        "sst2",
-        description="GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) or 'custom' for your own files",
-    )
-    source: Literal["auto", "local", "hub"] = Field(
-        "auto", description="GLUE from a local folder, the hub, or local when a folder is configured"
-    )
-    glue_dir: str | None = Field(
-        None, description="local GLUE folder (standard layout); default $COMPRESSTUNE_GLUE_DIR"
-    )
-    train_file: str | None = Field(None, description="custom task: training file (.csv, .tsv or .jsonl)")
-    dev_file: str | None = Field(None, description="custom task: dev file")
-    text_columns: list[str] = Field(
-        default_factory=lambda: ["text"], description="custom task: one or two text columns"
-    )
-    label_column: str = Field("label", description="custom task: label column")
-    problem: Literal["classification", "regression"] = "classification"
-    metric: Literal["accuracy", "f1", "mcc", "pearson", "spearman"] | None = Field(
-        None, description="custom task: main metric"
-    )
-    labels: list[str] | None = Field(
-        None, description="custom task: label names in id order (default: sorted training labels)"
-    )
-    max_length: int = Field(128, gt=0, le=4096, description="tokens per example after truncation")
-    train_subset: int | None = Field(
-        None, gt=0, description="a fixed random subset of the training set (seeded by `seed`)"
-    )
-    dev_subset: int | None = Field(None, gt=0, description="a fixed random subset of the dev set (for quick tests)")
-    holdout: int | None = Field(
-        None,
-        gt=0,
-        description="hold out this many training examples (a fixed random slice, seeded by `seed`) and evaluate on "
-        "them instead of the dev set: every metric, checkpoint choice and verification of the run; the dev set is "
-        "not used (a search selects on them and scores only its winner on dev)",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _known_task(cls, v):
-        from ..data.glue import GLUE_TASKS
-
-        if v != "custom" and v not in GLUE_TASKS:
-            close = difflib.get_close_matches(v, list(GLUE_TASKS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown task {v!r}; use one of {', '.join(GLUE_TASKS)} or 'custom'.{hint}")
-        return v
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.name == "custom":
-            if not self.train_file or not self.dev_file:
-                raise ValueError("a custom task needs train_file and dev_file")
-            if not 1 <= len(self.text_columns) <= 2:
-                raise ValueError("text_columns takes one or two column names")
-        return self
+Batch = Annotated[int, Field(gt=0, le=65536)]  # a batch size that fits in memory
+SeqLen = Annotated[int, Field(gt=0, le=4096)]  # a sequence length (also checked against the model's positions)
 
 
 class StageConfig(Section):
@@ -162,11 +107,11 @@ class CompressConfig(TrainOptions, StageConfig):
     target: Literal["ratio", "params", "flops"] = Field(
         "ratio", description="prune: use head_ratio/ffn_ratio, or find one ratio meeting target_params/target_gflops"
     )
-    target_params: int | None = Field(None, gt=0, description="prune: total parameter budget")
+    target_params: int | None = Field(None, gt=0, le=10**13, description="prune: total parameter budget")
     target_gflops: float | None = Field(
-        None, gt=0, description="prune: encoder GFLOPs per sequence of flops_seq tokens"
+        None, gt=0, le=1e6, description="prune: encoder GFLOPs per sequence of flops_seq tokens"
     )
-    flops_seq: int = Field(128, gt=0)
+    flops_seq: int = Field(128, gt=0, le=4096)
     hidden_ratio: float = Field(
         0.0,
         ge=0,
@@ -177,28 +122,34 @@ class CompressConfig(TrainOptions, StageConfig):
     calibration: Literal["task", "text"] = Field(
         "task", description="Taylor/distill data: the task's labelled train set, or unlabelled text"
     )
-    calibration_examples: int = Field(256, gt=0, description="prune: examples for Taylor scores")
+    calibration_examples: int = Field(256, gt=0, le=10**6, description="prune: examples for Taylor scores")
     text_file: str | None = Field(
         None,
         description="unlabelled text, one example per line (default: the task's training sentences without labels)",
     )
     heal_epochs: float = Field(
-        0.0, ge=0, description="prune: a short distillation against the unpruned model afterwards (0 = none)"
+        0.0, ge=0, le=1000, description="prune: a short distillation against the unpruned model afterwards (0 = none)"
     )
     # distillation
-    keep_layers: list[int] | None = Field(
+    keep_layers: list[Annotated[int, Field(ge=0, le=1000)]] | None = Field(
         None, description="distill: teacher layers the student keeps (default: student_layers spread evenly)"
     )
-    student_layers: int = Field(3, gt=0, description="distill: number of student layers when keep_layers is not given")
+    student_layers: int = Field(
+        3, gt=0, le=1000, description="distill: number of student layers when keep_layers is not given"
+    )
     distill_mode: Literal["task_agnostic", "task_specific"] = Field(
         "task_agnostic",
         description="unlabelled text vs the pretrained teacher's hidden states, or the fine-tuned teacher's logits",
     )
-    temperature: float = Field(2.0, gt=0)
-    logit_weight: float = Field(1.0, ge=0, description="distill: soft-logit KD weight (task_specific only)")
-    hidden_weight: float = Field(1.0, ge=0, description="distill: hidden-state MSE weight")
-    attention_weight: float = Field(0.0, ge=0, description="distill: attention-distribution KL weight (0 = off)")
-    task_weight: float = Field(0.0, ge=0, description="distill: weight of the task loss on labels (task_specific only)")
+    temperature: float = Field(2.0, gt=0, le=100)
+    logit_weight: float = Field(1.0, ge=0, le=1000, description="distill: soft-logit KD weight (task_specific only)")
+    hidden_weight: float = Field(1.0, ge=0, le=1000, description="distill: hidden-state MSE weight")
+    attention_weight: float = Field(
+        0.0, ge=0, le=1000, description="distill: attention-distribution KL weight (0 = off)"
+    )
+    task_weight: float = Field(
+        0.0, ge=0, le=1000, description="distill: weight of the task loss on labels (task_specific only)"
+    )
 
 
 class AttachConfig(AttachOptions, StageConfig):
@@ -207,26 +158,28 @@ class AttachConfig(AttachOptions, StageConfig):
 
 class MergeConfig(StageConfig):
     type: Literal["merge"] = "merge"
-    atol: float = Field(1e-4, gt=0, description="max abs logit difference merged vs unmerged on a dev batch")
-    check_examples: int = Field(64, gt=0, description="dev examples in the check batch")
+    atol: float = Field(1e-4, gt=0, le=1, description="max abs logit difference merged vs unmerged on a dev batch")
+    check_examples: int = Field(64, gt=0, le=10**5, description="dev examples in the check batch")
 
 
 class VariantTolerances(Section):
     """Largest dev-metric difference (points) from PyTorch that a variant may have and still ship."""
 
-    optimized: float = Field(0.1, ge=0, description="the fused fp32 graph")
-    fp16: float = Field(0.3, ge=0)
-    int8: float = Field(1.0, ge=0, description="int8_dynamic and int8_static")
+    optimized: float = Field(0.1, ge=0, le=100, description="the fused fp32 graph")
+    fp16: float = Field(0.3, ge=0, le=100)
+    int8: float = Field(1.0, ge=0, le=100, description="int8_dynamic and int8_static")
 
 
 class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
-    atol: float = Field(1e-4, gt=0, description="max abs logit difference ONNX vs PyTorch")
-    verify_shapes: list[tuple[PositiveInt, PositiveInt]] = Field(
+    atol: float = Field(1e-4, gt=0, le=1, description="max abs logit difference ONNX vs PyTorch")
+    verify_shapes: list[tuple[Batch, SeqLen]] = Field(
         default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape"
     )
-    metric_tolerance: float = Field(0.1, ge=0, description="max dev-metric difference ONNX vs PyTorch, in points")
+    metric_tolerance: float = Field(
+        0.1, ge=0, le=100, description="max dev-metric difference ONNX vs PyTorch, in points"
+    )
     variants: list[Literal["fp32", "optimized", "int8_dynamic", "int8_static", "fp16"]] | Literal["auto"] = Field(
         "auto",
         description="variants built from the fp32 export and verified; auto: cpu -> fp32, optimized, "
@@ -247,7 +200,7 @@ class ExportConfig(StageConfig):
         "sensitive encoder layers stay float (0 = off)",
     )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="int8_static")
-    calibration_examples: int = Field(256, gt=0, description="int8_static: training examples for calibration")
+    calibration_examples: int = Field(256, gt=0, le=10**6, description="int8_static: training examples for calibration")
     static_fallback: bool = Field(
         True,
         description="int8_static: keep the most sensitive layers in float until the dev metric is within tolerance",
@@ -260,17 +213,22 @@ class BenchmarkConfig(StageConfig):
     providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field(
         "auto", description="'auto' = cpu, plus cuda when a GPU is present"
     )
-    threads: int = Field(2, gt=0, description="ONNX Runtime intra-op threads and torch threads on CPU")
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 32], min_length=1)
-    seq_lengths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1)
-    shapes: list[tuple[PositiveInt, PositiveInt]] | None = Field(
+    threads: int = Field(2, gt=0, le=1024, description="ONNX Runtime intra-op threads and torch threads on CPU")
+    batch_sizes: list[Batch] = Field(default_factory=lambda: [1, 32], min_length=1)
+    seq_lengths: list[SeqLen] = Field(default_factory=lambda: [64, 128], min_length=1)
+    shapes: list[tuple[Batch, SeqLen]] | None = Field(
         None, description="(batch, seq) points to time instead of the batch_sizes x seq_lengths grid"
     )
-    warmup: int = Field(3, ge=1, description="untimed calls per engine per round")
+    warmup: int = Field(3, ge=1, le=10**4, description="untimed calls per engine per round")
     iters: int = Field(
-        100, ge=3, description="timed calls per engine and point, over all rounds (100: p99 is not just the maximum)"
+        100,
+        ge=3,
+        le=10**6,
+        description="timed calls per engine and point, over all rounds (100: p99 is not just the maximum)",
     )
-    min_time_s: float = Field(0.0, ge=0, description="at least this long per engine and point, over all rounds")
+    min_time_s: float = Field(
+        0.0, ge=0, le=3600, description="at least this long per engine and point, over all rounds"
+    )
     pytorch: bool = Field(
         True, description="also time PyTorch eager (this model's, and the baseline's) on the same points"
     )
@@ -279,7 +237,9 @@ class BenchmarkConfig(StageConfig):
         description="an earlier export stage (e.g. the uncompressed model's): its fp32 ONNX model and its PyTorch "
         "model are timed in this stage, interleaved with this model's variants, so speed-ups are measured back to back",
     )
-    rounds: int = Field(4, ge=1, description="interleaved rounds per point, the engine order rotating between rounds")
+    rounds: int = Field(
+        4, ge=1, le=1000, description="interleaved rounds per point, the engine order rotating between rounds"
+    )
     variants: list[str] | Literal["all"] = Field("all", description="which verified export variants to time")
     footprint: bool = Field(True, description="per variant: cold load time and peak RSS of a fresh process running it")
 
@@ -293,7 +253,7 @@ class BenchmarkConfig(StageConfig):
 
 class ReportConfig(StageConfig):
     type: Literal["report"] = "report"
-    ship_shape: tuple[PositiveInt, PositiveInt] = Field(
+    ship_shape: tuple[Batch, SeqLen] = Field(
         (1, 128), description="(batch, seq) at which the shipped variant is chosen; the benchmark must time it"
     )
     ship_rule: Literal["fastest", "smallest", "most_accurate"] = Field(
@@ -311,7 +271,7 @@ class ReportConfig(StageConfig):
     trim_min_agreement: float = Field(
         0.99, gt=0, le=1, description="trim_vocab: least share of dev labels equal to the untrimmed bundle's"
     )
-    fixed_shape: tuple[PositiveInt, PositiveInt] | None = Field(
+    fixed_shape: tuple[Batch, SeqLen] | None = Field(
         None,
         description="also a fixed-shape (batch, seq) copy in deploy/edge/ for accelerators that need static shapes",
     )

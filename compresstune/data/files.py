@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -79,7 +80,7 @@ def _read_delimited(path: Path, text: str, delim: str) -> list[tuple[int, dict]]
     if delim == "\t":  # TSV: plain tab-separated, no quote handling (as GLUE)
         rows = [line.rstrip("\r\n").split("\t") for line in io.StringIO(text, newline="")]
     else:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        rows = _csv_rows(path, text)
     if not rows or all(r in ([], [""]) for r in rows):
         raise UserError(
             f"task data: {path} is empty; it needs a header line naming the columns, then one example a line."
@@ -95,6 +96,21 @@ def _read_delimited(path: Path, text: str, delim: str) -> list[tuple[int, dict]]
         out.append((n, dict(zip(header, r))))
     bad.raise_if_any("Fix these rows, or quote fields that contain the delimiter (CSV only; TSV has no quoting).")
     return out
+
+
+def _csv_rows(path: Path, text: str) -> list[list[str]]:
+    """CSV rows; a malformed row or a field past the csv module's size limit is an error naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            rows.append(row)
+    except csv.Error as exc:
+        raise UserError(
+            f"task data: {path} line {reader.line_num}: {exc} (a field over {csv.field_size_limit():,} characters, "
+            "or an unclosed quote that swallowed the rest of the file); fix that line or close the quote."
+        ) from None
+    return rows
 
 
 def _read_records(path: Path) -> list[tuple[int, dict]]:
@@ -130,13 +146,34 @@ def _read_split(split: str, file: str, text_columns: list[str], label_column: st
     return p, rows
 
 
-def _label(raw: str, regression: bool, labels: list[str] | None):
+def norm_label(value) -> str | None:
+    """A class label as one string: numbers that are whole (1, 1.0, "1.0", " 1 ") all become "1", so one class
+    is never split in two by how a file wrote it; None for a missing or empty label (JSON null, "")."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value).lower()
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        f = float(text)
+    except ValueError:
+        return text
+    return str(int(f)) if math.isfinite(f) and f == int(f) else text
+
+
+def _label(raw, regression: bool, labels: list[str] | None):
     """The label value: a float for regression, else the index of ``raw`` in ``labels``; a str is a problem."""
     if regression:
         try:
-            return float(raw)
+            v = float(str(raw).strip()) if raw is not None and not isinstance(raw, bool) else None
         except ValueError:
-            return f"label {raw!r} is not a number, but task.problem is regression"
+            v = None
+        if v is None or not math.isfinite(v):
+            return f"label {raw!r} is not a finite number, but task.problem is regression"
+        return v
+    raw = norm_label(raw)
+    if raw is None:
+        return "the label is missing (empty or null); every example needs one"
     if raw not in labels:
         return f"label {raw!r} is not one of the known labels {labels} (taken from task.labels or the training file)"
     return labels.index(raw)
@@ -149,9 +186,13 @@ def _to_split(p: Path, rows: list, text_columns: list[str], label_column: str, r
         if missing:
             bad.add(n, f"column(s) {missing} missing")
             continue
-        y = _label(str(r[label_column]).strip(), regression, labels)
+        y = _label(r[label_column], regression, labels)
         if isinstance(y, str):
             bad.add(n, y)
+            continue
+        empty = [c for c in text_columns if r[c] is None or not str(r[c]).strip()]
+        if empty:
+            bad.add(n, f"empty or null text in column(s) {empty}")
             continue
         ys.append(y)
         texts.append(tuple(str(r[c]) for c in text_columns))
@@ -177,8 +218,14 @@ def load_user_files(
         for split, f in (("train", train_file), ("dev", dev_file))
     }
     regression = problem == "regression"
-    if not regression and labels is None:
-        labels = sorted({str(r[label_column]).strip() for _, r in recs["train"][1] if label_column in r})
+    if label_column in text_columns:
+        raise UserError(
+            f"task.text_columns: {list(text_columns)} includes the label column {label_column!r}, so the model "
+            "would read the answer; give the text column(s) only."
+        )
+    if not regression:
+        found = {norm_label(r.get(label_column)) for _, r in recs["train"][1]} - {None}
+        labels = sorted(found) if labels is None else [norm_label(x) or str(x) for x in labels]
     splits = {
         split: _to_split(p, rows, text_columns, label_column, regression, labels) for split, (p, rows) in recs.items()
     }

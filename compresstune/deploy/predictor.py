@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..names import inside
 
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = "compresstune-bundle"
@@ -67,7 +68,21 @@ def _config_problems(cfg) -> list[str]:
     tf = cfg.get("text_fields")
     if not isinstance(tf, list) or len(tf) not in (1, 2) or not all(isinstance(x, str) and x for x in tf):
         out.append(f"text_fields must be a list of one or two field names, not {tf!r}")
+    pad = cfg.get("pad_id")
+    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
+        out.append(f"pad_id must be a non-negative integer token id, not {pad!r:.40}")
+    files = cfg.get("files")
+    if files is not None and (not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values())):
+        out.append(f"files must map names to file names inside the bundle, not {files!r:.80}")
+    for key in ("output", "variant", "task"):
+        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
+            out.append(f"{key} must be a string, not {cfg.get(key)!r:.40}")
     return out
+
+
+def bundle_file(bundle_dir: Path, cfg: dict, key: str, default: str) -> Path:
+    """The bundle file ``files[key]`` names (default ``default``), which must lie inside the bundle folder."""
+    return inside(bundle_dir, (cfg.get("files") or {}).get(key, default), f"{bundle_dir / CONFIG_FILE}: files.{key}")
 
 
 def provider_name(provider: str) -> str:
@@ -179,7 +194,11 @@ class Predictor:
         self.problem_type = self.config["problem_type"]
         self.labels = list(self.config.get("labels") or [])
         self.text_fields = list(self.config["text_fields"])
-        model_path = self.bundle_dir / (model_file or self.config.get("files", {}).get("model", "model.onnx"))
+        model_path = (
+            inside(self.bundle_dir, model_file, "model_file")
+            if model_file
+            else bundle_file(self.bundle_dir, self.config, "model", "model.onnx")
+        )
         if not model_path.is_file():
             raise UserError(f"bundle {self.bundle_dir}: model file {model_path.name} is missing.")
         self.session = make_session(model_path, provider, threads)
@@ -221,7 +240,7 @@ class Predictor:
     def _load_tokenizer(self):
         from tokenizers import Tokenizer
 
-        path = self.bundle_dir / self.config.get("files", {}).get("tokenizer", "tokenizer.json")
+        path = bundle_file(self.bundle_dir, self.config, "tokenizer", "tokenizer.json")
         if not path.is_file():
             raise UserError(f"bundle {self.bundle_dir}: {path.name} is missing.")
         try:
@@ -241,6 +260,11 @@ class Predictor:
 
     def _pad_id(self) -> int:
         if isinstance(self.config.get("pad_id"), int):
+            if self.config["pad_id"] >= self.tokenizer.get_vocab_size():
+                raise UserError(
+                    f"{self.bundle_dir / CONFIG_FILE}: pad_id {self.config['pad_id']} is not a token of its tokenizer "
+                    f"({self.tokenizer.get_vocab_size()} tokens); the config does not belong to this tokenizer."
+                )
             return self.config["pad_id"]
         for t in ("[PAD]", "<pad>"):
             i = self.tokenizer.token_to_id(t)

@@ -32,6 +32,8 @@ def machine_record(provider: str = "cpu") -> dict:
     ort = p.get("onnxruntime") or {}
     return {
         "machine": describe(p),
+        "cpu": p.get("cpu"),
+        "logical_cores": p.get("logical_cores"),
         "isa": p["isa"],
         "features": p["features"],
         "onnxruntime": ort.get("version"),
@@ -103,8 +105,8 @@ def verify_bundle(
     if not 0 <= min_agreement <= 1:
         raise UserError(f"--min-agreement must lie in [0, 1], not {min_agreement}.")
     bundle = Path(bundle_dir)
+    pred = Predictor(bundle, provider=provider, threads=threads)  # the bundle itself is checked first
     rec = _load(bundle)
-    pred = Predictor(bundle, provider=provider, threads=threads)
     got = pred.logits(_as_inputs(rec["inputs"]), batch_size=int(rec.get("batch_size") or 32), warn=False)
     want = np.asarray(rec["logits"], dtype=np.float64)
     if got.shape != want.shape:

@@ -98,7 +98,7 @@ def has_adapters(model: nn.Module) -> bool:
 
 
 class AdapterOptions(Section):
-    adapter_size: int = Field(256, gt=0, description="adapters: bottleneck width")
+    adapter_size: int = Field(256, gt=0, le=65536, description="adapters: bottleneck width")
 
 
 class Adapters(Method):

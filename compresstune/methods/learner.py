@@ -34,9 +34,9 @@ TARGETS_FIELD = Field(
 class AttachOptions(Section):
     """How Learners are attached (the ``attach`` stage uses exactly these)."""
 
-    rank: int = Field(64, gt=0, description="Learner (or LoRA) rank r")
+    rank: int = Field(64, gt=0, le=65536, description="Learner (or LoRA) rank r")
     targets: Targets = TARGETS_FIELD
-    scale: float = Field(1.0, description="multiplier on the Learner branch")
+    scale: float = Field(1.0, gt=0, le=1000, description="multiplier on the Learner branch")
     init: Literal["kaiming_zero", "gaussian_zero", "kaiming_both"] = Field(
         "kaiming_zero", description="P1/P2 initialisation (the *_zero ones leave the function unchanged at attach)"
     )
@@ -44,7 +44,10 @@ class AttachOptions(Section):
 
 class LearnerOptions(AttachOptions):
     priming_epochs: float = Field(
-        0.0, ge=0, description="learner: epochs at the start during which attention Q,K,V,O train too (the paper's p)"
+        0.0,
+        ge=0,
+        le=1000,
+        description="learner: epochs at the start during which attention Q,K,V,O train too (the paper's p)",
     )
 
 

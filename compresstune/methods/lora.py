@@ -20,9 +20,9 @@ _PEFT_KEY = "_compresstune_peft"
 
 
 class LoraOptions(Section):
-    rank: int = Field(64, gt=0, description="Learner (or LoRA) rank r")
+    rank: int = Field(64, gt=0, le=65536, description="Learner (or LoRA) rank r")
     targets: Targets = TARGETS_FIELD
-    lora_alpha: float = Field(16.0, gt=0, description="lora: scaling numerator (PEFT lora_alpha)")
+    lora_alpha: float = Field(16.0, gt=0, le=1e6, description="lora: scaling numerator (PEFT lora_alpha)")
 
 
 def lora_target_regex(model: nn.Module, targets) -> str:

@@ -132,6 +132,14 @@ def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(ref, config=config, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - a cut-short safetensors file, a refused pickle, shapes that do not fit
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UserError(
+            f"model: the weights in {ref} could not be loaded ({exc.__class__.__name__}: {first}). The folder needs "
+            "config.json and the weights saved with it (model.safetensors, complete; a pytorch_model.bin is loaded "
+            "only when it holds plain tensors, as torch refuses pickled code). Copy the model folder again, or save "
+            "it with save_pretrained()."
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_loaded_keys(ref, arch_for(config).head_modules, info)

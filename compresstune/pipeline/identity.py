@@ -87,6 +87,13 @@ class ContentHashes:
         lines = "".join(f"{r.as_posix()}\t{self.file(folder / r)}\n" for r in rel)
         return hashlib.sha256(lines.encode()).hexdigest()
 
+    def output_files(self, folder: Path) -> dict[str, str]:
+        """Every file in ``folder`` (recursively; names starting with '.' skipped) -> its sha256: what a finished
+        stage's output was when it was recorded, checked again before the stage is skipped or reused."""
+        folder = Path(folder)
+        rel = sorted(f.relative_to(folder) for f in folder.rglob("*") if f.is_file())
+        return {r.as_posix(): self.file(folder / r) for r in rel if not any(p.startswith(".") for p in r.parts)}
+
     def save(self) -> None:
         if self.cache is not None and self.changed:
             write_json_atomic(self.cache, self.entries)

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from ..manifest import Manifest, write_json_atomic
+from ..names import is_inside, name_problem
 from .atomic import replace_dir
+from .identity import ContentHashes
 
 NOT_REUSED = {"benchmark", "report"}  # timings belong to a moment and a machine; the report publishes this run's files
 
@@ -25,8 +27,8 @@ def reuse_stage(
         for rec in src_man.stages.values():
             if rec.get("type") != stype or rec.get("fingerprint") != fp or rec.get("status") != "done":
                 continue
-            src_dir = src_man.run_dir / rec["output"]
-            if not src_dir.is_dir():
+            src_dir = _source_dir(src_man, rec, fp, log)
+            if src_dir is None:
                 continue
             tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
             if tmp_dir.exists():
@@ -59,6 +61,38 @@ def reuse_stage(
     where = ", ".join(map(str, sources[:3])) + (f" and {len(sources) - 3} more run folders" if len(sources) > 3 else "")
     log(f"[{name}] nothing to reuse (no finished {stype} stage with fingerprint {fp} in {where})")
     return False
+
+
+MODEL_STAGES = {"finetune", "compress", "attach", "merge"}  # their output is a model folder
+
+
+def _source_dir(src_man: Manifest, rec: dict, fp: str, log) -> Path | None:
+    """The other run's stage folder, only when it is a stage folder of that run (a plain name inside it, never a
+    path the record points elsewhere) whose files are what was recorded when it finished (or, for a record made
+    before outputs were recorded, that carries this fingerprint and its summary, and its model when it made one)."""
+    out = rec.get("output")
+    if name_problem(out, "output") or not is_inside(src_man.run_dir / out, src_man.run_dir):
+        log(f"  not reused: {src_man.run_dir}'s run record names {out!r:.80} as a stage folder (not one of its own)")
+        return None
+    d = src_man.run_dir / out
+    if not d.is_dir():
+        return None
+    recorded = rec.get("output_files")
+    if recorded is not None:
+        now = ContentHashes().output_files(d)
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        if changed:
+            log(f"  not reused: {d} changed since it finished ({', '.join(changed[:3])})")
+            return None
+        return d
+    fp_file = d / ".fingerprint"
+    complete = fp_file.is_file() and fp_file.read_text().strip() == fp and (d / "summary.json").is_file()
+    if complete and rec.get("type") in MODEL_STAGES:
+        complete = (d / "model" / "config.json").is_file() and any((d / "model").glob("*.safetensors"))
+    if not complete:
+        log(f"  not reused: {d} is incomplete (its fingerprint file, summary or model is missing)")
+        return None
+    return d
 
 
 def _relocate_paths(summary: dict, src_man: Manifest, manifest: Manifest, fp: str, here: str) -> dict:

@@ -17,7 +17,6 @@ barrier until it is committed, and once no training stage is left they are let g
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import traceback
@@ -28,22 +27,23 @@ from pathlib import Path
 from ..config.preflight import Checked, preflight
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
-from ..manifest import Manifest, write_json_atomic
+from ..manifest import Manifest, disk_error, write_json_atomic
 from ..measure.monitor import ResourceMonitor
+from ..names import check_name
 from ..stages import STAGES, StageContext
 from ..stages.base import InputRef, load_task_data
 from ..train.distributed import Processes, setup_processes, single_process_note
 from ..train.faults import fault_point
-from .atomic import replace_dir, restore_set_aside, run_lock
+from .atomic import restore_set_aside, run_lock
 from .fingerprint import stage_fingerprints
 from .identity import CACHE_FILE, ContentHashes, library_versions
+from .outputs import FP_FILE, adopt_committed, commit, intact
 from .reuse import reuse_stage
-
-FP_FILE = ".fingerprint"
 
 
 def run_dir_for(cfg: PipelineConfig, run_name: str | None = None, output_dir: str | None = None) -> Path:
-    return Path(output_dir or cfg.output_dir) / (run_name or cfg.name)
+    """The run folder: a plain name (names.py) inside the output folder."""
+    return Path(output_dir or cfg.output_dir) / check_name(run_name or cfg.name, "--run-name" if run_name else "name")
 
 
 def fingerprints(cfg: PipelineConfig, run_dir: Path | None = None) -> dict[str, str]:
@@ -126,14 +126,20 @@ def run_pipeline(
         return _follow(cfg, run_dir, procs, checked.task)
     if note := single_process_note():
         log(note)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        restore_set_aside(run_dir, log)
-        manifest = _start(cfg, run_dir, log)
-        plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force, checked.task)
-        plan.followers = _Followers(procs)
-        _quiet_hf()
-        _run_plan(cfg, plan, manifest, run_dir, log, progress, reuse_from)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            restore_set_aside(run_dir, log)
+            manifest = _start(cfg, run_dir, log)
+            plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force, checked.task)
+            plan.followers = _Followers(procs)
+            _quiet_hf()
+            _run_plan(cfg, plan, manifest, run_dir, log, progress, reuse_from)
+    except OSError as exc:
+        err = disk_error(exc, f"run {run_dir}")
+        if err is None:
+            raise
+        raise err from None
     return manifest
 
 
@@ -174,24 +180,29 @@ def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
 
 def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Path, log, progress, reuse_from) -> None:
     names = plan.names[: plan.last + 1]
+    hashes = ContentHashes(run_dir / CACHE_FILE)
     for i, name in enumerate(names):
         if not any(_trains(cfg, n) for n in names[i:]):
             plan.followers.release()  # no training stage left: the other processes end here
         fp = plan.fps[name]
         final_dir = run_dir / stage_dirname(cfg, name)
-        if name not in plan.forced and manifest.is_done(name, fp):
+        if name not in plan.forced and manifest.is_done(name, fp) and intact(manifest, name, final_dir, hashes, log):
             log(f"[{name}] up to date (fingerprint {fp}), skipped")
             continue
-        if name not in plan.forced and _adopt_committed(manifest, name, fp, final_dir, log):
+        if name not in plan.forced and adopt_committed(manifest, name, fp, final_dir, hashes, log):
             _mark_downstream_stale(cfg, manifest, name)
             continue
         if name not in plan.forced and reuse_stage(
             name, cfg.stages[name].type, fp, reuse_from, manifest, final_dir, run_dir, log, cfg.stage_inputs(name)
         ):
+            manifest.update_stage(name, output_files=hashes.output_files(final_dir))
             _mark_downstream_stale(cfg, manifest, name)
             continue
         _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
+        manifest.update_stage(name, output_files=hashes.output_files(final_dir))
+        hashes.save()
     plan.followers.release()
+    hashes.save()
 
 
 def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force, log) -> None:
@@ -243,7 +254,7 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
     inputs = []
     for inp in cfg.stage_inputs(name):
         rec = manifest.stages.get(inp, {})
-        out = run_dir / rec.get("output", stage_dirname(cfg, inp))
+        out = run_dir / stage_dirname(cfg, inp)  # never a folder the run record names elsewhere
         inputs.append(InputRef(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
     ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=plan.shared)
     manifest.update_stage(
@@ -252,6 +263,7 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         fingerprint=fp,
         status="running",
         output=final_dir.name,
+        output_files=None,
         error=None,
         reused_from=None,
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -264,12 +276,18 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         with ResourceMonitor() as mon:
             summary = STAGES[scfg.type]().run(ctx) or {}
     except BaseException as exc:
-        manifest.update_stage(name, status="failed", error=f"{exc.__class__.__name__}: {exc}")
-        if not isinstance(exc, (CompresstuneError, KeyboardInterrupt)):
-            (tmp_dir / "error.txt").write_text(traceback.format_exc())
+        err = disk_error(exc, f"stage {name}") if isinstance(exc, OSError) else None
+        try:
+            manifest.update_stage(name, status="failed", error=f"{exc.__class__.__name__}: {exc}")
+            if err is None and not isinstance(exc, (CompresstuneError, KeyboardInterrupt)):
+                (tmp_dir / "error.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass  # the disk that failed the stage may refuse the record too; the manifest on disk stays consistent
+        if err is not None:
+            raise err from None
         raise
     summary = {**summary, "resources": mon.summary()}
-    _commit(tmp_dir, final_dir, summary, name)
+    commit(tmp_dir, final_dir, summary, name)
     fault_point("stage_committed", name)  # crash tests: renamed into place, not yet recorded as done
     res = summary["resources"]
     manifest.update_stage(
@@ -283,41 +301,6 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
     _mark_downstream_stale(cfg, manifest, name)
     plan.followers.finish()
     log(f"[{name}] done in {res['wall_time_s']:.1f}s, peak RSS {res['peak_rss_mb']:.0f} MB")
-
-
-def _commit(tmp_dir: Path, final_dir: Path, summary: dict, name: str = "") -> None:
-    """Write the summary, drop scratch, and rename the temporary folder into place (the old one
-    is deleted only once the new one is there)."""
-    write_json_atomic(tmp_dir / "summary.json", summary)
-    _remove_scratch(tmp_dir)  # the fingerprint file stays: it lets an interrupted commit be adopted
-    fault_point("stage_done", name)  # crash tests: finished, not yet renamed into place
-    replace_dir(tmp_dir, final_dir)
-
-
-def _adopt_committed(manifest: Manifest, name: str, fp: str, final_dir: Path, log) -> bool:
-    """A run killed after a stage's folder was renamed into place but before the manifest said so:
-    the folder carries the fingerprint it was computed for and its summary, so it is recorded as done
-    instead of being computed again."""
-    rec = manifest.stages.get(name, {})
-    fp_file, summary_file = final_dir / FP_FILE, final_dir / "summary.json"
-    if rec.get("status") != "running" or rec.get("fingerprint") != fp or not fp_file.is_file():
-        return False
-    if fp_file.read_text().strip() != fp or not summary_file.is_file():
-        return False
-    if final_dir.with_name(final_dir.name + ".tmp").exists():
-        return False  # a later attempt is under way: resume that one
-    summary = json.loads(summary_file.read_text())
-    res = summary.get("resources", {})
-    manifest.update_stage(
-        name,
-        status="done",
-        summary=summary,
-        finished_at=rec.get("finished_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        wall_time_s=res.get("wall_time_s"),
-        peak_rss_mb=res.get("peak_rss_mb"),
-    )
-    log(f"[{name}] had finished and was committed to {final_dir.name}/ before the interruption: recorded as done")
-    return True
 
 
 def _mark_downstream_stale(cfg: PipelineConfig, manifest: Manifest, name: str) -> None:
@@ -342,16 +325,6 @@ def _quiet_hf() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def _remove_scratch(stage_dir: Path) -> None:
-    """Resumable training checkpoints are not part of a finished stage's output."""
-    ck = stage_dir / "checkpoints"
-    if ck.is_dir():
-        hist = ck / "history.json"
-        if hist.is_file():
-            shutil.copy(hist, stage_dir / "history.json")
-        shutil.rmtree(ck)
 
 
 def run_status(run_dir: Path) -> dict:

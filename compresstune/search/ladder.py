@@ -90,9 +90,11 @@ class Ladder:
         clock: Clock,
         log=print,
         progress: bool = False,
+        earlier: dict | None = None,
     ):
         self.sdir, self.raw, self.pcfg, self.s, self.n, self.clock = sdir, raw, pcfg, s, teacher_layers, clock
         self.log, self.progress = log, progress
+        self.earlier = earlier or {}  # an earlier invocation's results (state.json): its failures are not retried
         self.on_change = lambda: None  # called after every candidate run (run.py saves state.json)
         self.runs = sdir / "runs"
         self.results: dict[str, dict] = {}  # candidate id -> {"rungs": {k: metric}, ...}
@@ -133,6 +135,14 @@ class Ladder:
     def _run_one(self, cand: Candidate, k: int, rung: dict | None) -> float | None:
         res = self.results.setdefault(cand.id, {"rungs": {}})
         name = self.run_name(cand, k)
+        before = self.earlier.get(cand.id) or {}
+        if str(k) in before.get("rungs", {}) and before["rungs"][str(k)] is None and before.get("error"):
+            res["rungs"][str(k)], res["error"] = None, before["error"]
+            self.log(
+                f"[search] {name}: failed in an earlier invocation ({before['error'][:200]}); not retried "
+                f"(remove its entry from {self.sdir / 'state.json'} to retry it)"
+            )
+            return None
         raw = candidate_pipeline(self.raw, self.pcfg, self.s, cand, self.n, rung)
         raw["name"] = name
         raw = relocate_paths(raw, Path(self.pcfg.base_dir), self.sdir / "pipelines")

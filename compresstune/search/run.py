@@ -65,7 +65,7 @@ def run_search(
             return {"latency": measured}
         entrants, skipped = _entrants(cands, measured, s)
         log(f"[search] {len(entrants)} under budget enter rung 0: {', '.join(c.id for c in entrants) or 'none'}")
-        ladder = Ladder(sdir, raw, pcfg, s, n_layers, clock, log, progress)
+        ladder = Ladder(sdir, raw, pcfg, s, n_layers, clock, log, progress, earlier=state.get("results"))
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -21,7 +21,7 @@ SPACE_VARIANTS = ("fp32", "optimized", "int8_dynamic", "fp16")
 
 
 class Budget(Section):
-    latency_ms: float | None = Field(None, gt=0, description="p50 latency at `shape`, in milliseconds")
+    latency_ms: float | None = Field(None, gt=0, le=1e7, description="p50 latency at `shape`, in milliseconds")
     latency_fraction: float | None = Field(
         None,
         gt=0,
@@ -29,10 +29,12 @@ class Budget(Section):
         description="p50 latency at `shape` as a fraction of the uncompressed model's PyTorch eager, timed back "
         "to back with each candidate on this machine (0.2 = five times faster)",
     )
-    size_mb: float | None = Field(None, gt=0, description="size of the shipped ONNX file, MiB")
-    shape: list[int] = Field([1, 128], description="batch x sequence length the latency budget is for")
+    size_mb: float | None = Field(None, gt=0, le=1e7, description="size of the shipped ONNX file, MiB")
+    shape: list[Annotated[int, Field(gt=0, le=65536)]] = Field(
+        [1, 128], description="batch x sequence length the latency budget is for"
+    )
     provider: Literal["cpu", "cuda"] = "cpu"
-    threads: int = Field(2, gt=0, description="ONNX Runtime and PyTorch threads while timing")
+    threads: int = Field(2, gt=0, le=1024, description="ONNX Runtime and PyTorch threads while timing")
     margin: float = Field(
         0.05,
         ge=0,
@@ -104,8 +106,8 @@ class Ladder(Section):
         [], description="settings (KEY: VALUE, as on the command line) of each cheap rung, cheapest first"
     )
     keep: float = Field(0.5, gt=0, le=1, description="share of a rung's candidates that go on to the next")
-    max_candidates: int = Field(8, gt=0, description="candidates that enter the first rung")
-    finalists: int = Field(2, gt=0, description="candidates that get the full recipe")
+    max_candidates: int = Field(8, gt=0, le=10**4, description="candidates that enter the first rung")
+    finalists: int = Field(2, gt=0, le=10**4, description="candidates that get the full recipe")
 
 
 class SearchConfig(Section):
@@ -114,8 +116,8 @@ class SearchConfig(Section):
     ladder: Ladder = Field(default_factory=Ladder)
     depth_stage: str | None = Field(None, description="the distill stage whose depth `space.layers` sets")
     prune_stage: str | None = Field(None, description="the prune stage whose ratios the space sets")
-    time_limit_min: float = Field(120.0, gt=0, description="no new candidate run starts after this")
-    timing_iters: int = Field(60, ge=10, description="calls per engine when timing a candidate")
+    time_limit_min: float = Field(120.0, gt=0, le=10**6, description="no new candidate run starts after this")
+    timing_iters: int = Field(60, ge=10, le=10**6, description="calls per engine when timing a candidate")
     reuse_from: list[str] = Field(
         [],
         description="run folders whose finished stages candidates may take, or other searches' folders (their runs "
@@ -124,6 +126,7 @@ class SearchConfig(Section):
     holdout: int | None = Field(
         None,
         gt=0,
+        le=10**9,
         description="select on this many training examples held out of every candidate's training (task.holdout) "
         "instead of the dev set; the winner's bundle is scored on the dev set once, after the choice",
     )

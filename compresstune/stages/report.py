@@ -47,22 +47,16 @@ def _plot_history(histories: dict[str, list], metric: str, path: Path) -> bool:
     return True
 
 
-def _link_or_copy(src, dst) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _publish(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) ``src`` to ``dst``, replacing it atomically."""
+    """Copy ``src`` to ``dst``, replacing it atomically. A copy, never a hard link: a file edited or replaced at
+    the top of the run folder must not change the stage output it was published from."""
     tmp = dst.with_name(dst.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     if src.is_dir():
-        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        shutil.copytree(src, tmp)
     else:
-        _link_or_copy(src, tmp)
+        shutil.copy2(src, tmp)
     if dst.is_dir():
         shutil.rmtree(dst)
     os.replace(tmp, dst)

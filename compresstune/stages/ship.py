@@ -113,8 +113,8 @@ def verified_on_line(variant: str, built: dict) -> str:
     """'int8_dynamic verified on: x86-64 AVX-512 VNNI (AMD EPYC, ...), onnxruntime 1.32.0, CPU provider', with
     what that means for other CPUs when the variant is int8."""
     line = (
-        f"{variant} verified on: {built['isa']} ({built['machine']}), onnxruntime {built['onnxruntime']}, "
-        f"{built['provider'].upper()} provider."
+        f"{variant} verified on: {built['isa']}, onnxruntime {built['onnxruntime']}, {built['provider'].upper()} "
+        f"provider ({built.get('cpu') or 'unknown CPU'}, {built.get('logical_cores')} logical cores)."
     )
     if "int8_reduce_range" in built:
         line += (
