@@ -186,3 +186,24 @@ def test_shard_weights_make_the_global_batch_mean():
             seen += mine if w else []
         assert sorted(seen) == idx
         assert total == pytest.approx(losses[idx].mean().item(), rel=1e-12)
+
+
+def test_a_failing_run_ends_the_same_with_one_process_or_two(tmp_path, tiny_bert, glue_dir):
+    """A mistake found while a training stage runs on every process (here: weights cut short) exits 2 with the
+    message of one process, not the launcher's exit code and traceback."""
+    bad = shutil.copytree(tiny_bert, tmp_path / "cut")
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[: len(data) // 3])
+    write_pipeline(tmp_path / "p.yaml", bad, glue_dir, stages="[finetune, export]")
+    one = subprocess.run(
+        [sys.executable, "-m", "compresstune.cli", "pipeline", "run", "p.yaml", "--run-name", "one", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    two = _launch(tmp_path, ["p.yaml", "--run-name", "two"])
+    assert one.returncode == two.returncode == 2, (one.stderr[-2000:], two.stderr[-2000:])
+    for r in (one, two):
+        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.count("error: model: the weights in") == 1 and "could not be loaded" in r.stderr

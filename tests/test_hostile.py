@@ -383,3 +383,15 @@ def test_a_search_rerun_does_not_retry_a_candidate_that_failed(tmp_path):
     assert lad._run_one(SimpleNamespace(id="L2-h00-f25"), 0, {}) is None
     assert lad.results["L2-h00-f25"]["error"] == "rung 0: CheckFailed: ONNX logits differ"
     assert "failed in an earlier invocation" in said[0] and "not retried" in said[0]
+
+
+def test_a_search_budget_shape_past_the_position_embeddings_is_refused(tmp_path, tiny_bert, glue_dir):
+    from test_search import _write
+
+    p = _write(tmp_path, tiny_bert, glue_dir)
+    r = CliRunner().invoke(
+        main, ["search", str(p), "--output-dir", str(tmp_path / "out"), "search.budget.shape=[1,600]"]
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "search.budget.shape: sequence length 600 is longer than the model's 512 position embeddings" in r.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("manifest.json"))

@@ -3,15 +3,29 @@ an exit code, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..errors import CompresstuneError
 
+EXIT_FILE_ENV = "COMPRESSTUNE_EXIT_FILE"  # set by `--num-processes` for the processes it starts
+
 
 def _fail(exc: CompresstuneError):
-    click.echo(f"error: {exc}", err=True)
+    record = os.environ.get(EXIT_FILE_ENV)
+    first = True
+    if record:  # one of several processes: the first to fail speaks, and its exit code is the run's
+        try:
+            with open(record, "x", encoding="utf-8") as f:
+                f.write(str(exc.exit_code))
+        except FileExistsError:
+            first = False
+        except OSError:
+            pass
+    if first:
+        click.echo(f"error: {exc}", err=True)
     sys.exit(exc.exit_code)
 
 

@@ -193,10 +193,30 @@ def _check_structure(s: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchC
             "stages: a searched pipeline ends in export, benchmark and report (a finalist ships the bundle the "
             "report writes, of the variant the benchmark timed)."
         )
+    problems += _budget_length_problems(s, pcfg)
     if problems:
         raise SearchProblem(src, problems)
     _fill_space(s, pcfg)
     return s
+
+
+def _budget_length_problems(s: SearchConfig, pcfg: PipelineConfig) -> list[str]:
+    """The budget's sequence length fits the model's position embeddings (config.json)."""
+    from ..models.resolve import load_model_config, resolve_model_path
+
+    try:
+        positions = int(
+            getattr(load_model_config(resolve_model_path(pcfg.model, pcfg.base_dir)), "max_position_embeddings", 0) or 0
+        )
+    except Exception:  # noqa: BLE001 - the pipeline's own checks report an unreadable model
+        return []
+    seq = s.budget.shape[1]
+    if positions and seq > positions:
+        return [
+            f"search.budget.shape: sequence length {seq} is longer than the model's {positions} position embeddings; "
+            f"use at most {positions} (the latency would be timed on inputs the model cannot take)."
+        ]
+    return []
 
 
 def check_rungs(raw: dict, s: SearchConfig, pcfg: PipelineConfig, src: str) -> None:

@@ -32,7 +32,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
@@ -325,6 +327,29 @@ def relaunch(num_processes: int, cpu: bool, cli_args: list[str]) -> int:
     if cpu:  # share the cores: torchrun would give each process one thread
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
     linux = sys.platform.startswith("linux")
-    return subprocess.call(
-        launch_command(num_processes, cli_args), env=env, preexec_fn=_die_with_parent if linux else None
-    )
+    with tempfile.TemporaryDirectory(prefix="ct_exit_") as td:
+        record = Path(td) / "exit_code"
+        env["COMPRESSTUNE_EXIT_FILE"] = str(record)
+        proc = subprocess.Popen(
+            launch_command(num_processes, cli_args),
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            preexec_fn=_die_with_parent if linux else None,
+        )
+        _relay_stderr(proc, record)
+        rc = proc.wait()
+        return int(record.read_text()) if record.is_file() and record.read_text().strip().isdigit() else rc
+
+
+def _relay_stderr(proc, record: Path) -> None:
+    """The processes' stderr as it comes, less the launcher's own failure report (a traceback and its log lines)
+    once a process has ended with compresstune's message: a failing run reads the same with one process or N."""
+    hiding = False
+    for line in proc.stderr:
+        if not hiding and record.is_file() and (line.startswith("Traceback") or "torch.distributed" in line):
+            hiding = True
+        if not hiding:
+            sys.stderr.write(line)
+            sys.stderr.flush()
