@@ -53,6 +53,9 @@ def test_a_run_with_holdout_never_evaluates_on_dev(tmp_path, tiny_bert, glue_dir
     rep = json.loads((run / "report.json").read_text())
     assert rep["evaluated_on"].startswith("24 training examples held out")
     assert "held out" in (run / "REPORT.md").read_text() and "held out" in (run / "deploy" / "README.md").read_text()
+    card, cfg = (run / "deploy" / "README.md").read_text(), json.loads((run / "deploy" / "config.json").read_text())
+    assert "Held-out set, 24 training examples, task.holdout: accuracy" in card and "Dev set:" not in card
+    assert cfg["metric"]["split"] == "held-out (24 training examples, task.holdout)"
 
 
 def test_holdout_larger_than_the_training_set_is_caught_before_work(tmp_path, tiny_bert, glue_dir):
@@ -83,3 +86,12 @@ def test_search_selects_on_held_out_examples_and_scores_the_winner_on_dev_once(t
     md = (sdir / "SEARCH.md").read_text()
     assert "24 training examples held out" in md and "read once after the choice" in md and "held-out per rung" in md
     assert "holdout: 24" in (sdir / "winner.yaml").read_text()  # the winner's recipe as it was trained
+
+
+def test_report_says_what_its_p50s_are():
+    from compresstune.stages.report import _md_comparison
+
+    cmp = {"baseline": "teacher_export", "baseline_onnx": "01/model.onnx", "baseline_onnx_mb": 86.8, "onnx_mb": 20.0}
+    row = {"engine": "ort-cpu", "batch": 1, "seq": 128, "p50_ms": 2.0, "baseline_p50_ms": 10.0, "speedup": 5.1}
+    text = "\n".join(_md_comparison({**cmp, "rounds": 4, "rows": [row]}))
+    assert "each p50 is over all calls of all rounds" in text and "medians over rounds" not in text

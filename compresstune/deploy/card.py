@@ -15,6 +15,12 @@ def _fmt_metric(config: dict) -> str:
     return f"{m.get('name') or 'metric'} {m['dev']:.2f}" if isinstance(m["dev"], (int, float)) else str(m["dev"])
 
 
+def _metric_split(config: dict) -> str:
+    """Where the recorded metric was measured: the dev set, or the held-out examples of ``task.holdout``."""
+    split = (config.get("metric") or {}).get("split")
+    return f"Held-out set, {split.removeprefix('held-out ').strip('()')}" if split else "Dev set"
+
+
 def _latency_table(latency, machine) -> list[str]:
     if not latency:
         return ["Not measured for this bundle."]
@@ -148,7 +154,7 @@ def model_card(
         "",
         "## Quality",
         "",
-        f"Dev set: {_fmt_metric(config)}.",
+        f"{_metric_split(config)}: {_fmt_metric(config)}.",
         "",
         *([verified_on, ""] if verified_on else []),
         "## Latency",

@@ -124,6 +124,8 @@ class ReportStage(Stage):
         from ..deploy.verify import machine_record, write_verification_set
 
         cfg, path, tok_dir = ship.bundle_config(stages, decision, ctx.run_dir)
+        if ctx.pipeline.task.holdout:  # the metric was measured on held-out training examples, not on dev
+            cfg["metric"]["split"] = f"held-out ({ctx.pipeline.task.holdout} training examples, task.holdout)"
         cfg["built_on"] = {**machine_record(decision.get("provider") or "cpu"), **ship.int8_settings(stages, decision)}
         card = model_card(
             {
@@ -288,7 +290,7 @@ def _md_comparison(cmp: dict) -> list[str]:
         "",
         f"Back to back against `{cmp['baseline']}` ({cmp['baseline_onnx']}, {cmp['baseline_onnx_mb']} MB vs this "
         f"model's {cmp['onnx_mb']} MB): {cmp['rounds']} rounds per point, each timing both back to back (order "
-        "alternating); p50s are medians over rounds, the speed-up the median of the per-round ratios.",
+        "alternating); each p50 is over all calls of all rounds, the speed-up the median of the per-round ratios.",
         "",
         md_table(headers, rows),
     ]
