@@ -196,14 +196,22 @@ class ExportConfig(StageConfig):
         0.99,
         ge=0,
         le=1,
-        description="int8_dynamic: least share of dev labels equal to PyTorch's; below it the most "
-        "sensitive encoder layers stay float (0 = off)",
+        description="int8_dynamic: least share of the selection slice's labels equal to PyTorch's (at batch 1 "
+        "and 32); below it the most sensitive MatMuls, then layers, stay float (0 = off)",
+    )
+    selection_examples: int = Field(
+        512,
+        gt=0,
+        le=10**5,
+        description="training examples (a fixed slice) on which the int8 fallbacks choose what stays float; the "
+        "dev set is scored once, afterwards",
     )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="int8_static")
     calibration_examples: int = Field(256, gt=0, le=10**6, description="int8_static: training examples for calibration")
     static_fallback: bool = Field(
         True,
-        description="int8_static: keep the most sensitive layers in float until the dev metric is within tolerance",
+        description="int8_static: keep the most sensitive layers in float until the metric on the selection slice "
+        "is within tolerance of PyTorch's there",
     )
     tolerances: VariantTolerances = Field(default_factory=VariantTolerances)
 

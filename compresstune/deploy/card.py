@@ -21,6 +21,27 @@ def _metric_split(config: dict) -> str:
     return f"Held-out set, {split.removeprefix('held-out ').strip('()')}" if split else "Dev set"
 
 
+def _quality_notes(m: dict) -> str:
+    """What the metric means for a user: int8's batch dependence, and the paired comparison with PyTorch."""
+    out = ""
+    by = m.get("by_batching")
+    if by:
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in by.items())
+        out += (
+            f" Dynamic int8 quantises each call's activations together, so a result depends on the inputs batched "
+            f"with it: measured at {parts}; the lower one is given above (`compresstune predict --batch-size 1` "
+            "gives the batch-1 results)."
+        )
+    p = m.get("paired_vs_pytorch")
+    if p:
+        out += (
+            f" On the same {p['examples']} examples as the PyTorch model it was exported from: "
+            f"{p['only_pytorch_right']} right only for PyTorch, {p['only_variant_right']} only for this model "
+            f"(McNemar's exact test p = {p['p_value']:.2g})."
+        )
+    return out
+
+
 def _latency_table(latency, machine) -> list[str]:
     if not latency:
         return ["Not measured for this bundle."]
@@ -154,7 +175,7 @@ def model_card(
         "",
         "## Quality",
         "",
-        f"{_metric_split(config)}: {_fmt_metric(config)}.",
+        f"{_metric_split(config)}: {_fmt_metric(config)}." + _quality_notes(config.get("metric") or {}),
         "",
         *([verified_on, ""] if verified_on else []),
         "## Latency",

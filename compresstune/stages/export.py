@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import os
 
-from ..data.batching import collate, encode
 from ..data.glue import GLUE_TASKS
-from ..data.metrics import compute_metrics
 from ..errors import CheckFailed, UserError
-from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes, ort_predict
+from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes
 from ..export.variants import VariantBuilder, kind_of, resolve_variants, target_provider, verify_variant
 from ..methods import load_artifact as load_model
 from ..models.arch import arch_for
 from ..models.artifacts import layer_shapes
-from ..models.inputs import model_inputs
-from ..train.evaluate import logits_to_preds, predict
 from .base import Stage, StageContext, register
+from .export_check import Checker
 
 
 def text_fields(ctx: StageContext) -> list[str]:
@@ -51,7 +48,7 @@ class ExportStage(Stage):
         tok.save_pretrained(ctx.out_dir / "tokenizer")
         labels = {**meta.get("task", {}), "text_fields": text_fields(ctx)}
         (ctx.out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
-        check = _Checker(ctx, model, tok)
+        check = Checker(ctx, model, tok)
         summary = self._fp32(ctx, path, check)
         summary["model_dir"] = ctx.rel(mdir)
         summary["variants"] = self._variants(ctx, model, path, check, summary["dev_pytorch"]["main"])
@@ -106,11 +103,11 @@ class ExportStage(Stage):
             model.config.model_type,
             cfg,
             check.calibration_feeds,
-            lambda p: check.dev_metric(p)["main"],
-            reference,
+            check.selection_metric,  # static int8's fallback accepts on the selection slice, never on dev
+            check.torch_selection_metric(),
             log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
         )
-        builder.agreement = check.agreement
+        builder.agreement = check.agreement  # dynamic int8's fallback: label agreement on the selection slice
         cuda = check.cuda_usable()
         out = {}
         for name in resolve_variants(cfg.variants, ctx.device):
@@ -132,7 +129,7 @@ class ExportStage(Stage):
                 name,
                 builder.built[name],
                 lambda p, prov=prov: check.logit_diffs(p, prov),
-                lambda p, prov=prov: check.dev_metric(p, prov),
+                lambda p, prov=prov, name=name: check.dev_metric(p, prov, per_call=name == "int8_dynamic"),
                 reference,
                 tol,
             )
@@ -167,66 +164,3 @@ class ExportStage(Stage):
                 f"PyTorch {torch_metrics['main']:.2f} by more than {cfg.metric_tolerance} points."
             )
         return {"dev_onnx_cuda": m, "dev_gap_points_cuda": gap}
-
-
-class _Checker:
-    """The verification data of one export: dev examples encoded once, PyTorch's metric computed once."""
-
-    def __init__(self, ctx: StageContext, model, tok):
-        self.ctx, self.model, self.tok = ctx, model, tok
-        self.enc = encode(tok, ctx.task.dev, ctx.pipeline.task.max_length)
-        self.pad = tok.pad_token_id or 0
-        self._torch = None
-
-    def torch_metrics(self) -> dict:
-        if self._torch is None:
-            task = self.ctx.task
-            self._torch = compute_metrics(
-                task, logits_to_preds(task, predict(self.model, self.enc, self.pad)), task.dev.labels
-            )
-        return self._torch
-
-    def agreement(self, path) -> float | None:
-        """Share of dev examples whose ONNX Runtime label equals PyTorch's (None for regression): the lowest over
-        batches of 1 and of 32, since dynamic int8 quantises activations per batch and so depends on it."""
-        task = self.ctx.task
-        if task.is_regression:
-            return None
-        if getattr(self, "_torch_labels", None) is None:
-            self._torch_labels = predict(self.model, self.enc, self.pad).argmax(-1)
-        sess = make_session(path, "cpu")
-        labels = [ort_predict(sess, self.enc, self.pad, batch_size=bs).argmax(-1) for bs in (1, 32)]
-        return min(float((x == self._torch_labels).mean()) for x in labels)
-
-    def dev_metric_of_session(self, sess) -> dict:
-        task = self.ctx.task
-        return compute_metrics(task, logits_to_preds(task, ort_predict(sess, self.enc, self.pad)), task.dev.labels)
-
-    def dev_metric(self, path, provider: str = "cpu") -> dict:
-        return self.dev_metric_of_session(make_session(path, provider))
-
-    def logit_diffs(self, path, provider: str = "cpu") -> dict:
-        return max_abs_diff_at_shapes(self.model, make_session(path, provider), self.ctx.cfg.verify_shapes)
-
-    def cuda_usable(self) -> bool:
-        """The run uses CUDA and ONNX Runtime has its CUDA provider: variants are then verified there."""
-        import onnxruntime as ort
-        import torch
-
-        return (
-            self.ctx.device.startswith("cuda")
-            and torch.cuda.is_available()
-            and "CUDAExecutionProvider" in ort.get_available_providers()
-        )
-
-    def calibration_feeds(self) -> list[dict]:
-        """Training examples (a fixed subset), batched with dynamic padding, as ONNX Runtime feeds."""
-        ctx = self.ctx
-        split = ctx.task.train.subset(ctx.cfg.calibration_examples, ctx.seed)
-        enc = encode(self.tok, split, ctx.pipeline.task.max_length)
-        names = model_inputs(self.model)
-        feeds = []
-        for i in range(0, len(enc), 16):
-            batch = collate(enc[i : i + 16], self.pad, "token_type_ids" in names)
-            feeds.append({k: v.numpy() for k, v in batch.items() if k in names})
-        return feeds

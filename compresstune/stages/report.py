@@ -116,6 +116,9 @@ class ReportStage(Stage):
         if decision["chosen"] and cfg.bundle:
             decision["bundle"] = self._bundle(ctx, stages, decision)
         ctx.log(f"[{ctx.name}] shipped: {decision['chosen']} ({decision['why']})")
+        shipped = next((c for c in cands if c["variant"] == decision["chosen"]), None)
+        if shipped and shipped.get("paired"):
+            ctx.log(f"[{ctx.name}] {decision['chosen']} against PyTorch on dev: {ship.paired_text(shipped['paired'])}")
         return ship.variant_markdown(cands, decision, stages, metric), decision, pngs
 
     def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:

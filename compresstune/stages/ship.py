@@ -46,6 +46,8 @@ def candidates(stages: dict, shape: tuple[int, int]) -> list[dict]:
                 "tolerance": v.get("tolerance"),
                 "size_mb": v.get("size_mb"),
                 "error": f"verified on {verified_on}, timed on {provider}" if elsewhere else v.get("error"),
+                "paired": (v.get("dev") or {}).get("paired_vs_pytorch"),
+                "by_batching": (v.get("dev") or {}).get("by_batching"),
                 "p50_ms": point["p50_ms"] if point else None,
                 "timed": point,
             }
@@ -93,10 +95,12 @@ def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Pa
     v = sm["variants"][decision["chosen"]]
     out_dir = run_dir / export["output"]
     labels = json.loads((out_dir / "labels.json").read_text())
+    metric = {"name": sm["metric"], "dev": v["dev"]["main"], "dev_pytorch": sm["dev_pytorch"]["main"]}
+    metric.update({k: v["dev"][k] for k in ("by_batching", "paired_vs_pytorch") if k in v["dev"]})
     cfg = {
         **labels,
         "variant": decision["chosen"],
-        "metric": {"name": sm["metric"], "dev": v["dev"]["main"], "dev_pytorch": sm["dev_pytorch"]["main"]},
+        "metric": metric,
         "selection": {k: decision[k] for k in ("rule", "shape", "why")},
     }
     return cfg, variant_file(out_dir, decision["chosen"]), out_dir / "tokenizer"
@@ -173,7 +177,8 @@ def variant_markdown(cands: list[dict], decision: dict, stages: dict, metric: st
         rows.append(
             [
                 c["variant"] + (" **(shipped)**" if c["variant"] == decision.get("chosen") else ""),
-                "-" if c["dev"] is None else f"{c['dev']:.2f}",
+                "-" if c["dev"] is None else f"{c['dev']:.2f}" + _batchings(c.get("by_batching")),
+                paired_text(c.get("paired")),
                 verdict,
                 c["size_mb"],
                 fp.get("load_s", "-"),
@@ -184,6 +189,7 @@ def variant_markdown(cands: list[dict], decision: dict, stages: dict, metric: st
     headers = [
         "variant",
         f"dev {metric}",
+        "vs PyTorch, same examples",
         "verification",
         "size (MB)",
         "load (s)",
@@ -201,6 +207,22 @@ def variant_markdown(cands: list[dict], decision: dict, stages: dict, metric: st
         "",
         f"Shipped: **{decision.get('chosen')}**. {decision['why']}.",
     ]
+
+
+def _batchings(by: dict | None) -> str:
+    return (
+        " (" + ", ".join(f"{k.replace('_', ' ')}: {v:.2f}" for k, v in by.items()) + "; the lower counts)" if by else ""
+    )
+
+
+def paired_text(p: dict | None) -> str:
+    """'3 right only for PyTorch, 1 only for this model (McNemar exact p = 0.62)'."""
+    if not p:
+        return "-"
+    return (
+        f"{p['only_pytorch_right']} right only for PyTorch, {p['only_variant_right']} only for this model "
+        f"(McNemar exact p = {p['p_value']:.2g})"
+    )
 
 
 def _point_of(stages: dict, engine: str | None, key: str):
