@@ -143,10 +143,14 @@ class ExportStage(Stage):
             ctx.log(f"[{ctx.name}] {name}: FAILED ({v.get('error')})")
             return
         verdict = "ok" if v["passed"] else f"FAILED (more than {v['tolerance']} points from PyTorch)"
+        by = v["dev"].get("by_batching")
+        batchings = " [" + ", ".join(f"{k} {x:.2f}" for k, x in by.items()) + "]" if by else ""
+        p = v["dev"].get("paired_vs_pytorch")
+        paired = f"; vs PyTorch {p['only_pytorch_right']}/{p['only_variant_right']}, p {p['p_value']:.2g}" if p else ""
         ctx.log(
             f"[{ctx.name}] {name} ({v['verified_on']} provider): {v['size_mb']} MB, dev {ctx.task.metric} "
-            f"{v['dev']['main']:.2f} "
-            f"(gap {v['gap_points']:.2f}), max |logit diff| {max(v['max_abs_diff'].values()):.2e}: {verdict}"
+            f"{v['dev']['main']:.2f}{batchings} (gap {v['gap_points']:.2f}{paired}), "
+            f"max |logit diff| {max(v['max_abs_diff'].values()):.2e}: {verdict}"
         )
 
     @staticmethod
