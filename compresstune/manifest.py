@@ -54,6 +54,39 @@ def disk_error(exc: OSError, where: str) -> UserError | None:
     )
 
 
+_TYPES = {
+    "type": str,
+    "fingerprint": str,
+    "status": str,
+    "output": str,
+    "error": str,
+    "summary": dict,
+    "output_files": dict,
+    "wall_time_s": (int, float),
+    "peak_rss_mb": (int, float),
+    "reused_from": str,
+    "inputs": list,
+}
+
+
+def _record_problem(data) -> str | None:
+    """Why ``data`` is not a run record (None when it is): an object whose ``stages`` maps names to records whose
+    fields have their types (a hand edit that breaks one is reported, never followed into a traceback)."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+        return "it is JSON but not a run record (an object with a `stages` object)"
+    for name, rec in data.get("stages", {}).items():
+        if not isinstance(rec, dict):
+            return f"stages.{name} is not a record"
+        for key, want in _TYPES.items():
+            v = rec.get(key)
+            if v is not None and (not isinstance(v, want) or isinstance(v, bool)):
+                return f"stages.{name}.{key} is {type(v).__name__} {v!r:.40}, not what a run record holds there"
+        files = rec.get("output_files") or {}
+        if not all(isinstance(k, str) and isinstance(x, str) for k, x in files.items()):
+            return f"stages.{name}.output_files is not a map of file names to sha256 digests"
+    return None
+
+
 class Manifest:
     FILE = "manifest.json"
 
@@ -68,9 +101,9 @@ class Manifest:
         except (ValueError, UnicodeDecodeError) as exc:
             why = f"it is not valid JSON ({exc})"
         else:
-            if isinstance(data, dict) and isinstance(data.get("stages", {}), dict):
+            why = _record_problem(data)
+            if why is None:
                 return data
-            why = "it is JSON but not a run record (an object with a `stages` object)"
         raise UserError(
             f"{self.path}: the run record cannot be read: {why}; it was cut short or edited by hand. "
             f"Move it away (for example `mv {self.path} {self.path}.bad`) and run again: the stages are then "

@@ -44,13 +44,16 @@ def check_name(name, what: str) -> str:
 
 def is_inside(path, root) -> bool:
     """``path`` (links followed) is ``root`` or lies under it."""
-    p, r = Path(path).resolve(), Path(root).resolve()
+    try:
+        p, r = Path(path).resolve(), Path(root).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a link loop: not a path inside anything
+        return False
     return p == r or p.is_relative_to(r)
 
 
 def inside(root, rel, what: str) -> Path:
     """``root / rel``, refused unless ``rel`` is relative and the result lies inside ``root``."""
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+    if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
         raise UserError(f"{what}: {rel!r} must be a path relative to {root}.")
     p = Path(root) / rel
     if not is_inside(p, root):

@@ -107,6 +107,21 @@ def _hostile_files(d: Path, tiny_bert: Path, glue_dir: Path) -> None:
     (d / "dupe.yaml").write_text(PIPELINE + "finetune:\n  epochs: 3\n")
     (d / "latin1.yaml").write_bytes(PIPELINE.replace("name: t", "name: t\ndescription: caf\xe9").encode("latin-1"))
     (d / "huge.yaml").write_text(PIPELINE + "#" + "x" * (1 << 20) + "\n")
+    nan_rows = [json.dumps({"text": t, "label": int(y)}) for t, y in rows[:6]] + ['{"text": "odd", "label": NaN}']
+    (d / "nan_label.jsonl").write_text("\n".join(nan_rows) + "\n")
+    _csv(d / "nan_label.csv", rows[:6] + [["odd", "nan"]])
+    (d / "list_text.jsonl").write_text("\n".join(jsonl[:2] + ['{"text": ["a", "b"], "label": 1}']) + "\n")
+    (d / "number_text.jsonl").write_text("\n".join(jsonl[:2] + ['{"text": 0, "label": 1}']) + "\n")
+    (d / "bignum.jsonl").write_text("\n".join(jsonl[:2] + ['{"text": "x", "label": ' + "9" * 5001 + "}"]) + "\n")
+    (d / "deep.jsonl").write_text("\n".join(jsonl[:2] + ['{"text": ' + "[" * 100000 + "]" * 100000 + "}"]) + "\n")
+    _csv(d / "dup_header.csv", [[t, "zzz", y] for t, y in rows[:6]], header=("text", "text", "label"))
+    (d / "a_folder.csv").mkdir()
+    (d / "elsewhere").mkdir()
+    os.symlink(d / "elsewhere", d / "exported" / "linked")
+    (d / "glue_blank" / "SST-2").mkdir(parents=True)
+    train = (glue_dir / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (d / "glue_blank" / "SST-2" / "train.tsv").write_text("\n".join(train[:20] + ["   \t1"] + train[20:40]) + "\n")
+    shutil.copy(glue_dir / "SST-2" / "dev.tsv", d / "glue_blank" / "SST-2" / "dev.tsv")
     shutil.copytree(tiny_bert, d / "novocab")  # config, weights and tokenizer_config.json, no vocabulary
     for f in ("tokenizer.json", "vocab.txt"):
         (d / "novocab" / f).unlink(missing_ok=True)
@@ -357,6 +372,21 @@ CASES = [
         ("model: the tokenizer in", "novocab", "has only", "tokens but the model's embedding table has 30,522"),
     ),
     Case("csv_field_over_limit", ("task.dev_file=huge_field.csv",), ("huge_field.csv line", "field", "limit")),
+    Case("nan_label_jsonl", ("task.train_file=nan_label.jsonl",), ("nan_label.jsonl line 7", "NaN")),
+    Case("nan_label_csv", ("task.train_file=nan_label.csv",), ("nan_label.csv line 8", "NaN")),
+    Case("list_as_text", ("task.train_file=list_text.jsonl",), ("list_text.jsonl line 3", "hold list, not text")),
+    Case("number_as_text", ("task.train_file=number_text.jsonl",), ("number_text.jsonl line 3", "hold int, not text")),
+    Case("jsonl_huge_number", ("task.train_file=bignum.jsonl",), ("bignum.jsonl line 3", "not usable JSON")),
+    Case("jsonl_deep_nesting", ("task.train_file=deep.jsonl",), ("deep.jsonl line 3", "not usable JSON")),
+    Case("csv_duplicate_header", ("task.train_file=dup_header.csv",), ("dup_header.csv line 1", "more than once")),
+    Case("data_path_is_a_folder", ("task.train_file=a_folder.csv",), ("a_folder.csv is not a regular file",)),
+    Case("nul_in_a_path", ("task.train_file='train.csv\0'",), ("task.train_file: the value holds a NUL character",)),
+    Case("run_folder_is_a_link", ("--run-name", "linked"), ("exported/linked is a symbolic link", "real folder")),
+    Case(
+        "glue_blank_sentence",
+        ("task.name=sst2", "task.glue_dir=glue_blank"),
+        ("glue_blank/SST-2/train.tsv line 21: empty text",),
+    ),
     # --- malformed or oversized pipeline files ------------------------------------------------------------------
     Case("yaml_billion_laughs", (), ("laughs.yaml", "aliases expand to more than 100,000 values"), file="laughs.yaml"),
     Case("yaml_deep_nesting", (), ("deep.yaml", "nested more than 32 levels deep"), file="deep.yaml"),

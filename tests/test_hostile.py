@@ -395,3 +395,132 @@ def test_a_search_budget_shape_past_the_position_embeddings_is_refused(tmp_path,
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert "search.budget.shape: sequence length 600 is longer than the model's 512 position embeddings" in r.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("manifest.json"))
+
+
+# --- found by an adversarial session: a verification set, a bundle, a run record or a stage folder edited by hand
+
+
+def _bundle(proj: Path, tmp_path: Path) -> Path:
+    from compresstune.deploy.bundle import write_bundle
+    from compresstune.deploy.verify import write_verification_set
+
+    run = proj / "exported" / "t" / "02_export"
+    bundle = tmp_path / "b"
+    write_bundle(bundle, run / "model.onnx", run / "tokenizer", json.loads((run / "labels.json").read_text()))
+    write_verification_set(bundle, ["a fine film", "dull", "it works", "never again"], n=4)
+    return bundle
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r["logits"].__setitem__(0, [0.1]),
+        lambda r: r["logits"].__setitem__(0, [float("nan"), 0.0]),
+        lambda r: r["logits"].__setitem__(0, ["a", "b"]),
+        lambda r: r.__setitem__("labels", r["labels"][:2]),
+        lambda r: r.pop("labels"),
+        lambda r: r["inputs"].__setitem__(0, None),
+        lambda r: r["inputs"].__setitem__(0, {"text": "a"}),
+        lambda r: r.__setitem__("batch_size", "abc"),
+        lambda r: r.__setitem__("batch_size", 0),
+        lambda r: r.__setitem__("made_on", "x"),
+        lambda r: r.__setitem__("problem_type", "regression"),
+        lambda r: r.__setitem__("format_version", 99),
+        lambda r: r.__setitem__("labels", [True, 1.5, 7, 0]),
+    ],
+)
+def test_a_tampered_verification_set_is_refused(proj, tmp_path, edit):
+    bundle = _bundle(proj, tmp_path)
+    rec = json.loads((bundle / "verify.json").read_text())
+    edit(rec)
+    (bundle / "verify.json").write_text(json.dumps(rec))
+    r = _cli(["verify", str(bundle), "--json"], tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "verify.json: it does not fit this bundle" in r.output and "PASSED" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "BUNDLE", "x", "--threads", "100000"],
+        ["verify", "BUNDLE", "--threads", "100000"],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--iters", "0", "--no-footprint", "--shapes", "1x8"],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--rounds", "0", "--no-footprint", "--shapes", "1x8"],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--threads", "100000", "--no-footprint", "--shapes", "1x8"],
+    ],
+)
+def test_out_of_range_flags_are_refused(proj, tmp_path, args):
+    bundle = _bundle(proj, tmp_path)
+    r = _cli([a.replace("BUNDLE", str(bundle)) for a in args], tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "Invalid value" in r.output, r.output
+
+
+def test_bench_onnx_past_the_positions_is_a_message(proj, tmp_path):
+    bundle = _bundle(proj, tmp_path)
+    r = _cli(["bench", "onnx", str(bundle / "model.onnx"), "--shapes", "1x1000", "--no-footprint"], tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "cannot run at batch 1 x seq 1000" in r.output
+
+
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        ({"files": {"model": "model.onnx\u0000x"}}, "must be a path relative to"),
+        ({"max_length": 100000}, "max_length must be an integer from 4 to 4096"),
+    ],
+)
+def test_more_hostile_bundle_configs(proj, tmp_path, change, expect):
+    bundle = _bundle(proj, tmp_path)
+    cfg = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**cfg, **change}))
+    r = _cli(["predict", str(bundle), "a fine film"], tmp_path)
+    assert r.exit_code == 2 and "Traceback" not in r.output and expect in r.output, r.output
+
+
+def test_a_bundle_config_linked_from_outside_is_refused(proj, tmp_path):
+    bundle = _bundle(proj, tmp_path)
+    (tmp_path / "outside.json").write_text((bundle / "config.json").read_text())
+    (bundle / "config.json").unlink()
+    os.symlink(tmp_path / "outside.json", bundle / "config.json")
+    r = _cli(["predict", str(bundle), "a fine film"], tmp_path)
+    assert r.exit_code == 2 and "link to a file outside the bundle" in r.output, r.output
+
+
+def test_a_stage_folder_that_is_a_link_is_refused_and_its_target_kept(proj, tmp_path):
+    run = _copy_run(proj, "stagelink")
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    shutil.rmtree(run / "02_export")
+    os.symlink(target, run / "02_export")
+    r = _cli(["pipeline", "run", "p.yaml", "--run-name", "stagelink", "--from", "export", "--no-progress"], proj)
+    assert r.exit_code == 2 and "Traceback" not in r.output and "02_export in" in r.output, r.output
+    assert "symbolic links" in r.output and (target / "keep.txt").read_text() == "keep"
+    (run / "02_export").unlink()
+    os.symlink(target, run / "02_export.old")  # a link left where a set-aside folder would be
+    r = _cli(["pipeline", "run", "p.yaml", "--run-name", "stagelink", "--no-progress"], proj)
+    assert r.exit_code == 0, r.output
+    assert (target / "keep.txt").read_text() == "keep" and not (run / "02_export.old").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, expect",
+    [
+        (lambda st: st.__setitem__("finetune", None), "stages.finetune is not a record"),
+        (lambda st: st["finetune"].__setitem__("output_files", [1]), "stages.finetune.output_files is list"),
+        (lambda st: st["finetune"].__setitem__("wall_time_s", "x"), "stages.finetune.wall_time_s is str"),
+        (lambda st: st["finetune"].__setitem__("fingerprint", 5), "stages.finetune.fingerprint is int"),
+        (lambda st: st["finetune"].__setitem__("summary", "x"), "stages.finetune.summary is str"),
+    ],
+)
+def test_a_hand_edited_run_record_is_a_message(proj, edit, expect):
+    run = _copy_run(proj, "edited")
+    man = json.loads((run / "manifest.json").read_text())
+    edit(man["stages"])
+    (run / "manifest.json").write_text(json.dumps(man))
+    for cmd in (
+        ["pipeline", "status", str(run)],
+        ["pipeline", "run", "p.yaml", "--run-name", "edited", "--no-progress"],
+    ):
+        r = _cli(cmd, proj)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (cmd, r.output)
+        assert expect in r.output and "Move it away" in r.output, (cmd, r.output)

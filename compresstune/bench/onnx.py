@@ -59,6 +59,14 @@ def bench_onnx(
         runners = {}
         for n, sess in sessions.items():
             feed = _feed(sess, b, s)
+            try:
+                sess.run(None, feed)  # once, so a shape the model cannot take is a message, not a traceback
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidArgument / RuntimeException
+                raise UserError(
+                    f"bench onnx: {n} cannot run at batch {b} x seq {s} ({str(exc).splitlines()[0][:200]}); "
+                    "a sequence longer than the model's position embeddings (512 for BERT-base-like models) or a "
+                    "fixed-shape model is the usual cause. Use shapes the model takes."
+                ) from None
             runners[n] = ((lambda sess=sess, feed=feed: sess.run(None, feed)), None)
         stats = interleaved(runners, warmup, iters, rounds)
         for n, r in stats.items():

@@ -199,10 +199,16 @@ def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf1
 @click.option("--batch-sizes", default="1,32", show_default=True)
 @click.option("--seq-lengths", default="64,128", show_default=True)
 @click.option("--shapes", default=None, help="Explicit BxS points instead of the grid, e.g. 1x128,32x64.")
-@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=2, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--iters", type=int, default=100, show_default=True, help="Timed calls per file and point, all rounds.")
-@click.option("--rounds", type=int, default=4, show_default=True)
+@click.option(
+    "--iters",
+    type=click.IntRange(1, 10**6),
+    default=100,
+    show_default=True,
+    help="Timed calls per file and point, all rounds.",
+)
+@click.option("--rounds", type=click.IntRange(1, 1000), default=4, show_default=True)
 @click.option("--no-footprint", is_flag=True, help="Skip the per-file cold-load / peak-RSS subprocess.")
 @click.option(
     "--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON (and .md beside)."

@@ -18,7 +18,12 @@ import click
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="ONNX Runtime intra-op threads (default: its own choice).",
+)
 def predict(bundle, texts, file, batch_size, provider, threads):
     """Label TEXTs (or a --file) with a deploy bundle; prints one JSON line per input (label and score, or value).
 

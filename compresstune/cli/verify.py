@@ -17,7 +17,12 @@ import click
     help="least share of the verification inputs whose label must equal the build machine's",
 )
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="ONNX Runtime intra-op threads (default: its own choice).",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def verify(bundle, min_agreement, provider, threads, as_json):
     """Check a deploy bundle on the machine it is on: its stored dev inputs are run here and compared with the

@@ -30,10 +30,19 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
     out = []
     if task.name == "custom":
         for key in ("train_file", "dev_file"):
-            p = _resolve(getattr(task, key), base_dir)
-            if not p.is_file():
+            try:
+                p = _resolve(getattr(task, key), base_dir)
+                exists, regular = p.exists(), p.is_file()
+            except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+                p, exists, regular = getattr(task, key), False, False
+            if exists and not regular:
                 out.append(
-                    f"{where(('task', key))}task.{key}: {p} does not exist; "
+                    f"{where(('task', key))}task.{key}: {p} is not a regular file (a folder, a device or a pipe); "
+                    "give the path of the data file."
+                )
+            elif not regular:
+                out.append(
+                    f"{where(('task', key))}task.{key}: {p!s:.300} does not exist; "
                     "relative paths are resolved against the pipeline file's folder."
                 )
         return out

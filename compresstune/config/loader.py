@@ -112,6 +112,8 @@ def config_from_dict(
     base_dir = Path(base_dir or Path.cwd())
     problems = Problems(line_of or {})
     raw = _apply_overrides(dict(raw), overrides, problems)
+    if _drop_nul_strings(raw, (), problems):
+        raise ConfigError(source, problems.items)
     stage_list = _check_stage_list(raw, problems)
     _check_top_level_keys(raw, stage_list, problems)
     seed, device = _check_globals(raw, problems)
@@ -149,6 +151,20 @@ def config_from_dict(
     if problems.items:
         raise ConfigError(source, problems.items)
     return draft
+
+
+def _drop_nul_strings(node, path: tuple, problems: Problems) -> bool:
+    """Whether any string of the config holds a NUL character (no file name, name or setting can); each reported."""
+    found = False
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for k, v in items:
+        if isinstance(v, str) and "\0" in v:
+            key = ".".join(map(str, (*path, k)))
+            problems.add((*path, k), f"{key}: the value holds a NUL character, which no name or path can; remove it.")
+            found = True
+        elif isinstance(v, (dict, list)):
+            found = _drop_nul_strings(v, (*path, k), problems) or found
+    return found
 
 
 def _apply_overrides(raw: dict, overrides, problems: Problems) -> dict:

@@ -10,6 +10,7 @@ reported at once, each naming the file, key or line and the fix; nothing is writ
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,22 @@ def _check_run_folder(run_dir: Path, add: Add) -> None:
     """The run folder can be created and written, and its run record (if any) can be read."""
     key = ("output_dir",)
     fix = "choose another place with --output-dir DIR (or output_dir: in the pipeline file) or --run-name NAME"
+    if run_dir.is_symlink():
+        add(
+            key,
+            f"output folder: the run folder {run_dir} is a symbolic link (to {os.readlink(run_dir)}); a run writes "
+            f"and deletes inside its folder, so it must be a real folder. Remove the link, or {fix}.",
+        )
+        return
+    links = [p.name for p in run_dir.glob("[0-9][0-9]_*") if p.is_symlink() and not p.name.endswith(".old")]
+    links = links if run_dir.is_dir() else []  # a link left as a set-aside ".old" folder is removed by the run
+    if links:
+        add(
+            key,
+            f"output folder: {', '.join(sorted(links))} in {run_dir} are symbolic links; stage folders are "
+            "replaced and deleted by the run, so they must be real folders. Remove the links (their targets are "
+            "not touched).",
+        )
     if run_dir.exists() and not run_dir.is_dir():
         add(key, f"output folder: {run_dir} exists but is a file, not a run folder; {fix}.")
         return

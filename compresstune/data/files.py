@@ -68,6 +68,9 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as exc:
             bad.add(n, f"not valid JSON ({exc.msg})")
             continue
+        except (ValueError, RecursionError) as exc:  # a number past Python's digit limit, nesting past the stack
+            bad.add(n, f"not usable JSON ({exc.__class__.__name__}: {str(exc)[:120] or 'nested too deep'})")
+            continue
         if not isinstance(rec, dict):
             bad.add(n, f"expected a JSON object per line, found {type(rec).__name__}")
             continue
@@ -86,6 +89,12 @@ def _read_delimited(path: Path, text: str, delim: str) -> list[tuple[int, dict]]
             f"task data: {path} is empty; it needs a header line naming the columns, then one example a line."
         )
     header = [h.strip() for h in rows[0]]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise UserError(
+            f"task data: {path} line 1: column(s) {twice} appear more than once in the header, so it is unclear "
+            "which one holds the text or label; give every column its own name."
+        )
     out, bad = [], RowProblems(path)
     for n, r in enumerate(rows[1:], start=2):
         if r in ([], [""]):
@@ -128,6 +137,11 @@ def _read_split(split: str, file: str, text_columns: list[str], label_column: st
     """The path and (line, record) pairs of the ``split`` file, which must exist, have examples, and
     have the text and label columns in its first record."""
     p = Path(file)
+    if p.exists() and not p.is_file():
+        raise UserError(
+            f"task.{split}_file: {p} is not a regular file (a folder, a device or a pipe); give the path of your "
+            f"{split} file."
+        )
     if not p.is_file():
         raise UserError(
             f"task.{split}_file: {p} does not exist; give the path of your {split} file "
@@ -151,14 +165,18 @@ def norm_label(value) -> str | None:
     is never split in two by how a file wrote it; None for a missing or empty label (JSON null, "")."""
     if value is None or isinstance(value, bool):
         return None if value is None else str(value).lower()
-    text = str(value).strip()
-    if not text:
+    if isinstance(value, (list, dict)):
         return None
+    text = str(value).strip()
+    if not text or text.lower() in ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+        return None  # NaN or infinity is no class
     try:
         f = float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return text
-    return str(int(f)) if math.isfinite(f) and f == int(f) else text
+    if not math.isfinite(f):
+        return None
+    return str(int(f)) if f == int(f) else text
 
 
 def _label(raw, regression: bool, labels: list[str] | None):
@@ -173,7 +191,7 @@ def _label(raw, regression: bool, labels: list[str] | None):
         return v
     raw = norm_label(raw)
     if raw is None:
-        return "the label is missing (empty or null); every example needs one"
+        return "the label is missing, empty, NaN or not a single value; every example needs one class label"
     if raw not in labels:
         return f"label {raw!r} is not one of the known labels {labels} (taken from task.labels or the training file)"
     return labels.index(raw)
@@ -190,13 +208,17 @@ def _to_split(p: Path, rows: list, text_columns: list[str], label_column: str, r
         if isinstance(y, str):
             bad.add(n, y)
             continue
-        empty = [c for c in text_columns if r[c] is None or not str(r[c]).strip()]
+        odd = [c for c in text_columns if not isinstance(r[c], str)]
+        if odd:
+            bad.add(n, f"column(s) {odd} hold {type(r[odd[0]]).__name__}, not text (empty or null text included)")
+            continue
+        empty = [c for c in text_columns if not r[c].strip()]
         if empty:
             bad.add(n, f"empty or null text in column(s) {empty}")
             continue
         ys.append(y)
         texts.append(tuple(str(r[c]) for c in text_columns))
-    fix = "Correct these labels, or list every label in task.labels." if not regression else ""
+    fix = "Correct these rows (labels not in task.labels can be listed there)." if not regression else ""
     bad.raise_if_any(fix)
     return Split(texts, ys)
 

@@ -6,6 +6,7 @@ CoLA contain unbalanced quotes)."""
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,12 @@ def _read_glue_split(task: GlueTask, path: Path) -> Split:
             lab = float(raw) if task.is_regression else task.labels.index(raw)
         except ValueError:
             bad.add(n, f"label {raw!r} is not {want}")
+            continue
+        if not all(r[i].strip() for i in text_idx):
+            bad.add(n, "empty text")
+            continue
+        if task.is_regression and not math.isfinite(lab):
+            bad.add(n, f"label {raw!r} is not a finite number")
             continue
         texts.append(tuple(r[i].strip() for i in text_idx))
         labels.append(lab)

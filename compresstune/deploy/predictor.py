@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..names import inside
+from ..names import inside, is_inside
 
 CONFIG_FILE = "config.json"
 BUNDLE_FORMAT = "compresstune-bundle"
@@ -42,6 +42,8 @@ def load_config(bundle_dir: str | Path) -> dict:
         raise UserError(f"bundle {bundle_dir}: not a folder. Pass the folder written by the export/bundle step.")
     if not path.is_file():
         raise UserError(f"bundle {bundle_dir}: no {CONFIG_FILE}; this folder is not a compresstune bundle.")
+    if path.is_symlink() and not is_inside(path, bundle_dir):
+        raise UserError(f"bundle {bundle_dir}: {CONFIG_FILE} is a link to a file outside the bundle; refusing it.")
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -63,8 +65,8 @@ def _config_problems(cfg) -> list[str]:
     if cfg.get("problem_type") == "single_label_classification" and not ok:
         out.append("labels must be a list of at least two label names (index = class id)")
     ml = cfg.get("max_length")
-    if not isinstance(ml, int) or isinstance(ml, bool) or ml < 4:
-        out.append(f"max_length must be an integer >= 4, not {ml!r}")
+    if not isinstance(ml, int) or isinstance(ml, bool) or not 4 <= ml <= 4096:
+        out.append(f"max_length must be an integer from 4 to 4096, not {ml!r:.40}")
     tf = cfg.get("text_fields")
     if not isinstance(tf, list) or len(tf) not in (1, 2) or not all(isinstance(x, str) and x for x in tf):
         out.append(f"text_fields must be a list of one or two field names, not {tf!r}")
@@ -104,6 +106,8 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
     an error here, checked with ``get_providers()`` after creation."""
     import onnxruntime as ort
 
+    if threads is not None and (not isinstance(threads, int) or not 1 <= threads <= 1024):
+        raise UserError(f"threads must be an integer from 1 to 1024, not {threads!r:.40}.")
     ep = provider_name(provider)
     available = ort.get_available_providers()
     if ep not in available:
@@ -317,7 +321,16 @@ class Predictor:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             feed = self._arrays([encs[i] for i in idx])
-            res = self.session.run([self.output_name], feed)[0][: len(idx)]
+            try:
+                res = self.session.run([self.output_name], feed)[0][: len(idx)]
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidArgument / RuntimeException
+                width = feed["input_ids"].shape[1]
+                raise UserError(
+                    f"bundle {self.bundle_dir}: ONNX Runtime could not run a batch of {len(idx)} input(s) of {width} "
+                    f"tokens ({str(exc).splitlines()[0][:200]}). The model may take fewer tokens than the bundle's "
+                    f"max_length {self.max_length} (its position embeddings): rebuild the bundle with a "
+                    "task.max_length the model takes."
+                ) from None
             if out is None:
                 out = np.empty((len(encs), res.shape[1]), dtype=np.float32)
             out[idx] = res

@@ -11,6 +11,7 @@ difference. Nothing here imports torch or transformers."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import CheckFailed, UserError
 from ..machine import describe, profile
+from ..names import is_inside
 from .predictor import Predictor
 
 VERIFY_FILE = "verify.json"
@@ -69,8 +71,15 @@ def write_verification_set(
     return {"file": VERIFY_FILE, "examples": len(inputs), "batch_size": batch_size, "made_on": rec["made_on"]}
 
 
+MAX_FILE_BYTES = 64 << 20  # a verification set of a few hundred inputs is well under 1 MB
+
+
 def _load(bundle: Path) -> dict:
     path = bundle / VERIFY_FILE
+    if path.is_symlink() or (path.exists() and not is_inside(path, bundle)):
+        raise UserError(f"bundle {bundle}: {VERIFY_FILE} is a link to another place; a bundle's files live in it.")
+    if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes is not a verification set (at most 64 MiB).")
     if not path.is_file():
         raise UserError(
             f"bundle {bundle}: no {VERIFY_FILE}; bundles written before compresstune stored a verification set have "
@@ -93,6 +102,45 @@ def _load(bundle: Path) -> dict:
     return rec
 
 
+def _record_problems(rec: dict, pred: Predictor) -> list[str]:
+    """Whether a verification set fits the bundle it sits in: input fields, output widths, finite logits, labels."""
+    n_in, n_fields = len(rec["inputs"]), len(pred.text_fields)
+    width = 1 if pred.problem_type == "regression" else len(pred.labels)
+    out = []
+    if rec.get("format_version") != 1:
+        out.append(f"format_version {rec.get('format_version')!r} is not 1")
+    if rec.get("problem_type") != pred.problem_type:
+        out.append(f"problem_type {rec.get('problem_type')!r} is not the bundle's {pred.problem_type!r}")
+    bs = rec.get("batch_size", 32)
+    if not isinstance(bs, int) or isinstance(bs, bool) or not 1 <= bs <= 65536:
+        out.append(f"batch_size {bs!r:.40} is not an integer from 1 to 65536")
+    if not isinstance(rec.get("made_on", {}), dict):
+        out.append("made_on is not a record of the build machine")
+
+    def fits(x) -> bool:
+        if n_fields == 1:
+            return isinstance(x, str) and bool(x.strip())
+        return isinstance(x, list) and len(x) == n_fields and all(isinstance(t, str) and t.strip() for t in x)
+
+    bad = [i for i, x in enumerate(rec["inputs"]) if not fits(x)]
+    if bad:
+        out.append(f"inputs {bad[:5]} are not {n_fields} non-empty text(s) each")
+
+    def row_ok(r) -> bool:
+        nums = isinstance(r, list) and len(r) == width
+        return nums and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in r)
+
+    bad = [i for i, r in enumerate(rec["logits"]) if not row_ok(r)]
+    if bad:
+        out.append(f"logits rows {bad[:5]} are not {width} finite numbers each")
+    if pred.problem_type != "regression":
+        labels = rec.get("labels")
+        ok = isinstance(labels, list) and len(labels) == n_in
+        if not ok or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < width for k in labels):
+            out.append(f"labels are not {n_in} class ids from 0 to {width - 1}")
+    return out
+
+
 def verify_bundle(
     bundle_dir,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
@@ -107,6 +155,12 @@ def verify_bundle(
     bundle = Path(bundle_dir)
     pred = Predictor(bundle, provider=provider, threads=threads)  # the bundle itself is checked first
     rec = _load(bundle)
+    problems = _record_problems(rec, pred)
+    if problems:
+        raise UserError(
+            f"{bundle / VERIFY_FILE}: it does not fit this bundle ({'; '.join(problems)}); it was changed after the "
+            "bundle was written, or belongs to another bundle. Rebuild the bundle (`--from report`)."
+        )
     got = pred.logits(_as_inputs(rec["inputs"]), batch_size=int(rec.get("batch_size") or 32), warn=False)
     want = np.asarray(rec["logits"], dtype=np.float64)
     if got.shape != want.shape:
@@ -114,8 +168,9 @@ def verify_bundle(
             f"bundle {bundle}: the model gives {got.shape[1]} outputs per input, the verification set recorded "
             f"{want.shape[1]}; the bundle's files do not belong together: rebuild it."
         )
+    finite = bool(np.isfinite(got).all())
     diff = np.abs(got.astype(np.float64) - want)
-    if rec.get("problem_type") == "regression":
+    if pred.problem_type == "regression":
         agree = diff[:, 0] <= value_atol
     else:
         agree = got.argmax(1) == np.asarray(rec["labels"])
@@ -125,9 +180,9 @@ def verify_bundle(
         "examples": len(rec["inputs"]),
         "agreement": agreement,
         "disagreements": int((~agree).sum()),
-        "max_abs_logit_diff": float(diff.max()),
+        "max_abs_logit_diff": float(diff.max()) if finite else None,
         "min_agreement": min_agreement,
-        "passed": agreement >= min_agreement,
+        "passed": finite and agreement >= min_agreement,
         "here": machine_record(provider),
         "made_on": rec.get("made_on"),
     }
@@ -139,14 +194,15 @@ def verify_main(bundle, min_agreement: float, provider: str, threads, as_json: b
     if as_json:
         echo(json.dumps(res, indent=2))
     else:
-        made = res["made_on"] or {}
+        made = res["made_on"] if isinstance(res["made_on"], dict) else {}
         echo(f"bundle {res['bundle']}: {res['examples']} verification inputs")
         echo(f"  built on:   {made.get('machine')}, onnxruntime {made.get('onnxruntime')}, {made.get('provider')}")
         here = res["here"]
         echo(f"  checked on: {here['machine']}, onnxruntime {here['onnxruntime']}, {here['provider']}")
         echo(
             f"  label agreement {res['agreement']:.2%} ({res['disagreements']} differ; threshold "
-            f"{res['min_agreement']:.0%}), largest logit difference {res['max_abs_logit_diff']:.2e}"
+            f"{res['min_agreement']:.0%}), largest logit difference "
+            + (f"{res['max_abs_logit_diff']:.2e}" if res["max_abs_logit_diff"] is not None else "not finite (NaN/inf)")
         )
         echo(
             "  PASSED: this machine gives the build machine's results."

@@ -67,6 +67,9 @@ def _locked_message(run_dir: Path) -> str:
 def replace_dir(new: Path, final: Path) -> None:
     """Rename ``new`` to ``final``; an existing ``final`` is set aside first and deleted only afterwards."""
     aside = final.with_name(final.name + SET_ASIDE)
+    for link in (aside, final):  # a link is removed itself, never what it points at
+        if link.is_symlink():
+            link.unlink()
     if aside.exists():  # a leftover from an interrupted replacement
         shutil.rmtree(aside)
     if final.exists():
@@ -80,6 +83,9 @@ def restore_set_aside(run_dir: Path, log: Callable[[str], None] = print) -> None
     """Undo what a stopped ``replace_dir`` left: a set-aside folder whose replacement never arrived
     is renamed back; one whose replacement is in place is deleted."""
     for aside in sorted(Path(run_dir).glob("*" + SET_ASIDE)):
+        if aside.is_symlink():  # never one of ours: a stage folder is a real folder; the link goes, not its target
+            aside.unlink()
+            continue
         if not aside.is_dir():
             continue
         final = aside.with_name(aside.name[: -len(SET_ASIDE)])
