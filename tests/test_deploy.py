@@ -429,6 +429,9 @@ def test_pipeline_trims_the_bundle_vocabulary_and_verifies_it(tmp_path, tiny_ber
     deploy = tmp_path / "exported" / "t" / "deploy"
     cfg = json.loads((deploy / "config.json").read_text())
     assert cfg["vocab"]["size"] == v["vocab_after"]
+    assert cfg["metric"]["dev"] == v["dev_metric"] and "dev" in cfg["metric"]["before_trim"]  # the trimmed one's
+    meta = ort.InferenceSession(str(deploy / "model.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["compresstune.config"])["metric"]["dev"] == v["dev_metric"]
     outside_edge = [p for p in deploy.rglob("*") if p.is_file() and "edge" not in p.relative_to(deploy).parts]
     assert rep["ship"]["bundle"]["total_bytes"] == sum(p.stat().st_size for p in outside_edge)
     assert "error" not in rep["ship"]["bundle"]["edge"]["ort_format"]

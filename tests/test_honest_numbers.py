@@ -62,6 +62,19 @@ def test_int8_fallbacks_never_read_the_dev_set(tmp_path, tiny_bert, glue_dir, mo
         p = v[name]["dev"]["paired_vs_pytorch"]
         assert p["examples"] == 48 and 0 <= p["p_value"] <= 1
     assert v["fp32"]["dev"]["paired_vs_pytorch"]["only_pytorch_right"] == 0
+    st = v["int8_static"]["details"]
+    assert st["activations_quantized"] > 0 and st["weight_only"] is False  # QDQ on activations, not weight-only
+    assert v["int8_dynamic"]["logit_tolerance"] == 1.0 and v["fp32"]["logit_tolerance"] == 1e-4
+
+
+def test_a_variant_whose_logits_are_off_fails_even_with_the_right_metric(tmp_path):
+    from compresstune.export.variants import verify_variant
+
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    res = verify_variant(
+        "int8_dynamic", tmp_path / "m.onnx", lambda p: {"1x7": 2.5}, lambda p: {"main": 90.0}, 90.0, 1.0, 1.0
+    )
+    assert res["passed"] is False and "logits differ by 2.50e+00 > 1" in res["error"]
 
 
 def test_mcnemar_counts_and_exact_p():

@@ -163,11 +163,19 @@ class MergeConfig(StageConfig):
 
 
 class VariantTolerances(Section):
-    """Largest dev-metric difference (points) from PyTorch that a variant may have and still ship."""
+    """Largest dev-metric difference (points) from PyTorch that a variant may have and still ship, and its largest
+    logit difference at the verification shapes (the fp32 export's is `export.atol`)."""
 
     optimized: float = Field(0.1, ge=0, le=100, description="the fused fp32 graph")
     fp16: float = Field(0.3, ge=0, le=100)
     int8: float = Field(1.0, ge=0, le=100, description="int8_dynamic and int8_static")
+    logits_optimized: float = Field(
+        1e-3, gt=0, le=100, description="largest |logit difference| from PyTorch at the verification shapes"
+    )
+    logits_fp16: float = Field(5e-2, gt=0, le=100, description="the same for fp16")
+    logits_int8: float = Field(
+        1.0, gt=0, le=100, description="the same for int8 (random-token inputs; a broken graph is off by more)"
+    )
 
 
 class ExportConfig(StageConfig):

@@ -201,6 +201,18 @@ def set_metadata(model, config: dict) -> None:
         model.metadata_props.add(key=META_PREFIX + k, value=json.dumps(v, ensure_ascii=False))
 
 
+def rewrite_config(bundle_dir: Path, config: dict) -> None:
+    """Replace a bundle's ``config.json`` and the copy of it in its model's ``metadata_props``."""
+    import onnx
+
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / (config.get("files") or {}).get("model", MODEL_FILE)
+    model = onnx.load(str(path))
+    set_metadata(model, config)
+    onnx.save_model(model, str(path))
+    (bundle_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def _write_model(onnx_path: Path, tmp: Path, config: dict, tokenizer_dir: Path) -> dict:
     import onnx
     from onnx.external_data_helper import uses_external_data

@@ -82,8 +82,11 @@ def _report(src, dst, extra: dict) -> dict:
     before, after = _load(src), _load(dst)
     ops_b, ops_a = _ops(before), _ops(after)
     qdq, float_mm = _qdq_fed(after)
+    inits = {t.name for t in after.graph.initializer}
+    acts = sum(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in after.graph.node)
+    static = {"activations_quantized": acts, "weight_only": acts == 0} if extra.get("mode") == "static_qdq" else {}
     return {
-        **extra,
+        **extra, **static,
         "quantized_ops": {k: ops_a[k] for k in QUANT_OPS if ops_a.get(k)}, "qdq_quantized_nodes": qdq,
         "float_matmuls_left": float_mm, "float_attention_left": ops_a.get("Attention", 0),
         "ops_before": ops_b, "ops_after": ops_a,

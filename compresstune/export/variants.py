@@ -208,8 +208,13 @@ class VariantBuilder:
             per_channel=self.cfg.per_channel,
             reduce_range=self.reduce_range,
         )
-        self.log(f"  int8_static: {len(rep['tries'])} tries; kept in float: {rep['float_groups'] or 'nothing'}")
-        return {k: rep[k] for k in ("passed", "float_groups", "tries", "method", "per_channel", "reduce_range")}
+        acts = rep["report"].get("activations_quantized", 0)
+        self.log(
+            f"  int8_static: {len(rep['tries'])} tries; kept in float: {rep['float_groups'] or 'nothing'}; "
+            + (f"{acts} activations quantised" if acts else "WEIGHT-ONLY: no activation was quantised")
+        )
+        keys = ("passed", "float_groups", "tries", "method", "per_channel", "reduce_range")
+        return {**{k: rep[k] for k in keys}, "activations_quantized": acts, "weight_only": acts == 0}
 
     def _fp16(self, dst: Path) -> dict:
         from .quantize import convert_fp16
@@ -227,21 +232,30 @@ def _weight_matmuls(path: Path) -> set[str]:
 
 
 def verify_variant(
-    name: str, path: Path, logit_diffs: Callable, dev_metric: Callable, reference: float, tolerance: float
+    name: str,
+    path: Path,
+    logit_diffs: Callable,
+    dev_metric: Callable,
+    reference: float,
+    tolerance: float,
+    logit_tolerance: float = float("inf"),
 ) -> dict:
     """Dev metric through ONNX Runtime against the PyTorch ``reference`` (pass within ``tolerance`` points)
-    and the logit differences at the verification shapes (recorded)."""
+    and the largest logit difference at the verification shapes (pass within ``logit_tolerance``)."""
     try:
         diffs = logit_diffs(path)
         metrics = dev_metric(path)
     except Exception as exc:  # noqa: BLE001 - ORT refuses a graph (its Fail, InvalidGraph, NotImplemented...)
         return {"passed": False, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}", "tolerance": tolerance}
     gap = abs(metrics["main"] - reference)
+    worst = max(diffs.values()) if diffs else 0.0
     return {
-        "passed": gap <= tolerance,
+        "passed": gap <= tolerance and worst <= logit_tolerance,
         "dev": metrics,
         "gap_points": round(gap, 4),
         "tolerance": tolerance,
+        "logit_tolerance": logit_tolerance,
+        "error": None if worst <= logit_tolerance else f"logits differ by {worst:.2e} > {logit_tolerance:g}",
         "max_abs_diff": diffs,
         "size_mb": round(path.stat().st_size / 2**20, 2),
         "file": path.name,

@@ -79,14 +79,18 @@ def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg) -> str:
     )
 
 
-def timing_key(file_key: str, budget: Budget, reference: dict, from_table: bool = True) -> str:
+def timing_key(
+    file_key: str, budget: Budget, reference: dict, from_table: bool = True, iters: int | None = None
+) -> str:
     """A measurement of that file: where it was timed (here, against ``reference``, or a target's table by its
-    content), at which shape, provider and thread count. ``from_table``: False when the search writes the
-    candidate files for the target instead of reading its table."""
+    content), at which shape, provider and thread count, and (timed here) with how many calls. ``from_table``:
+    False when the search writes the candidate files for the target instead of reading its table."""
     source = "here"
     if budget.latency_table and from_table:
         source = "table:" + hashlib.sha256(Path(budget.latency_table).read_bytes()).hexdigest()[:16]
     where = {"source": source, "shape": list(budget.shape), "provider": budget.provider, "threads": budget.threads}
+    if source == "here" and iters is not None:
+        where["iters"] = iters  # search.timing_iters: a timing of 10 calls is not one of 60
     return _digest({"file": file_key, "reference": reference if source == "here" else None, **where})
 
 
@@ -161,7 +165,7 @@ class LatencyTable:
     def measure(self, cand: Candidate, export_cfg) -> dict:
         model = build_architecture(self.reference, cand)
         file_key = shape_key(model, cand, export_cfg)
-        key = timing_key(file_key, self.budget, reference_id(self.reference), self.external is not None)
+        key = timing_key(file_key, self.budget, reference_id(self.reference), self.external is not None, self.iters)
         if key in self.data["entries"] and not self.keep_dir:
             return {**self.data["entries"][key], "key": key, "cached": True}
         t0 = time.perf_counter()

@@ -132,6 +132,7 @@ class ExportStage(Stage):
                 lambda p, prov=prov, name=name: check.dev_metric(p, prov, per_call=name == "int8_dynamic"),
                 reference,
                 tol,
+                cfg.atol if name == "fp32" else getattr(cfg.tolerances, f"logits_{kind_of(name)}"),
             )
             out[name] = {**res, "verified_on": prov, "details": details}
             self._log_variant(ctx, name, out[name])
@@ -142,7 +143,8 @@ class ExportStage(Stage):
         if "dev" not in v:
             ctx.log(f"[{ctx.name}] {name}: FAILED ({v.get('error')})")
             return
-        verdict = "ok" if v["passed"] else f"FAILED (more than {v['tolerance']} points from PyTorch)"
+        why = v.get("error") or f"more than {v['tolerance']} points from PyTorch"
+        verdict = "ok" if v["passed"] else f"FAILED ({why})"
         by = v["dev"].get("by_batching")
         batchings = " [" + ", ".join(f"{k} {x:.2f}" for k, x in by.items()) + "]" if by else ""
         p = v["dev"].get("paired_vs_pytorch")

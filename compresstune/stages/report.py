@@ -233,7 +233,8 @@ def _md_finetune(n: str, sm: dict, ctx: StageContext) -> list[str]:
         f"Method `{sm['method']}`; {sm['train_examples']} train / {sm['dev_examples']} dev examples; "
         f"{sm['steps']} steps ({sm['epochs']} epochs) in {_fmt(sm['train_time_s'], 1)} s{excluded}.",
         f"Parameters: {sm['total_params']:,} total, {sm['trainable_params']:,} trained.",
-        f"Dev {sm['metric']}: best {_fmt(sm['best_dev_metric'])} (step {sm['best_step']}), "
+        f"Dev {sm['metric']}: best of {len(sm.get('history') or [])} dev evaluations {_fmt(sm['best_dev_metric'])} "
+        f"(step {sm['best_step']}), "
         f"final {_fmt(sm['final_dev_metric'])}; the stage outputs the {select} weights.",
     ]
 

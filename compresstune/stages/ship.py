@@ -319,6 +319,21 @@ def bundle_metric(bundle_dir: Path, task) -> float:
     return compute_metrics(task, preds, list(task.dev.labels))["main"]
 
 
+def _record_trimmed_metric(bundle: Path, metric: float) -> None:
+    """The trimmed bundle's own metric becomes the bundle's metric; the untrimmed one is kept beside it."""
+    from ..deploy.bundle import rewrite_config
+
+    cfg = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    before = cfg.get("metric") or {}
+    cfg["metric"] = {
+        **{k: before[k] for k in ("name", "dev_pytorch", "split") if k in before},
+        "dev": metric,
+        "measured": "the trimmed bundle, through Predictor (batches of 32)",
+        "before_trim": before,
+    }
+    rewrite_config(bundle, cfg)
+
+
 def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
     """``report.trim_vocab``: the bundle's vocabulary cut to the word pieces of the task's training text plus
     the special tokens (deploy/vocab.py), then verified: training-text tokenization and scores unchanged, dev
@@ -340,6 +355,7 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
         log(f"  vocabulary not trimmed: {exc}")
         return {"trimmed": False, "error": str(exc)}
     res["dev_metric"] = bundle_metric(tmp, task)
+    _record_trimmed_metric(tmp, res["dev_metric"])
     shutil.rmtree(old, ignore_errors=True)
     os.replace(bundle_dir, old)  # the untrimmed bundle set aside until the trimmed one is in place
     os.replace(tmp, bundle_dir)
