@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -78,6 +80,10 @@ def test_artifact_roundtrip_plain_and_nonuniform(tmp_path, tiny_bert):
     save_model(model, tok, tmp_path / "a", {"name": "t", "num_labels": 3})
     m2, _, meta = load_model(tmp_path / "a")
     assert meta["plain_hf"] and torch.allclose(m2(**x).logits, ref, atol=1e-6)
+    # the checkpoint names its head, so tools that infer the task from `architectures` find it (issue 20)
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["architectures"] == [
+        "BertForSequenceClassification"
+    ]
     # plain HF loads it without compresstune
     assert torch.allclose(
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "a").eval()(**x).logits, ref, atol=1e-6

@@ -129,6 +129,10 @@ def save_model(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        # the head this checkpoint has, not the base model's: `pipeline()` and `optimum-cli export onnx` infer the
+        # task from it
+        model.config.architectures = [type(model).__name__]
     model.config.save_pretrained(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
