@@ -37,3 +37,14 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CompresstuneError as exc:
             _fail(exc)
+
+
+def bundle_run_options(fn):
+    """``--provider`` and ``--threads`` of the commands that run a deploy bundle (predict, verify)."""
+    fn = click.option(
+        "--threads",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help="ONNX Runtime intra-op threads (default: its own choice).",
+    )(fn)
+    return click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)(fn)

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from .common import bundle_run_options
+
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -17,13 +19,7 @@ import click
     help="One input per line (a sentence pair tab-separated), or .jsonl with the bundle's text fields; - for stdin.",
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="ONNX Runtime intra-op threads (default: its own choice).",
-)
+@bundle_run_options
 def predict(bundle, texts, file, batch_size, provider, threads):
     """Label TEXTs (or a --file) with a deploy bundle; prints one JSON line per input (label and score, or value).
 

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from .common import bundle_run_options
+
 
 @click.command("verify")
 @click.argument("bundle", type=click.Path(file_okay=False))
@@ -16,13 +18,7 @@ import click
     show_default=True,
     help="least share of the verification inputs whose label must equal the build machine's",
 )
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 1024),
-    default=None,
-    help="ONNX Runtime intra-op threads (default: its own choice).",
-)
+@bundle_run_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def verify(bundle, min_agreement, provider, threads, as_json):
     """Check a deploy bundle on the machine it is on: its stored dev inputs are run here and compared with the
