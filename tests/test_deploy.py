@@ -20,6 +20,7 @@ from compresstune.deploy import Predictor, predict_main
 from compresstune.deploy.bundle import write_bundle
 from compresstune.deploy.card import card_python_snippet, model_card
 from compresstune.deploy.edge import fixed_shape, to_ort_format
+from compresstune.deploy.layout import load_config, model_path
 from compresstune.deploy.vocab import trim_vocab
 from compresstune.errors import CheckFailed, UserError
 
@@ -118,7 +119,7 @@ def _ort_logits(bundle_dir, folder, items):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    sess = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(model_path(bundle_dir)), providers=["CPUExecutionProvider"])
     enc = tok(list(items), truncation=True, max_length=MAXLEN, padding=True, return_tensors="np")
     names = [i.name for i in sess.get_inputs()]
     return sess.run(["logits"], {k: enc[k].astype(np.int64) for k in names})[0]
@@ -302,14 +303,14 @@ def test_predict_main_bad_files(bundles, tmp_path, name, content, task, msg):
 def test_ort_format_and_fixed_shape(bundles, tmp_path):
     bdir = tmp_path / "b"
     shutil.copytree(bundles["single"][0], bdir)
-    r = to_ort_format(bdir / "model.onnx", bdir)
+    r = to_ort_format(model_path(bdir), bdir)
     assert Path(r["ort_model"]).name == "model.ort" and Path(r["operators_config"]).is_file()
     assert "ai.onnx:13:Gather" in r["operators"] and max(r["max_abs_diff"].values()) < 1e-4
     ref = Predictor(bdir).predict(SENTS)
     got = Predictor(bdir, model_file="model.ort").predict(SENTS)
     assert [x["label"] for x in got] == [x["label"] for x in ref]
     np.testing.assert_allclose([x["score"] for x in got], [x["score"] for x in ref], atol=1e-5)
-    f = fixed_shape(bdir / "model.onnx", bdir / "model.fixed.onnx", 2, MAXLEN)
+    f = fixed_shape(model_path(bdir), bdir / "model.fixed.onnx", 2, MAXLEN)
     assert f["output_shape"] == [2, 2] and max(f["max_abs_diff"].values()) < 1e-4
     fixed = Predictor(bdir, model_file="model.fixed.onnx")
     assert (fixed.fixed_batch, fixed.fixed_seq) == (2, MAXLEN)
@@ -321,20 +322,28 @@ def test_ort_format_and_fixed_shape(bundles, tmp_path):
 
 def test_bundle_metadata_sizes_and_card(bundles, tmp_path):
     bdir, _, sizes = bundles["single"]
-    cfg = json.loads((bdir / "config.json").read_text())
+    cfg = load_config(bdir)
     assert cfg["labels"] == ["negative", "positive"] and cfg["problem_type"] == "single_label_classification"
     assert cfg["inputs"] == ["input_ids", "attention_mask", "token_type_ids"] and cfg["max_length"] == MAXLEN
     assert cfg["metric"] == {"name": "accuracy", "dev": 51.5} and cfg["text_fields"] == ["sentence"]
     assert {"onnxruntime", "onnx", "tokenizers", "compresstune"} <= set(cfg["versions"])
-    model = onnx.load(str(bdir / "model.onnx"))
+    model = onnx.load(str(model_path(bdir)))
     onnx.checker.check_model(model)
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["compresstune.config"]) == cfg
     assert json.loads(props["compresstune.labels"]) == cfg["labels"]
-    meta = ort.InferenceSession(str(bdir / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    meta = ort.InferenceSession(str(model_path(bdir)), providers=["CPUExecutionProvider"]).get_modelmeta()
     assert json.loads(meta.custom_metadata_map["compresstune.max_length"]) == MAXLEN
-    assert set(sizes["files"]) == {"model.onnx", "tokenizer.json", "config.json", "README.md"}
-    assert sizes["total_bytes"] == sum(sizes["files"].values()) == sum(p.stat().st_size for p in bdir.iterdir())
+    assert set(sizes["files"]) == {
+        "onnx/model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "config.json",
+        "README.md",
+    }
+    on_disk = sum(p.stat().st_size for p in bdir.rglob("*") if p.is_file())
+    assert sizes["total_bytes"] == sum(sizes["files"].values()) == on_disk
     assert sizes["compressed"]["format"] == "tar.gz" and 0 < sizes["compressed"]["bytes"] < sizes["total_bytes"]
     card = (bdir / "README.md").read_text()
     for section in (
@@ -364,26 +373,26 @@ def test_bundle_metadata_sizes_and_card(bundles, tmp_path):
 def test_write_bundle_errors(bundles, tmp_path):
     src = bundles["single"][0]
     with pytest.raises(UserError, match="text_fields"):
-        write_bundle(tmp_path / "x", src / "model.onnx", src, {"max_length": 8, "num_labels": 2}, "card")
+        write_bundle(tmp_path / "x", model_path(src), src, {"max_length": 8, "num_labels": 2}, "card")
     with pytest.raises(UserError, match="max_length"):
-        write_bundle(tmp_path / "x", src / "model.onnx", src, {"num_labels": 2, "text_fields": ["t"]}, "card")
+        write_bundle(tmp_path / "x", model_path(src), src, {"num_labels": 2, "text_fields": ["t"]}, "card")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="not a bundle"):
         write_bundle(
-            tmp_path / "busy", src / "model.onnx", src, {"max_length": 8, "num_labels": 2, "text_fields": ["t"]}, "card"
+            tmp_path / "busy", model_path(src), src, {"max_length": 8, "num_labels": 2, "text_fields": ["t"]}, "card"
         )
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     r = write_bundle(
         tmp_path / "again",
-        src / "model.onnx",
+        model_path(src),
         src / "tokenizer.json",
         {"max_length": 16, "num_labels": 2, "text_fields": ["t"]},
         "# card",
         compress=False,
     )
     assert "compressed" not in r and r["config"]["labels"] == ["0", "1"]
-    props = [p.key for p in onnx.load(str(tmp_path / "again" / "model.onnx")).metadata_props]
+    props = [p.key for p in onnx.load(str(model_path(tmp_path / "again"))).metadata_props]
     assert len(props) == len(set(props))  # the source's compresstune.* keys were replaced, not duplicated
 
 
@@ -395,7 +404,7 @@ def test_trim_vocab_keeps_predictions(bundles, tmp_path, glue_dir):
     assert r["vocab_after"] < r["vocab_before"] // 5 and r["bytes_saved"] > 0
     assert r["covered"]["tokenization_changed"] == 0 and r["covered"]["label_agreement"] == 1
     assert r["check"]["inputs"] == 6 and r["check"]["tokenization_changed"] > 0  # the unseen words split differently
-    cfg = json.loads((tmp_path / "trim" / "config.json").read_text())
+    cfg = load_config(tmp_path / "trim")
     assert cfg["vocab"]["size"] == r["vocab_after"] and cfg["pad_id"] == 0
     trimmed, orig = Predictor(tmp_path / "trim"), Predictor(src)
     assert trimmed.tokenizer.get_vocab_size() == r["vocab_after"]
@@ -427,10 +436,10 @@ def test_pipeline_trims_the_bundle_vocabulary_and_verifies_it(tmp_path, tiny_ber
     assert v["trimmed"] and v["vocab_after"] < 3000 and v["check"]["inputs"] == 48
     assert v["covered"]["tokenization_changed"] == 0 and v["covered"]["label_agreement"] == 1
     deploy = tmp_path / "exported" / "t" / "deploy"
-    cfg = json.loads((deploy / "config.json").read_text())
+    cfg = load_config(deploy)
     assert cfg["vocab"]["size"] == v["vocab_after"]
     assert cfg["metric"]["dev"] == v["dev_metric"] and "dev" in cfg["metric"]["before_trim"]  # the trimmed one's
-    meta = ort.InferenceSession(str(deploy / "model.onnx")).get_modelmeta().custom_metadata_map
+    meta = ort.InferenceSession(str(model_path(deploy))).get_modelmeta().custom_metadata_map
     assert json.loads(meta["compresstune.config"])["metric"]["dev"] == v["dev_metric"]
     outside_edge = [p for p in deploy.rglob("*") if p.is_file() and "edge" not in p.relative_to(deploy).parts]
     assert rep["ship"]["bundle"]["total_bytes"] == sum(p.stat().st_size for p in outside_edge)

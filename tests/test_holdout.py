@@ -12,6 +12,7 @@ from test_search import _search_in, _write
 from compresstune.cli import main
 from compresstune.config import load_config
 from compresstune.data.load import load_task
+from compresstune.deploy.layout import load_config as bundle_config
 from compresstune.pipeline import fingerprints
 from compresstune.pipeline.fingerprint import _task_settings
 
@@ -53,7 +54,7 @@ def test_a_run_with_holdout_never_evaluates_on_dev(tmp_path, tiny_bert, glue_dir
     rep = json.loads((run / "report.json").read_text())
     assert rep["evaluated_on"].startswith("24 training examples held out")
     assert "held out" in (run / "REPORT.md").read_text() and "held out" in (run / "deploy" / "README.md").read_text()
-    card, cfg = (run / "deploy" / "README.md").read_text(), json.loads((run / "deploy" / "config.json").read_text())
+    card, cfg = (run / "deploy" / "README.md").read_text(), bundle_config(run / "deploy")
     assert "Held-out set, 24 training examples, task.holdout: accuracy" in card and "Dev set:" not in card
     assert cfg["metric"]["split"] == "held-out (24 training examples, task.holdout)"
 

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from compresstune.cli import main
+from compresstune.deploy.layout import load_config, model_path, save_config
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = """
@@ -238,9 +239,11 @@ def test_a_hostile_bundle_config_is_refused(proj, tmp_path, change, expect):
     labels = json.loads((run / "labels.json").read_text())
     bundle = tmp_path / "b"
     write_bundle(bundle, run / "model.onnx", run / "tokenizer", labels, compress=False)
-    (tmp_path / "outside.onnx").write_bytes((bundle / "model.onnx").read_bytes())
-    cfg = json.loads((bundle / "config.json").read_text())
-    (bundle / "config.json").write_text(json.dumps({**cfg, **change}))
+    (tmp_path / "outside.onnx").write_bytes(model_path(bundle).read_bytes())
+    cfg = load_config(bundle)
+    if isinstance(change.get("files"), dict):
+        change = {"files": {**cfg["files"], **change["files"]}}  # one file entry changed, the others kept
+    save_config(bundle, {**cfg, **change})
     for cmd in (["predict", str(bundle), "a fine film"], ["verify", str(bundle)]):
         r = _cli(cmd, tmp_path)
         assert r.exit_code == 2 and "Traceback" not in r.output, (cmd, r.output)
@@ -457,7 +460,7 @@ def test_out_of_range_flags_are_refused(proj, tmp_path, args):
 
 def test_bench_onnx_past_the_positions_is_a_message(proj, tmp_path):
     bundle = _bundle(proj, tmp_path)
-    r = _cli(["bench", "onnx", str(bundle / "model.onnx"), "--shapes", "1x1000", "--no-footprint"], tmp_path)
+    r = _cli(["bench", "onnx", str(model_path(bundle)), "--shapes", "1x1000", "--no-footprint"], tmp_path)
     assert r.exit_code == 2 and "Traceback" not in r.output and "cannot run at batch 1 x seq 1000" in r.output
 
 
@@ -470,8 +473,8 @@ def test_bench_onnx_past_the_positions_is_a_message(proj, tmp_path):
 )
 def test_more_hostile_bundle_configs(proj, tmp_path, change, expect):
     bundle = _bundle(proj, tmp_path)
-    cfg = json.loads((bundle / "config.json").read_text())
-    (bundle / "config.json").write_text(json.dumps({**cfg, **change}))
+    cfg = load_config(bundle)
+    save_config(bundle, {**cfg, **change})
     r = _cli(["predict", str(bundle), "a fine film"], tmp_path)
     assert r.exit_code == 2 and "Traceback" not in r.output and expect in r.output, r.output
 

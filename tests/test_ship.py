@@ -16,6 +16,8 @@ from conftest import write_pipeline
 
 from compresstune.cli import main
 from compresstune.config import load_config
+from compresstune.deploy.layout import load_config as bundle_config
+from compresstune.deploy.layout import model_path
 from compresstune.errors import ConfigError
 from compresstune.stages import ship
 
@@ -106,10 +108,11 @@ def test_a_failed_variant_is_reported_and_never_shipped(shipped):
 def test_the_bundle_runs_through_predict_without_torch(shipped):
     run, _ = shipped
     bundle = run / "deploy"
-    cfg = json.loads((bundle / "config.json").read_text())
+    cfg = bundle_config(bundle)
     rep = json.loads((run / "report.json").read_text())
     assert cfg["variant"] == rep["ship"]["chosen"] and cfg["text_fields"] == ["sentence"]
-    assert (bundle / "edge" / "model.ort").is_file() and (bundle / "README.md").read_text().startswith("# ")
+    assert (bundle / "edge" / (model_path(bundle).stem + ".ort")).is_file()
+    assert (bundle / "README.md").read_text().startswith("---\n")  # the card's YAML header, then the card
     script = (
         "import sys\n"
         "from compresstune.cli import main\n"
@@ -123,7 +126,8 @@ def test_the_bundle_runs_through_predict_without_torch(shipped):
     lines = r.stdout.strip().splitlines()
     assert lines[-1] == "IMPORTED False False", r.stdout + r.stderr
     preds = [json.loads(x) for x in lines[:-1]]
-    assert [p["index"] for p in preds] == [0, 1] and all(p["label"] in ("0", "1") for p in preds)
+    assert [p["index"] for p in preds] == [0, 1]
+    assert all(p["label"] in ("negative", "positive") for p in preds)  # GLUE label names
 
 
 def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
@@ -135,7 +139,7 @@ def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
 
     run, _ = shipped
     bundle = run / "deploy"
-    cfg = json.loads((bundle / "config.json").read_text())
+    cfg = bundle_config(bundle)
     isa = profile()["isa"]
     assert cfg["built_on"]["isa"] == isa and cfg["built_on"]["provider"] == "cpu"
     assert json.loads((run / "report.json").read_text())["machine"]["isa"] == isa

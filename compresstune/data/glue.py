@@ -33,6 +33,14 @@ class GlueTask:
     hf_dev_split: str = "validation"
 
     @property
+    def label_names(self) -> list[str] | None:
+        """What each class id means, for people and for the bundle's ``id2label`` (the Hugging Face GLUE
+        dataset's names); the file's own label strings where they are already names."""
+        if self.labels is None:
+            return None
+        return list(LABEL_NAMES.get(self.name, self.labels))
+
+    @property
     def is_regression(self) -> bool:
         return self.labels is None
 
@@ -100,6 +108,14 @@ GLUE_TASKS: dict[str, GlueTask] = {
             hf_text=("sentence1", "sentence2"),
         ),
     ]
+}
+# Names of the 0/1 labels of the GLUE files (as the Hugging Face GLUE dataset calls them).
+LABEL_NAMES = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "wnli": ("not_entailment", "entailment"),
 }
 # The Hugging Face copy numbers MNLI/QNLI/RTE labels differently from the alphabetical order above.
 _HF_LABEL_NAMES = {
@@ -200,7 +216,7 @@ def load_glue(name: str, source: str = "auto", glue_dir: str | None = None) -> T
             task.num_labels,
             task.metric,
             task.is_regression,
-            list(task.labels) if task.labels else None,
+            task.label_names,
             {"train": str(tr), "dev": str(dv)},
         )
     return _load_glue_hub(task)
@@ -242,6 +258,6 @@ def _load_glue_hub(task: GlueTask) -> TaskData:
         task.num_labels,
         task.metric,
         task.is_regression,
-        list(task.labels) if task.labels else None,
+        task.label_names,
         {"train": f"hub:nyu-mll/glue/{task.name}", "dev": f"hub:nyu-mll/glue/{task.name}"},
     )

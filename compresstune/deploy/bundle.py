@@ -1,15 +1,18 @@
 """Write a self-contained deployment bundle and its model card.
 
-A bundle folder holds:
+A bundle folder is a Hugging Face model repository (layout in ``deploy/layout.py``):
 
-* ``model.onnx``: the model, with the bundle config also in its ``metadata_props``
+* ``onnx/model.onnx`` (or ``model_quantized.onnx`` for int8, ``model_fp16.onnx``): the model, with the
+  bundle config also in its ``metadata_props``
   (``onnxruntime.InferenceSession(...).get_modelmeta().custom_metadata_map``),
-* ``tokenizer.json``: the Hugging Face fast tokenizer, truncation set to ``max_length``, no padding,
-* ``config.json``: what a runtime needs (schema in :func:`bundle_config`),
+* ``tokenizer.json`` (truncation at ``max_length``, no padding), ``tokenizer_config.json``,
+  ``special_tokens_map.json``,
+* ``config.json``: the checkpoint's transformers config with compresstune's own config (schema in
+  :func:`bundle_config`) under the key ``"compresstune"``,
 * ``README.md``: the model card (:func:`model_card`).
 
-It runs with :class:`compresstune.deploy.predictor.Predictor` or plain onnxruntime + tokenizers;
-nothing here imports torch or transformers.
+It runs with :class:`compresstune.deploy.predictor.Predictor`, plain onnxruntime + tokenizers, Optimum's
+``ORTModelForSequenceClassification`` and transformers.js; nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -24,12 +27,11 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .predictor import BUNDLE_FORMAT, CONFIG_FILE, _config_problems
+from .hf import hf_config, tokenizer_files
+from .layout import BUNDLE_FORMAT, CARD_FILE, CONFIG_FILE, TOKENIZER_FILE, _config_problems, model_file_for, save_config
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-CARD_FILE = "README.md"
+FORMAT_VERSION = 2
+MODEL_FILE = "onnx/model.onnx"  # the fp32 place; each variant's own place: layout.model_file_for
 META_PREFIX = "compresstune."
 # labels.json (export stage) keys that bundle_config() renames or derives from
 _CONSUMED = {
@@ -128,7 +130,8 @@ def bundle_config(config: dict, input_names: list[str], output_names: list[str],
         format, format_version, task, variant, problem_type ("single_label_classification" | "regression"),
         labels (names by class id; [] for regression), num_labels, max_length, text_fields, inputs, output,
         pad_id, metric {name, dev}, files {model, tokenizer, card}, versions, created, + the caller's extra keys
-    """
+
+    ``files.model`` is the variant's place in the Hugging Face layout (:func:`layout.model_file_for`)."""
     task = normalize_config(config)
     out = {
         "format": BUNDLE_FORMAT,
@@ -137,7 +140,7 @@ def bundle_config(config: dict, input_names: list[str], output_names: list[str],
         "inputs": list(input_names),
         "output": "logits" if "logits" in output_names else output_names[0],
         "pad_id": pad_id,
-        "files": {"model": MODEL_FILE, "tokenizer": TOKENIZER_FILE, "card": CARD_FILE},
+        "files": {"model": model_file_for(task["variant"]), "tokenizer": TOKENIZER_FILE, "card": CARD_FILE},
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -206,14 +209,14 @@ def rewrite_config(bundle_dir: Path, config: dict) -> None:
     import onnx
 
     bundle_dir = Path(bundle_dir)
-    path = bundle_dir / (config.get("files") or {}).get("model", MODEL_FILE)
+    path = bundle_dir / (config.get("files") or {}).get("model", "model.onnx")
     model = onnx.load(str(path))
     set_metadata(model, config)
     onnx.save_model(model, str(path))
-    (bundle_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    save_config(bundle_dir, config)
 
 
-def _write_model(onnx_path: Path, tmp: Path, config: dict, tokenizer_dir: Path) -> dict:
+def _write_model(onnx_path: Path, tmp: Path, config: dict, tokenizer_dir: Path, source_dir: Path | None) -> dict:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
@@ -229,10 +232,25 @@ def _write_model(onnx_path: Path, tmp: Path, config: dict, tokenizer_dir: Path) 
     pad = _write_tokenizer(tokenizer_dir, tmp / TOKENIZER_FILE, max_length)
     full = bundle_config(config, ins, outs, pad)
     set_metadata(model, full)
-    kw = {"save_as_external_data": True, "location": MODEL_FILE + ".data"} if external else {}
-    onnx.save_model(model, str(tmp / MODEL_FILE), **kw)
-    onnx.checker.check_model(str(tmp / MODEL_FILE))
+    dst = tmp / full["files"]["model"]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    kw = {"save_as_external_data": True, "location": dst.name + "_data"} if external else {}
+    onnx.save_model(model, str(dst), **kw)
+    onnx.checker.check_model(str(dst))
+    _write_hf_files(tmp, full, source_dir)
     return full
+
+
+def _write_hf_files(tmp: Path, full: dict, source_dir: Path | None) -> None:
+    """config.json (transformers keys + compresstune's section), tokenizer_config.json, special_tokens_map.json."""
+    tj = json.loads((tmp / TOKENIZER_FILE).read_text(encoding="utf-8"))
+    vocab = (tj.get("model") or {}).get("vocab")
+    hf = hf_config(
+        source_dir, full["labels"], full["problem_type"], vocab_size=len(vocab) if isinstance(vocab, dict) else None
+    )
+    save_config(tmp, full, hf)
+    for name, content in tokenizer_files(source_dir, tj, full["max_length"]).items():
+        (tmp / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _prepare_dst(dst: Path) -> Path:
@@ -248,21 +266,31 @@ def _prepare_dst(dst: Path) -> Path:
 
 
 def write_bundle(
-    dst_dir, onnx_path, tokenizer_dir, config: dict, card: str | None = None, *, archive=None, compress: bool = True
+    dst_dir,
+    onnx_path,
+    tokenizer_dir,
+    config: dict,
+    card: str | None = None,
+    *,
+    source_dir=None,
+    archive=None,
+    compress: bool = True,
 ) -> dict:
     """Write a bundle folder ``dst_dir`` (replaced atomically if it is already a bundle).
 
     ``onnx_path``: the exported model; ``tokenizer_dir``: a folder with ``tokenizer.json`` (HF
     ``save_pretrained``) or that file; ``config``: see :func:`bundle_config`; ``card``: README.md text
-    (None: :func:`model_card` from ``config`` alone).
+    (None: :func:`model_card` from ``config`` alone); ``source_dir``: the checkpoint that was exported (its
+    ``config.json`` and ``tokenizer_config.json`` give the transformers keys; None: label keys only).
     Returns ``{"dir", "config", "files" {name: bytes}, "total_bytes", "compressed" {"format": "tar.gz",
     "bytes", "level"}}``; the tar.gz is kept at ``archive`` when given, else built in a temp file
     and deleted (``compress=False`` skips it)."""
     dst = Path(dst_dir)
     tmp = _prepare_dst(dst)
     try:
-        full = _write_model(Path(onnx_path), tmp, dict(config), Path(tokenizer_dir))
-        (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        full = _write_model(
+            Path(onnx_path), tmp, dict(config), Path(tokenizer_dir), Path(source_dir) if source_dir else None
+        )
         if card is None:
             from .card import model_card  # card.py imports this module
 

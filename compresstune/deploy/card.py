@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 
-from .bundle import CARD_FILE, CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, normalize_config, versions
+from .bundle import normalize_config, versions
+from .layout import CARD_FILE, CONFIG_FILE, SECTION, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, model_file_for
 
 
 def _fmt_metric(config: dict) -> str:
@@ -95,7 +96,7 @@ def _usage(config: dict, name: str) -> list[str]:
         "import onnxruntime as ort",
         "from tokenizers import Tokenizer",
         "",
-        'cfg = json.load(open("config.json"))',
+        f'cfg = json.load(open("config.json"))["{SECTION}"]',
         'tok = Tokenizer.from_file("tokenizer.json")  # truncates at max_length',
         'tok.enable_padding(pad_id=cfg["pad_id"])',
         f"inputs = {py_in}",
@@ -103,11 +104,40 @@ def _usage(config: dict, name: str) -> list[str]:
         'arrays = {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs],',
         '          "token_type_ids": [e.type_ids for e in encs]}',
         'feed = {k: np.array(arrays[k], dtype=np.int64) for k in cfg["inputs"]}',
-        'sess = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])',
+        'sess = ort.InferenceSession(cfg["files"]["model"], providers=["CPUExecutionProvider"])',
         'logits = sess.run([cfg["output"]], feed)[0]',
         "probs = np.exp(logits - logits.max(1, keepdims=True))",
         "probs /= probs.sum(1, keepdims=True)",
         head,
+        "```",
+    ]
+
+
+def _ecosystem(config: dict, name: str) -> list[str]:
+    """transformers.js and Optimum read the bundle as a Hugging Face model repository."""
+    model = model_file_for(config.get("variant"))
+    dtype = {"model_quantized.onnx": "q8", "model_fp16.onnx": "fp16"}.get(model.rsplit("/", 1)[-1], "fp32")
+    return [
+        "",
+        "transformers.js (Node or the browser; the folder is a model repository in its layout):",
+        "",
+        "```js",
+        'import { env, pipeline } from "@huggingface/transformers";',
+        'env.localModelPath = "./"; env.allowRemoteModels = false;',
+        f'const classify = await pipeline("text-classification", "{name}", {{ dtype: "{dtype}" }});',
+        'console.log(await classify("a gripping, funny film"));',
+        "```",
+        "",
+        "Optimum (`pip install optimum-onnx`, in its own environment):",
+        "",
+        "```python",
+        "from optimum.onnxruntime import ORTModelForSequenceClassification",
+        "from transformers import AutoTokenizer, pipeline",
+        "",
+        f'model = ORTModelForSequenceClassification.from_pretrained("{name}", subfolder="{model.rsplit("/", 1)[0]}", '
+        f'file_name="{model.rsplit("/", 1)[-1]}")',
+        f'classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained("{name}"))',
+        'print(classify(["a gripping, funny film"], truncation=True))  # cut at max_length, as the bundle does',
         "```",
     ]
 
@@ -129,6 +159,18 @@ def _check_on_device(name: str) -> list[str]:
     ]
 
 
+def _files_and_versions(config: dict, variant: str | None) -> list[str]:
+    vers = config.get("versions") or {}
+    return [
+        "",
+        "## Files and versions",
+        "",
+        f"`{model_file_for(variant)}` (metadata in `metadata_props`), `{TOKENIZER_FILE}`, "
+        f"`{TOKENIZER_CONFIG_FILE}`, `{CONFIG_FILE}` (a transformers config; compresstune's own keys under "
+        f'`"{SECTION}"`), `{CARD_FILE}`. Written with ' + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
+    ]
+
+
 def model_card(
     config: dict,
     *,
@@ -141,12 +183,14 @@ def model_card(
     how_made: str | None = None,
     limits: list[str] | None = None,
     bundle_name: str = "BUNDLE",
+    meta: dict | None = None,
 ) -> str:
     """Markdown model card (README.md) for a bundle described by ``config`` (as for :func:`write_bundle`).
 
     ``latency`` rows: ``{"engine", "batch", "seq", "p50_ms", "p90_ms", "p99_ms"}``; ``machine``: CPU/GPU in words;
     ``verified_on``: where the shipped file was verified (machine, ONNX Runtime, provider) and what that means;
-    ``how_made``: base model, compression and fine-tuning steps; ``limits``: extra caveats (defaults added)."""
+    ``how_made``: base model, compression and fine-tuning steps; ``limits``: extra caveats (defaults added);
+    ``meta``: the YAML header's facts (:func:`front_matter`)."""
     config = {**normalize_config(config), "versions": config.get("versions") or versions()}
     task, variant = config.get("task") or "a text classification task", config.get("variant")
     kind = (
@@ -191,7 +235,7 @@ def model_card(
         "## How to run it",
         "",
     ]
-    L += _usage(config, bundle_name) + _check_on_device(bundle_name)
+    L += _usage(config, bundle_name) + _ecosystem(config, bundle_name) + _check_on_device(bundle_name)
     lim = list(limits or []) + [
         f"Text beyond {config['max_length']} tokens is cut off (the predictor counts and reports it).",
         "Scores are softmax probabilities of an uncalibrated model, not calibrated confidences."
@@ -200,15 +244,48 @@ def model_card(
         "Quality was measured on the dev set named above only; other domains and languages may score lower.",
     ]
     L += ["", "## Limits", ""] + [f"- {x}" for x in lim]
-    vers = config.get("versions") or {}
-    L += [
-        "",
-        "## Files and versions",
-        "",
-        f"`{MODEL_FILE}` (metadata in `metadata_props`), `{TOKENIZER_FILE}`, `{CONFIG_FILE}`, `{CARD_FILE}`. "
-        "Written with " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".",
-    ]
-    return "\n".join(L) + "\n"
+    L += _files_and_versions(config, variant)
+    return front_matter(config, meta or {}, title=L[0][2:]) + "\n".join(L) + "\n"
+
+
+def front_matter(config: dict, meta: dict, title: str) -> str:
+    """The card's YAML header, written by ``huggingface_hub``: license and language of the base model, the
+    pipeline tag, tags (onnx, the variant, the compression), datasets, base model and a ``model-index`` entry with
+    the measured metric and the split it was measured on. ``meta`` keys: ``base_model``, ``license``,
+    ``language``, ``datasets`` (hub ids), ``dataset`` {``type``, ``name``, ``config``, ``split``}, ``tags``."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    m = config.get("metric") or {}
+    ds = meta.get("dataset") or {}
+    evals = None
+    if isinstance(m.get("dev"), (int, float)) and m.get("name") and ds.get("type"):
+        evals = [
+            EvalResult(
+                task_type="text-classification" if config["problem_type"] != "regression" else "text-regression",
+                dataset_type=ds["type"],
+                dataset_name=ds.get("name") or ds["type"],
+                dataset_config=ds.get("config"),
+                dataset_split=ds.get("split"),
+                metric_type=m["name"],
+                metric_value=round(float(m["dev"]), 2),
+            )
+        ]
+    tags = ["onnx", "compresstune", *(meta.get("tags") or [])]
+    if config.get("variant"):
+        tags.append(config["variant"])
+    data = ModelCardData(
+        language=meta.get("language"),
+        license=meta.get("license"),
+        library_name="transformers.js",
+        pipeline_tag="text-classification",
+        tags=list(dict.fromkeys(tags)),
+        datasets=meta.get("datasets"),
+        metrics=[m["name"]] if m.get("name") else None,
+        base_model=meta.get("base_model"),
+        model_name=title,
+        eval_results=evals,
+    )
+    return "---\n" + data.to_yaml() + "\n---\n\n"
 
 
 def card_python_snippet(card: str, heading: str = "Plain onnxruntime") -> str:

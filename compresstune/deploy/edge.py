@@ -51,12 +51,15 @@ def sample_feed(session, batch: int, seq: int, seed: int = 0, vocab: int | None 
 
 def vocab_of(onnx_path) -> int | None:
     """The vocabulary size a bundle's config.json records when it was trimmed (None: untrimmed or no bundle)."""
-    import json
+    from .layout import CONFIG_FILE, load_config
 
-    cfg = Path(onnx_path).parent / "config.json"
-    if not cfg.is_file():
-        return None
-    return (json.loads(cfg.read_text()).get("vocab") or {}).get("size")
+    for folder in (Path(onnx_path).parent, Path(onnx_path).parent.parent):  # format 1 / format 2 (onnx/)
+        if (folder / CONFIG_FILE).is_file():
+            try:
+                return (load_config(folder).get("vocab") or {}).get("size")
+            except UserError:
+                return None
+    return None
 
 
 def compare(ref_session, session, shapes, atol: float = ATOL, what: str = "model", vocab: int | None = None) -> dict:
@@ -118,6 +121,7 @@ def to_ort_format(onnx_path, out_dir, *, verify_shapes=((1, 7), (3, 19)), atol: 
             f"ORT-format conversion of {src} wrote no {ort_model.name} / operator config in {out}:\n"
             + log.getvalue()[-2000:]
         )
+    _relative_header(configs[0], out)
     diffs = compare(
         make_session(src), make_session(ort_model), verify_shapes, atol, what=str(ort_model), vocab=vocab_of(src)
     )
@@ -129,6 +133,17 @@ def to_ort_format(onnx_path, out_dir, *, verify_shapes=((1, 7), (3, 19)), atol: 
         "ort_bytes": ort_model.stat().st_size,
         "max_abs_diff": diffs,
     }
+
+
+def _relative_header(config_path: Path, out: Path) -> None:
+    """The converter names the model it read by its absolute path in a comment line; a bundle carries no path of
+    the machine that built it, so the comment names the file relative to the config's folder."""
+    lines = config_path.read_text().splitlines()
+    fixed = [
+        "# - " + (Path(ln[4:]).name if Path(ln[4:]).is_absolute() else ln[4:]) if ln.startswith("# - ") else ln
+        for ln in lines
+    ]
+    config_path.write_text("\n".join(fixed) + "\n")
 
 
 def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> dict:

@@ -1,25 +1,32 @@
 """Run a deployment bundle: ``Predictor`` and the ``compresstune predict`` command body.
 
-A bundle is a folder with ``model.onnx``, ``tokenizer.json`` and ``config.json`` (see
-``compresstune.deploy.bundle``). This module imports only the standard library, numpy,
+A bundle is a folder in the Hugging Face layout: ``config.json`` (a transformers config with
+compresstune's own section under ``"compresstune"``), ``tokenizer.json``, and the ONNX model under
+``onnx/`` (see ``compresstune.deploy.bundle``); bundles of format 1 (``model.onnx`` beside a
+compresstune-only ``config.json``) are still read. This module imports only the standard library, numpy,
 onnxruntime and tokenizers (never torch or transformers), so a bundle runs in a small
 environment: ``pip install onnxruntime tokenizers numpy`` plus this package.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..names import inside, is_inside
+from ..names import inside
+from .layout import (  # noqa: F401
+    BUNDLE_FORMAT,
+    CONFIG_FILE,
+    PROBLEM_TYPES,
+    _config_problems,
+    bundle_file,
+    default_model_file,
+    load_config,
+)
 
-CONFIG_FILE = "config.json"
-BUNDLE_FORMAT = "compresstune-bundle"
-PROBLEM_TYPES = ("single_label_classification", "regression")
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -33,58 +40,6 @@ PROVIDERS = {
     "nnapi": "NnapiExecutionProvider",
 }
 CHUNK = 8192  # predict_main predicts and prints this many inputs at a time
-
-
-def load_config(bundle_dir: str | Path) -> dict:
-    """Read and check ``config.json`` of a bundle; a missing or malformed file is a :class:`UserError`."""
-    path = Path(bundle_dir) / CONFIG_FILE
-    if not Path(bundle_dir).is_dir():
-        raise UserError(f"bundle {bundle_dir}: not a folder. Pass the folder written by the export/bundle step.")
-    if not path.is_file():
-        raise UserError(f"bundle {bundle_dir}: no {CONFIG_FILE}; this folder is not a compresstune bundle.")
-    if path.is_symlink() and not is_inside(path, bundle_dir):
-        raise UserError(f"bundle {bundle_dir}: {CONFIG_FILE} is a link to a file outside the bundle; refusing it.")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}).") from None
-    problems = _config_problems(cfg)
-    if problems:
-        raise UserError(f"{path}: " + "; ".join(problems) + ".")
-    return cfg
-
-
-def _config_problems(cfg) -> list[str]:
-    if not isinstance(cfg, dict):
-        return ["the top level must be a JSON object"]
-    out = []
-    if cfg.get("problem_type") not in PROBLEM_TYPES:
-        out.append(f"problem_type must be one of {list(PROBLEM_TYPES)}, not {cfg.get('problem_type')!r}")
-    labels = cfg.get("labels")
-    ok = isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
-    if cfg.get("problem_type") == "single_label_classification" and not ok:
-        out.append("labels must be a list of at least two label names (index = class id)")
-    ml = cfg.get("max_length")
-    if not isinstance(ml, int) or isinstance(ml, bool) or not 4 <= ml <= 4096:
-        out.append(f"max_length must be an integer from 4 to 4096, not {ml!r:.40}")
-    tf = cfg.get("text_fields")
-    if not isinstance(tf, list) or len(tf) not in (1, 2) or not all(isinstance(x, str) and x for x in tf):
-        out.append(f"text_fields must be a list of one or two field names, not {tf!r}")
-    pad = cfg.get("pad_id")
-    if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
-        out.append(f"pad_id must be a non-negative integer token id, not {pad!r:.40}")
-    files = cfg.get("files")
-    if files is not None and (not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values())):
-        out.append(f"files must map names to file names inside the bundle, not {files!r:.80}")
-    for key in ("output", "variant", "task"):
-        if cfg.get(key) is not None and not isinstance(cfg.get(key), str):
-            out.append(f"{key} must be a string, not {cfg.get(key)!r:.40}")
-    return out
-
-
-def bundle_file(bundle_dir: Path, cfg: dict, key: str, default: str) -> Path:
-    """The bundle file ``files[key]`` names (default ``default``), which must lie inside the bundle folder."""
-    return inside(bundle_dir, (cfg.get("files") or {}).get(key, default), f"{bundle_dir / CONFIG_FILE}: files.{key}")
 
 
 def provider_name(provider: str) -> str:
@@ -201,7 +156,7 @@ class Predictor:
         model_path = (
             inside(self.bundle_dir, model_file, "model_file")
             if model_file
-            else bundle_file(self.bundle_dir, self.config, "model", "model.onnx")
+            else bundle_file(self.bundle_dir, self.config, "model", default_model_file(self.config))
         )
         if not model_path.is_file():
             raise UserError(f"bundle {self.bundle_dir}: model file {model_path.name} is missing.")

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from .predictor import CONFIG_FILE, Predictor, load_config
+from .layout import CONFIG_FILE, SECTION, load_config, model_path, read_config_file, save_config
+from .predictor import Predictor
 
 
 def _embedding_initializer(model):
@@ -93,7 +94,7 @@ def _load(bundle: Path):
             f"trim_vocab: {tok_path} is a {tj.get('model', {}).get('type')} tokenizer; only WordPiece "
             "(BERT/DistilBERT) vocabularies can be trimmed."
         )
-    model = onnx.load(str(bundle / cfg.get("files", {}).get("model", "model.onnx")))
+    model = onnx.load(str(model_path(bundle)))
     return cfg, tj, model
 
 
@@ -219,7 +220,7 @@ def trim_vocab(
 
 
 def _dir_bytes(d: Path) -> int:
-    return sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
 
 def _write(src: Path, dst: Path, model, tj: dict, cfg: dict) -> None:
@@ -232,11 +233,19 @@ def _write(src: Path, dst: Path, model, tj: dict, cfg: dict) -> None:
             raise UserError(f"trim_vocab: {dst} exists and is not a bundle; refusing to replace it.")
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
-    for p in src.iterdir():
-        if p.is_file() and p.name not in (cfg["files"]["model"], cfg["files"]["tokenizer"], CONFIG_FILE):
-            shutil.copy2(p, dst / p.name)
+    replaced = {cfg["files"]["model"], cfg["files"]["tokenizer"], CONFIG_FILE}
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and not p.is_symlink() and rel not in replaced:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dst / rel)
     set_metadata(model, cfg)
+    (dst / cfg["files"]["model"]).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dst / cfg["files"]["model"]))
     onnx.checker.check_model(str(dst / cfg["files"]["model"]))
     (dst / cfg["files"]["tokenizer"]).write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    (dst / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    raw = read_config_file(src)
+    hf = {k: v for k, v in raw.items() if k != SECTION} if isinstance(raw.get(SECTION), dict) else None
+    if hf is not None and "vocab_size" in hf:
+        hf["vocab_size"] = len(tj["model"]["vocab"])  # the transformers config describes the trimmed embedding
+    save_config(dst, cfg, hf)

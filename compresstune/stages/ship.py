@@ -86,8 +86,8 @@ def choose(cands: list[dict], rule: str, shape) -> dict:
     return {"rule": rule, "shape": list(shape), "chosen": best["variant"], "provider": best.get("provider"), "why": why}
 
 
-def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Path, Path]:
-    """(bundle config, ONNX file, tokenizer folder) of the chosen variant."""
+def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Path, Path, Path | None]:
+    """(bundle config, ONNX file, tokenizer folder, the exported checkpoint's folder) of the chosen variant."""
     from ..export.variants import variant_file
 
     _, export = _last(stages, "export")
@@ -103,7 +103,8 @@ def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Pa
         "metric": metric,
         "selection": {k: decision[k] for k in ("rule", "shape", "why")},
     }
-    return cfg, variant_file(out_dir, decision["chosen"]), out_dir / "tokenizer"
+    source = run_dir / sm["model_dir"] if sm.get("model_dir") else None
+    return cfg, variant_file(out_dir, decision["chosen"]), out_dir / "tokenizer", source
 
 
 def int8_settings(stages: dict, decision: dict) -> dict:
@@ -322,8 +323,9 @@ def bundle_metric(bundle_dir: Path, task) -> float:
 def _record_trimmed_metric(bundle: Path, metric: float) -> None:
     """The trimmed bundle's own metric becomes the bundle's metric; the untrimmed one is kept beside it."""
     from ..deploy.bundle import rewrite_config
+    from ..deploy.layout import load_config
 
-    cfg = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    cfg = load_config(bundle)
     before = cfg.get("metric") or {}
     cfg["metric"] = {
         **{k: before[k] for k in ("name", "dev_pytorch", "split") if k in before},
