@@ -218,3 +218,26 @@ def test_fp16_keeps_int64_inputs_and_float32_logits(bert_onnx, tiny_bert, tmp_pa
     assert rep["initializer_bytes"].get("float16", 0) > 0 and rep["size_mb_after"] < rep["size_mb_before"]
     feeds = _feeds(tiny_bert, 1)
     assert np.abs(_run(tmp_path / "fp16.onnx", feeds) - _run(fp32, feeds)).max() < 1e-2
+
+
+@pytest.mark.parametrize("with_emb, without, kept", [(0.995, 0.90, True), (0.95, 0.995, False), (0.95, 0.93, True)])
+def test_auto_embeddings_stay_int8_unless_float_ones_agree_more(bert_onnx, tmp_path, with_emb, without, kept):
+    """``quantize_embeddings: auto`` (the default) ships int8 embedding tables unless keeping them float gives
+    more label agreement on the selection slice; the agreement here is faked by the embedding table's type."""
+    from compresstune.config.sections import ExportConfig
+    from compresstune.export.variants import VariantBuilder
+
+    fp32, _, _ = bert_onnx
+    cfg = ExportConfig(min_agreement=0.99)
+    assert cfg.quantize_embeddings == "auto"
+    b = VariantBuilder(fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda *_: None)
+
+    def int8_embeddings(path) -> bool:
+        m = onnx.load(str(path))
+        return any(n.op_type == "Gather" and any("quantized" in i for i in n.input) for n in m.graph.node)
+
+    b.agreement = lambda path: with_emb if int8_embeddings(path) else without
+    details = b.build("int8_dynamic")
+    assert details["quantize_embeddings"] is kept and int8_embeddings(b.built["int8_dynamic"]) is kept
+    assert details["quantize_embeddings_setting"] == "auto"
+    assert details["fallback"]["tries"][0]["agreement"] == (with_emb if kept else without)

@@ -194,7 +194,11 @@ class ExportConfig(StageConfig):
         "int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
     )
     per_channel: bool = Field(True, description="int8: per-channel weight scales (per-tensor when false)")
-    quantize_embeddings: bool = Field(False, description="int8_dynamic: the embedding tables too")
+    quantize_embeddings: bool | Literal["auto"] = Field(
+        "auto",
+        description="int8_dynamic: the embedding tables too (about half of a small BERT's weights). auto: int8 "
+        "embeddings unless keeping them float gives more label agreement with PyTorch on the selection slice",
+    )
     reduce_range: bool | Literal["auto"] = Field(
         "auto",
         description="int8: 7-bit weights, so that ONNX Runtime's u8s8 kernels cannot saturate on x86 CPUs without "

@@ -126,12 +126,15 @@ class VariantBuilder:
         stay float, one more per try (:meth:`_dynamic_fallback`)."""
         from .quantize import quantize_int8_dynamic
 
+        setting = self.cfg.quantize_embeddings
+        emb = setting is not False  # "auto" tries the int8 embedding tables first
+
         def build(exclude=()):
             return quantize_int8_dynamic(
                 self.fp32,
                 dst,
                 per_channel=self.cfg.per_channel,
-                quantize_embeddings=self.cfg.quantize_embeddings,
+                quantize_embeddings=emb,
                 reduce_range=self.reduce_range,
                 nodes_to_exclude=exclude,
             )
@@ -140,8 +143,19 @@ class VariantBuilder:
         target, agreement = self.cfg.min_agreement, getattr(self, "agreement", None)
         first = agreement(dst) if target and agreement is not None else None
         if first is None:  # off, or a regression task
-            return rep
-        return {**rep, "fallback": self._dynamic_fallback(dst, build, agreement, target, first)}
+            return {**rep, "quantize_embeddings_setting": setting}
+        if setting == "auto" and first < target:  # int8 embeddings cost agreement: keep them float if that helps
+            emb = False
+            without = build()
+            second = agreement(dst)
+            self.log(f"  int8_dynamic: label agreement {first:.2%} with int8 embeddings, {second:.2%} without")
+            if second > first:
+                rep, first = without, second
+            else:
+                emb = True
+                build()
+        fallback = self._dynamic_fallback(dst, build, agreement, target, first)
+        return {**rep, "quantize_embeddings_setting": setting, "fallback": fallback}
 
     def _dynamic_fallback(self, dst: Path, build, agreement, target: float, first: float) -> dict:
         """Keep the fewest weight MatMuls in float that bring the label agreement to ``target``: rank encoder

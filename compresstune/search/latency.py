@@ -102,9 +102,8 @@ def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, e
     if variant == "int8_dynamic":
         from ..export.quantize import quantize_int8_dynamic
 
-        quantize_int8_dynamic(
-            fp32, dst, per_channel=export_cfg.per_channel, quantize_embeddings=export_cfg.quantize_embeddings
-        )
+        emb = export_cfg.quantize_embeddings is not False  # "auto" builds int8 embeddings first
+        quantize_int8_dynamic(fp32, dst, per_channel=export_cfg.per_channel, quantize_embeddings=emb)
         return dst
     if variant == "optimized":
         from ..export.optimize import optimize_onnx
@@ -272,9 +271,7 @@ def _load_external(path: str, budget: Budget) -> dict:
             + " but the budget is for "
             + ", ".join(f"{k} {wanted[k]}" for k in differ)
             + f"; set {' and '.join(f'search.budget.{k}={timed[k]}' for k in differ)}, or time the files again "
-            "on the target with `compresstune bench onnx ... "
-            + " ".join(f"--{k} {wanted[k]}" for k in differ)
-            + "`."
+            "on the target with `compresstune bench onnx ... " + " ".join(f"--{k} {wanted[k]}" for k in differ) + "`."
         )
     return table
 

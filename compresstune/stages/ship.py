@@ -74,9 +74,10 @@ def choose(cands: list[dict], rule: str, shape) -> dict:
     failed = [c["variant"] for c in cands if not c["passed"]]
     where = f" on the {best['provider']} provider" if best.get("provider") else ""
     what = {
-        "fastest": f"the lowest p50 at batch {shape[0]} x seq {shape[1]}{where} ({best['p50_ms']:.2f} ms)",
-        "smallest": f"the smallest file ({best['size_mb']} MB)",
-        "most_accurate": f"the highest dev metric ({best['dev']:.2f})",
+        "fastest": f"the lowest p50 at batch {shape[0]} x seq {shape[1]}{where} ({best['p50_ms']:.2f} ms; "
+        f"{best['size_mb']} MB)",
+        "smallest": f"the smallest file ({best['size_mb']} MB; p50 {best['p50_ms']:.2f} ms at {shape[0]} x {shape[1]})",
+        "most_accurate": f"the highest dev metric ({best['dev']:.2f}; {best['p50_ms']:.2f} ms, {best['size_mb']} MB)",
     }[rule]
     why = (
         f"rule `{rule}`: among the {len(ok)} variants whose dev metric is within tolerance of PyTorch, "
