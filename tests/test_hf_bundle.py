@@ -95,6 +95,9 @@ def test_the_card_has_metadata_and_a_model_index(run):
     assert res.dataset_type == "nyu-mll/glue" and res.dataset_config == "sst2" and res.dataset_split == "validation"
     assert res.metric_type == "accuracy" and res.metric_value == round(cfg["metric"]["dev"], 2)
     assert "transformers.js" in card.text and "ORTModelForSequenceClassification" in card.text
+    mobile = json.loads((run / "report.json").read_text())["ship"]["bundle"]["mobile_usability"]
+    assert set(mobile) == {"nnapi", "coreml"} and all(0 < m["supported_nodes"] <= m["nodes"] for m in mobile.values())
+    assert f"NNAPI could take {mobile['nnapi']['supported_nodes']} of {mobile['nnapi']['nodes']} nodes" in card.text
 
 
 def test_the_packaged_base_model_is_named_with_its_license():

@@ -181,3 +181,57 @@ def fixed_shape(onnx_path, dst, batch: int, seq: int, *, atol: float = ATOL) -> 
         "output_shape": fixed.get_outputs()[0].shape,
         "max_abs_diff": diffs,
     }
+
+
+# ONNX Runtime's own estimate, per mobile execution provider, of what it could run (operator types only)
+_MOBILE_EPS = (("NNAPI", "nnapi", None), ("CoreML", "coreml", "coreml_supported_mlprogram_ops.md"))
+
+
+def mobile_usability(onnx_path) -> dict:
+    """How much of the graph Android's NNAPI and Apple's CoreML (MLProgram) execution providers could take, by
+    ONNX Runtime's mobile usability checker (``onnxruntime.tools.mobile_helpers``; operator types and ranks, no
+    run): per provider ``nodes``, ``supported_nodes``, ``partitions`` and ORT's ``verdict`` (YES / MAYBE / NO).
+    ``{"error": ...}`` when the checker is not available in this onnxruntime."""
+    try:
+        import onnx
+        from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    except ImportError as exc:
+        return {"error": f"onnxruntime's mobile usability checker is not available ({exc})"}
+    try:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+        out = {}
+        for name, key, ops in _MOBILE_EPS:
+            info = (
+                uc.check_nnapi_partitions(model, False)
+                if ops is None
+                else uc.check_coreml_partitions(model, False, ops)
+            )
+            out[key] = {
+                "provider": name,
+                "nodes": info.num_nodes,
+                "supported_nodes": info.num_supported_nodes,
+                "partitions": info.num_partitions,
+                "verdict": info.suitability().name,
+            }
+        return out
+    except Exception as exc:  # noqa: BLE001 - a tool's failure costs the note, not the bundle
+        return {"error": f"{exc.__class__.__name__}: {str(exc)[:200]}"}
+
+
+def mobile_note(usability: dict) -> str | None:
+    """One sentence for the model card from :func:`mobile_usability`."""
+    if not usability or "error" in usability:
+        return None
+    parts = [
+        f"{u['provider']} could take {u['supported_nodes']} of {u['nodes']} nodes in {u['partitions']} partitions "
+        f"(ORT's verdict: {u['verdict']})"
+        for u in usability.values()
+    ]
+    usable = [u["provider"] for u in usability.values() if u["verdict"] != "NO"]
+    advice = (
+        f"worth trying {' and '.join(usable)}" if usable else "run it with ONNX Runtime's CPU provider on phones too"
+    )
+    return (
+        "Execution providers: ONNX Runtime's CPU provider runs the whole graph (the verification above). By ONNX "
+        "Runtime's mobile usability check (operator types only, nothing run): " + "; ".join(parts) + f": {advice}."
+    )

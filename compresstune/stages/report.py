@@ -124,6 +124,7 @@ class ReportStage(Stage):
     def _bundle(self, ctx: StageContext, stages: dict, decision: dict) -> dict:
         from ..deploy.bundle import bundle_sizes, normalize_config, write_bundle
         from ..deploy.card import model_card
+        from ..deploy.edge import mobile_note, mobile_usability
         from ..deploy.verify import machine_record, write_verification_set
         from .card_facts import card_meta
 
@@ -134,6 +135,8 @@ class ReportStage(Stage):
         if ctx.pipeline.task.holdout:  # the metric was measured on held-out training examples, not on dev
             cfg["metric"]["split"] = f"held-out ({ctx.pipeline.task.holdout} training examples, task.holdout)"
         cfg["built_on"] = {**machine_record(decision.get("provider") or "cpu"), **ship.int8_settings(stages, decision)}
+        mobile = mobile_usability(path)  # ORT's estimate of what NNAPI / CoreML could run, for the card
+        note = mobile_note(mobile)
         card = model_card(
             {
                 **normalize_config(cfg),
@@ -143,7 +146,7 @@ class ReportStage(Stage):
             data=_data_line(ctx),
             latency=ship.card_latency(stages, decision["chosen"]),
             machine=describe(profile()),
-            verified_on=ship.verified_on_line(decision["chosen"], cfg["built_on"]),
+            verified_on="\n\n".join(x for x in (ship.verified_on_line(decision["chosen"], cfg["built_on"]), note) if x),
             how_made=f"compresstune pipeline `{Path(ctx.pipeline.source or 'pipeline.yaml').name}` "
             f"(stages: {', '.join(ctx.pipeline.stages)}); "
             f"variant {decision['chosen']} chosen by {decision['why']}.",
@@ -151,6 +154,7 @@ class ReportStage(Stage):
             meta=card_meta(ctx),
         )
         rep = write_bundle(ctx.out_dir / "deploy", path, tok_dir, cfg, card, source_dir=source)
+        rep["mobile_usability"] = mobile
         if ctx.cfg.trim_vocab:
             rep["vocab"] = self._trim(ctx)
         rep["verification"] = write_verification_set(
