@@ -22,7 +22,7 @@ if [ "$DRY" = 0 ] && ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
   fail "no CUDA GPU on this machine (nvidia-smi finds none). This script checks the CUDA path and needs one GPU; use --dry-run to check the pipeline without one."
 fi
 if [ "${COMPRESSTUNE_SKIP_SETUP:-0}" != 1 ]; then
-  if [ "$DRY" = 1 ]; then bash scripts/setup.sh; else COMPRESSTUNE_GPU=1 bash scripts/setup.sh; fi
+  if [ "$DRY" = 1 ]; then bash scripts/setup.sh; else COMPRESSTUNE_GPU=1 COMPRESSTUNE_WEB=0 bash scripts/setup.sh; fi
 fi
 PY=python; CT=(compresstune)
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; CT=(.venv/bin/compresstune); fi

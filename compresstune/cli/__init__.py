@@ -16,6 +16,7 @@ from .inspect import inspect
 from .predict import predict
 from .search import search
 from .verify import verify
+from .web import web
 
 PIPELINE_DIR_ENV = "COMPRESSTUNE_PIPELINES"
 
@@ -31,6 +32,7 @@ main.add_command(bench)
 main.add_command(predict)
 main.add_command(search)
 main.add_command(verify)
+main.add_command(web)
 
 
 @main.group(cls=Group)
