@@ -241,6 +241,11 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
     )
     assert cmp["onnx_mb"] < cmp["baseline_onnx_mb"]
     assert "Back to back against `teacher_export`" in (tmp_path / "exported" / "t" / "REPORT.md").read_text()
+    # the bundle records the pruned widths its transformers config cannot express, and its card says "pruned"
+    bundle = tmp_path / "exported" / "t" / "deploy"
+    shapes = json.loads((bundle / "config.json").read_text())["compresstune"]["layer_shapes"]
+    assert len(shapes) == 2 and sum(s["heads"] for s in shapes) < 2 * 4 and all(s["ffn"] < 64 for s in shapes)
+    assert "- pruned" in (bundle / "README.md").read_text()
     # the accuracy-vs-speed summary across runs reads the same numbers
     t = CliRunner().invoke(
         main,

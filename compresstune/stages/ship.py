@@ -90,6 +90,7 @@ def choose(cands: list[dict], rule: str, shape) -> dict:
 def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Path, Path, Path | None]:
     """(bundle config, ONNX file, tokenizer folder, the exported checkpoint's folder) of the chosen variant."""
     from ..export.variants import variant_file
+    from ..models.artifacts import read_meta
 
     _, export = _last(stages, "export")
     sm = export["summary"]
@@ -105,6 +106,10 @@ def bundle_config(stages: dict, decision: dict, run_dir: Path) -> tuple[dict, Pa
         "selection": {k: decision[k] for k in ("rule", "shape", "why")},
     }
     source = run_dir / sm["model_dir"] if sm.get("model_dir") else None
+    meta = read_meta(source) if source else {}
+    if meta.get("layer_shapes") and not meta.get("plain_hf", True):
+        # a pruned model's widths differ per layer, which the transformers config cannot say: recorded beside it
+        cfg["layer_shapes"] = meta["layer_shapes"]
     return cfg, variant_file(out_dir, decision["chosen"]), out_dir / "tokenizer", source
 
 
