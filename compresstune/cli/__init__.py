@@ -67,7 +67,7 @@ def pipeline():
     show_default=True,
     help="Train on N data-parallel processes on this machine (N GPUs, or N CPU processes with gloo): reruns this "
     "command under `accelerate launch`. The batch size stays the global batch, split across the processes; "
-    "only training stages run on all of them. Several machines: see the README.",
+    "only training stages run on all of them. Several machines: see docs/RUNNING.md.",
 )
 def pipeline_run(
     file, overrides, run_name, from_stage, until_stage, force, output_dir, no_progress, reuse_from, num_processes

@@ -67,7 +67,7 @@ def finetune_config_class() -> type[StageConfig]:
     version = registry_version()
     if version not in _FINETUNE_CACHE:
         names = tuple(all_methods())
-        method_field = Field("full", description="fine-tuning method: " + ", ".join(names) + " (see README: methods)")
+        method_field = Field("full", description="fine-tuning method: " + ", ".join(names) + " (see docs/METHODS.md)")
         _FINETUNE_CACHE.clear()
         _FINETUNE_CACHE[version] = create_model(
             "FinetuneConfig",

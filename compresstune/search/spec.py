@@ -255,7 +255,7 @@ def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, Pip
     if problems.items:
         raise SearchProblem(src, problems.items)
     if not isinstance(raw.get("search"), dict):
-        raise SearchProblem(src, ["search: missing; add a search section (budget, space, ladder). See README: search."])
+        raise SearchProblem(src, ["search: missing; add a search section (budget, space, ladder). See docs/SEARCH.md."])
     try:
         s = SearchConfig.model_validate(raw["search"])
     except ValidationError as exc:
