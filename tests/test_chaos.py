@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from compresstune.deploy.layout import model_path
+
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["finetune", "merge", "export", "benchmark", "report"]
 
@@ -283,7 +285,7 @@ def test_repeated_sigkills_resume_to_the_uninterrupted_result(tmp_path, tiny_ber
     # the bundle ships the variant the benchmark found fastest (timing, so either run may pick another one):
     # its weights are that variant's, the same as the uninterrupted run's file of that name
     chosen = man["stages"]["report"]["summary"]["ship"]["chosen"]
-    shipped = _initializers(run / "deploy" / "model.onnx")
+    shipped = _initializers(model_path(run / "deploy"))
     same_variant = _initializers(ref / "03_export" / ("model.onnx" if chosen == "fp32" else f"model.{chosen}.onnx"))
     assert shipped.keys() == same_variant.keys() and all(np.array_equal(shipped[k], same_variant[k]) for k in shipped)
     texts = [t[0] for t in _dev_texts(glue_dir, 16)]

@@ -447,5 +447,5 @@ def test_pipeline_trims_the_bundle_vocabulary_and_verifies_it(tmp_path, tiny_ber
     assert "Vocabulary trimmed" in (deploy / "README.md").read_text()
     p = Predictor(deploy)
     assert p.tokenizer.get_vocab_size() == v["vocab_after"] and len(p.predict(["a fine film"], warn=False)) == 1
-    sess = ort.InferenceSession(str(deploy / "edge" / "model.ort"))
+    sess = ort.InferenceSession(str(deploy / "edge" / (model_path(deploy).stem + ".ort")))
     assert sess.get_inputs()[0].name == "input_ids"

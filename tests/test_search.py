@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from compresstune.cli import main
 from compresstune.config import load_config
+from compresstune.deploy.layout import model_path
 from compresstune.search.candidates import Candidate, candidate_pipeline, relocate_paths
 from compresstune.search.report import pareto
 from compresstune.search.spec import load_search
@@ -192,9 +193,9 @@ def test_search_finds_a_winner_and_resumes_after_sigkill(tmp_path, tiny_bert, gl
     assert max(c["params"] for c in left) <= min(c["params"] for c in entered)
     assert all(c["size_mb"] <= 1.2 for c in by_id.values() if c.get("rungs"))
     winner_run = tmp_path / res["winner_run"]
-    assert (winner_run / "deploy" / "model.onnx").is_file()
+    assert model_path(winner_run / "deploy").is_file()
     assert json.loads((winner_run / "report.json").read_text())["ship"]["chosen"] == res["winner"]["variant"]
-    assert (winner_run / "deploy" / "model.onnx").stat().st_size / 2**20 <= 1.2
+    assert model_path(winner_run / "deploy").stat().st_size / 2**20 <= 1.2
     for f in ("SEARCH.md", "search.png", "latency.json", "winner.yaml"):
         assert (sdir / f).is_file(), f
     assert "Winner: " in (sdir / "SEARCH.md").read_text()

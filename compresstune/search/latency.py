@@ -297,11 +297,12 @@ def within_budget(entry: dict, budget: Budget, margin: float = 0.0) -> tuple[boo
 def bundle_vocab_size(model_file: Path, reference: torch.nn.Module) -> int:
     """How many token ids the shipped model takes: its bundle's tokenizer.json (smaller than the reference's
     when the report trimmed the vocabulary), else the reference's."""
-    tok = model_file.parent / "tokenizer.json"
-    if tok.is_file():
-        from tokenizers import Tokenizer
+    for folder in (model_file.parent, model_file.parent.parent):  # format 1 / the HF layout's onnx/ folder
+        tok = folder / "tokenizer.json"
+        if tok.is_file():
+            from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(tok)).get_vocab_size()
+            return Tokenizer.from_file(str(tok)).get_vocab_size()
     return reference.config.vocab_size
 
 
