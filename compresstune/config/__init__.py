@@ -8,4 +8,4 @@ data, the model, the machine and the run folder: `pipeline validate` and `pipeli
 its first stage) run it, so every problem is reported at once before any work."""
 
 from .loader import load_config, parse_override, yaml_load  # noqa: F401
-from .sections import STAGE_TYPES, PipelineConfig, StageConfig, TaskConfig, stage_types  # noqa: F401
+from .sections import PipelineConfig, StageConfig, TaskConfig, stage_types  # noqa: F401

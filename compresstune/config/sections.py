@@ -310,7 +310,6 @@ def stage_types() -> dict[str, type[StageConfig]]:
     }
 
 
-STAGE_TYPES = ("finetune", "attach", "compress", "merge", "export", "benchmark", "report")
 # `search` is read by `compresstune search` only (search/spec.py)
 TOP_LEVEL = {"name", "description", "model", "task", "seed", "device", "output_dir", "stages", "search"}
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from .task import TaskData
 
-METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
-
 
 def compute_metrics(task: TaskData, preds, labels) -> dict[str, float]:
     """All metrics that apply to the task; ``preds`` are class ids or regression values.

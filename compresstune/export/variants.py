@@ -23,7 +23,6 @@ import numpy as np
 
 from ..machine import int8_reduce_range
 
-VARIANTS = ("fp32", "optimized", "int8_dynamic", "int8_static", "fp16")
 DEFAULT_VARIANTS = {"cpu": ("fp32", "optimized", "int8_dynamic", "int8_static"), "cuda": ("fp32", "optimized", "fp16")}
 
 

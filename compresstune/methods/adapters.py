@@ -89,14 +89,6 @@ def add_adapters(model: nn.Module, kind: str, size: int = 256) -> dict:
     return {"kind": kind, "size": size}
 
 
-def adapter_params(model: nn.Module) -> list[nn.Parameter]:
-    return [p for m in model.modules() if isinstance(m, Bottleneck) for p in m.parameters()]
-
-
-def has_adapters(model: nn.Module) -> bool:
-    return any(isinstance(m, Bottleneck) for m in model.modules())
-
-
 class AdapterOptions(Section):
     adapter_size: int = Field(256, gt=0, le=65536, description="adapters: bottleneck width")
 

@@ -127,7 +127,7 @@ class Ladder:
             for _, cand in scored[n_next:]:
                 self.results[cand.id]["stopped"] = f"rung {k}: not in the best {n_next} of {len(scored)}"
             current = [c for _, c in scored[:n_next]]
-        return []
+        raise AssertionError("unreachable: the last rung, None (the full recipe), always returns")
 
     def run_name(self, cand: Candidate, k: int) -> str:
         return cand.id if k == len(self.rungs()) - 1 else f"{cand.id}.r{k}"

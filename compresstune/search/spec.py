@@ -275,11 +275,6 @@ def _load_pipeline(path: Path, overrides) -> PipelineConfig:
     return load_config(path, overrides)
 
 
-def one_point_examples(dev_size: int) -> float:
-    """How many dev examples a 1-point accuracy difference is."""
-    return dev_size / 100.0
-
-
 def advancing(n: int, keep: float) -> int:
     """How many of ``n`` go on to the next rung: the ``keep`` share rounded up, at least one (rounded to 9
     places first, so 100 x 0.07 is 7, not the 8 that float arithmetic would give)."""

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from ..measure.markdown import md_table
 
-RULES = ("fastest", "smallest", "most_accurate")
-
 
 def _last(stages: dict, stype: str):
     names = [n for n, s in stages.items() if s["type"] == stype]
