@@ -94,9 +94,12 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
     # a size budget: the int8 file stays all int8 (the agreement fallback's float MatMuls add size)
     assert cfg.stages["export"].min_agreement == 0.0
     lat = s.model_copy(update={"budget": s.budget.model_copy(update={"size_mb": None, "latency_ms": 5.0})})
-    assert candidate_pipeline(raw, pcfg, lat, Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"), 2)["export"].get(
-        "min_agreement"
-    ) is None
+    assert (
+        candidate_pipeline(raw, pcfg, lat, Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"), 2)["export"].get(
+            "min_agreement"
+        )
+        is None
+    )
     # paths written for another folder still point at the same files
     (tmp_path / "g").mkdir()
     moved = relocate_paths({"task": {"glue_dir": "g"}, "model": "m", "stages": []}, tmp_path, tmp_path / "a" / "b")

@@ -10,19 +10,18 @@ from torch import nn
 
 from compresstune.export.onnx import export_onnx, make_session
 from compresstune.export.optimize import count_ops, optimize_onnx
-from compresstune.export.quantize import (
-    convert_fp16,
-    layer_sensitivity,
-    node_groups,
-    quantize_int8_dynamic,
-    quantize_int8_static,
-    static_with_fallback,
-)
+from compresstune.export.quantize import convert_fp16, node_groups, quantize_int8_dynamic
+from compresstune.export.quantize_static import layer_sensitivity, quantize_int8_static, static_with_fallback
 
 SENTENCES = [
-    "a gripping , beautifully acted film .", "the plot is thin and the jokes fall flat .",
-    "one of the best movies of the year", "i wanted to like it , but it is a mess .",
-    "charming", "a dull , lifeless exercise in style over substance .", "it works .", "never again",
+    "a gripping , beautifully acted film .",
+    "the plot is thin and the jokes fall flat .",
+    "one of the best movies of the year",
+    "i wanted to like it , but it is a mess .",
+    "charming",
+    "a dull , lifeless exercise in style over substance .",
+    "it works .",
+    "never again",
 ]
 
 
@@ -56,7 +55,7 @@ def _run(path, feeds) -> np.ndarray:
 def _random_feeds(batch: int, seq: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(batch * 100 + seq)
     mask = np.ones((batch, seq), np.int64)
-    mask[1:, seq // 2:] = 0
+    mask[1:, seq // 2 :] = 0
     ids = rng.integers(1000, 3000, (batch, seq)) * mask
     return [{"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}]
 
@@ -140,8 +139,11 @@ def test_non_uniform_heads_fuse_per_layer(tiny_bert, tmp_path):
 
 
 def _int8_weights(path) -> int:
-    return sum(1 for t in onnx.load(str(path)).graph.initializer if t.data_type in (onnx.TensorProto.INT8,
-                                                                                     onnx.TensorProto.UINT8))
+    return sum(
+        1
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    )
 
 
 def test_dynamic_int8_quantizes_matmul_weights(bert_onnx, tiny_bert, tmp_path, caplog):
@@ -197,8 +199,15 @@ def test_static_fallback_keeps_sensitive_layer_float(bert_onnx, tiny_bert, tmp_p
 
 def test_static_fallback_reports_failure(bert_onnx, tiny_bert, tmp_path):
     fp32, _, _ = bert_onnx
-    res = static_with_fallback(fp32, tmp_path / "fb.onnx", _feeds(tiny_bert, 2), lambda p: 0.0, reference=1.0,
-                               tolerance=0.1, max_float_groups=1)
+    res = static_with_fallback(
+        fp32,
+        tmp_path / "fb.onnx",
+        _feeds(tiny_bert, 2),
+        lambda p: 0.0,
+        reference=1.0,
+        tolerance=0.1,
+        max_float_groups=1,
+    )
     assert not res["passed"] and len(res["tries"]) == 2 and res["metric"] == 0.0
 
 

@@ -36,8 +36,16 @@ from onnx import numpy_helper
 from ..errors import CheckFailed, UserError
 
 FUSED_OPS = (
-    "Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-    "SkipSimplifiedLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "GemmFastGelu",
+    "Attention",
+    "MultiHeadAttention",
+    "EmbedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+    "LayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "GemmFastGelu",
 )
 BERT_FAMILY = ("bert", "distilbert", "roberta", "xlm-roberta", "camembert", "electra")
 _LAYER_RE = re.compile(r"/layer\.(\d+)/")
@@ -134,8 +142,10 @@ class _Capture(logging.Handler):
 
 def _unfused_reason(layer: int, sdpa: set[int], unresolved: set[int]) -> str:
     if layer in sdpa:
-        return ("SDPA-style attention export (IsNaN guard, Q and K scaled separately) is not fused by ONNX Runtime; "
-                "export from a model with attn_implementation='eager'")
+        return (
+            "SDPA-style attention export (IsNaN guard, Q and K scaled separately) is not fused by ONNX Runtime; "
+            "export from a model with attn_implementation='eager'"
+        )
     if layer in unresolved:
         return "head count not readable from the graph (reshape to -1 heads) and no usable num_heads was given"
     return "ONNX Runtime's attention pattern did not match this layer's subgraph"
@@ -181,7 +191,7 @@ def _feeds(sess, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
         if "mask" in inp.name:
             v = np.ones((batch, seq), np.int64)
             if batch > 1:
-                v[1, seq // 2:] = 0
+                v[1, seq // 2 :] = 0
         elif "token_type" in inp.name:
             v = np.zeros((batch, seq), np.int64)
         else:
@@ -213,8 +223,15 @@ def _check_args(num_heads, hidden_size: int, model_type: str) -> tuple[str, list
     return mt, given
 
 
-def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int | list[int], hidden_size: int,
-                  model_type: str = "bert", verify: bool = True, atol: float = 1e-3) -> dict:
+def optimize_onnx(
+    src: str | Path,
+    dst: str | Path,
+    num_heads: int | list[int],
+    hidden_size: int,
+    model_type: str = "bert",
+    verify: bool = True,
+    atol: float = 1e-3,
+) -> dict:
     """Fuse an fp32 ONNX encoder with ONNX Runtime's transformer optimizer and save it to ``dst``.
 
     ``num_heads``: the model's head count, or one count per encoder layer after non-uniform
@@ -243,8 +260,15 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int | list[int], 
     try:
         work = onnx.ModelProto()
         work.CopyFrom(src_model)
-        opt = optimize_model(work, mt, num_heads=uniform, hidden_size=hidden_size if uniform else 0,
-                             optimization_options=FusionOptions(mt), opt_level=1, use_gpu=False)
+        opt = optimize_model(
+            work,
+            mt,
+            num_heads=uniform,
+            hidden_size=hidden_size if uniform else 0,
+            optimization_options=FusionOptions(mt),
+            opt_level=1,
+            use_gpu=False,
+        )
     finally:
         root.removeHandler(capture)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -252,16 +276,23 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int | list[int], 
     layers = _layer_report(src_model, opt.model, heads, given)
     ops_after = count_ops(opt.model)
     report = {
-        "model_type": mt, "num_heads": num_heads, "hidden_size": hidden_size,
+        "model_type": mt,
+        "num_heads": num_heads,
+        "hidden_size": hidden_size,
         "fused": {k: ops_after[k] for k in FUSED_OPS if ops_after.get(k)},
-        "num_layers": len(layers), "layers": layers,
+        "num_layers": len(layers),
+        "layers": layers,
         "unfused_layers": [e["layer"] for e in layers if e["attention"] == "unfused"],
         "fully_fused": all(e["attention"] != "unfused" for e in layers) and "LayerNormalization" not in ops_after,
-        "optimizer_warnings": capture.messages, "ops_before": count_ops(onnx.load(str(src))), "ops_after": ops_after,
+        "optimizer_warnings": capture.messages,
+        "ops_before": count_ops(onnx.load(str(src))),
+        "ops_after": ops_after,
     }
     if verify:
         report["max_abs_diff"] = diff = max_output_diff(src, dst)
         if not diff <= atol:
-            raise CheckFailed(f"optimize: fused model {dst} differs from {src} by {diff:.2e} (> {atol}); "
-                              f"the fusion is wrong for this graph (layers: {layers}).")
+            raise CheckFailed(
+                f"optimize: fused model {dst} differs from {src} by {diff:.2e} (> {atol}); "
+                f"the fusion is wrong for this graph (layers: {layers})."
+            )
     return report

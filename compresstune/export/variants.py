@@ -202,7 +202,7 @@ class VariantBuilder:
         return sorted(candidates, key=lambda k: -score[k])
 
     def _int8_static(self, dst: Path) -> dict:
-        from .quantize import quantize_int8_static, static_with_fallback
+        from .quantize_static import quantize_int8_static, static_with_fallback
 
         feeds = self.calibration_feeds()
         src = self._source_graph()
