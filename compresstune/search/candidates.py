@@ -53,13 +53,13 @@ def _pct(v: float) -> str:
     return f"{int(pct):02d}" if pct == int(pct) else f"{pct:g}".replace(".", "p")
 
 
-def enumerate_space(s: SearchConfig, teacher_layers: int) -> list[Candidate]:
+def enumerate_space(spec: SearchConfig, teacher_layers: int) -> list[Candidate]:
     """Every point of the space; depths are those of ``space.layers`` up to the teacher's."""
-    depths = sorted({teacher_layers if d == TEACHER_DEPTH else d for d in s.space.layers})
+    depths = sorted({teacher_layers if d == TEACHER_DEPTH else d for d in spec.space.layers})
     return [
         Candidate(d, h, f, x, v)
         for d, h, f, x, v in itertools.product(
-            depths, s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio, s.space.variant
+            depths, spec.space.head_ratio, spec.space.ffn_ratio, spec.space.hidden_ratio, spec.space.variant
         )
         if d <= teacher_layers
     ]
@@ -100,36 +100,36 @@ def _stage_of_type(pcfg: PipelineConfig, t: str) -> str | None:
 
 
 def candidate_pipeline(
-    raw: dict, pcfg: PipelineConfig, s: SearchConfig, cand: Candidate, teacher_layers: int, rung: dict | None = None
+    raw: dict, pcfg: PipelineConfig, spec: SearchConfig, cand: Candidate, teacher_layers: int, rung: dict | None = None
 ) -> dict:
     """The pipeline (as a dict) that trains ``cand``; ``rung``: a cheap rung's settings, else the full recipe."""
     out = copy.deepcopy({k: v for k, v in raw.items() if k != "search"})
-    if s.holdout:  # every stage evaluates and chooses on held-out training examples; dev is scored after the search
-        out["task"] = {**(out.get("task") or {}), "holdout": s.holdout}
-    if s.depth_stage:
+    if spec.holdout:  # every stage evaluates and chooses on held-out training examples; dev is scored after the search
+        out["task"] = {**(out.get("task") or {}), "holdout": spec.holdout}
+    if spec.depth_stage:
         if cand.layers < teacher_layers:
-            out[s.depth_stage] = {**out[s.depth_stage], "student_layers": cand.layers, "keep_layers": None}
+            out[spec.depth_stage] = {**out[spec.depth_stage], "student_layers": cand.layers, "keep_layers": None}
         else:
-            _drop_stage(out, s.depth_stage)
-    if s.prune_stage:
+            _drop_stage(out, spec.depth_stage)
+    if spec.prune_stage:
         if cand.prunes:
             p = {
-                **out[s.prune_stage],
+                **out[spec.prune_stage],
                 "head_ratio": cand.head_ratio,
                 "ffn_ratio": cand.ffn_ratio,
                 "hidden_ratio": cand.hidden_ratio,
             }
             if cand.hidden_ratio > 0:
                 p["hidden_weight"] = 0.0  # the hidden size changes: heal on logits (and attention) only
-            out[s.prune_stage] = p
+            out[spec.prune_stage] = p
         else:
-            _drop_stage(out, s.prune_stage)
+            _drop_stage(out, spec.prune_stage)
     export, bench, report = (_stage_of_type(pcfg, t) for t in ("export", "benchmark", "report"))
-    shape = list(s.budget.shape)
+    shape = list(spec.budget.shape)
     # the candidate ships as its own variant: exported beside fp32 (the reference every variant is verified
     # against), and the only one the benchmark times (the report ships among timed variants only)
     out[export] = {**(out.get(export) or {}), "variants": list(dict.fromkeys(["fp32", cand.variant]))}
-    if s.budget.size_mb is not None:
+    if spec.budget.size_mb is not None:
         # int8's label-agreement fallback keeps sensitive MatMuls float, which can push the file past a size
         # budget (measured: 14.0 -> 15.9 MB); under a size budget the file stays all int8 and the variant's
         # dev-metric tolerance alone guards accuracy
@@ -141,7 +141,7 @@ def candidate_pipeline(
             b["shapes"] = points + [shape]
         out[bench] = b
     # the variant to ship: the smallest file when the budget is a size (int8 on real models is both)
-    rule = "smallest" if s.budget.size_mb is not None else "fastest"
+    rule = "smallest" if spec.budget.size_mb is not None else "fastest"
     # the bundle is what the winner is re-timed on (and what a user ships)
     out[report] = {**(out.get(report) or {}), "ship_shape": shape, "ship_rule": rule, "bundle": True}
     for key, value in (rung or {}).items():

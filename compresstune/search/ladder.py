@@ -85,14 +85,14 @@ class Ladder:
         sdir: Path,
         raw: dict,
         pcfg,
-        s: SearchConfig,
+        spec: SearchConfig,
         teacher_layers: int,
         clock: Clock,
         log=print,
         progress: bool = False,
         earlier: dict | None = None,
     ):
-        self.sdir, self.raw, self.pcfg, self.s, self.n, self.clock = sdir, raw, pcfg, s, teacher_layers, clock
+        self.sdir, self.raw, self.pcfg, self.spec, self.n, self.clock = sdir, raw, pcfg, spec, teacher_layers, clock
         self.log, self.progress = log, progress
         self.earlier = earlier or {}  # an earlier invocation's results (state.json): its failures are not retried
         self.on_change = lambda: None  # called after every candidate run (run.py saves state.json)
@@ -100,7 +100,7 @@ class Ladder:
         self.results: dict[str, dict] = {}  # candidate id -> {"rungs": {k: metric}, ...}
 
     def rungs(self) -> list[dict | None]:
-        return [*self.s.ladder.rungs, None]
+        return [*self.spec.ladder.rungs, None]
 
     def run(self, entrants: list[Candidate]) -> list[Candidate]:
         """Run the ladder; returns the candidates that finished the full recipe, best first."""
@@ -109,7 +109,7 @@ class Ladder:
         for k, rung in enumerate(rungs):
             final = rung is None
             if final:
-                n_fin = self.s.ladder.finalists
+                n_fin = self.spec.ladder.finalists
                 for cand in current[n_fin:]:
                     self.results[cand.id]["stopped"] = (
                         f"rung {k}: not among the {n_fin} finalists (search.ladder.finalists)"
@@ -123,7 +123,7 @@ class Ladder:
             scored.sort(key=lambda mc: -mc[0])
             if final:
                 return [c for _, c in scored]
-            n_next = advancing(len(scored), self.s.ladder.keep)
+            n_next = advancing(len(scored), self.spec.ladder.keep)
             for _, cand in scored[n_next:]:
                 self.results[cand.id]["stopped"] = f"rung {k}: not in the best {n_next} of {len(scored)}"
             current = [c for _, c in scored[:n_next]]
@@ -143,13 +143,13 @@ class Ladder:
                 f"(remove its entry from {self.sdir / 'state.json'} to retry it)"
             )
             return None
-        raw = candidate_pipeline(self.raw, self.pcfg, self.s, cand, self.n, rung)
+        raw = candidate_pipeline(self.raw, self.pcfg, self.spec, cand, self.n, rung)
         raw["name"] = name
         raw = relocate_paths(raw, Path(self.pcfg.base_dir), self.sdir / "pipelines")
         until = None if rung is None else last_training_stage(raw)
-        over = self.clock.total() > self.s.time_limit_min * 60
+        over = self.clock.total() > self.spec.time_limit_min * 60
         if over and not _finished(self.runs / name, raw["stages"], until):
-            res["stopped"] = f"rung {k}: not started, the time limit ({self.s.time_limit_min:g} min) was reached"
+            res["stopped"] = f"rung {k}: not started, the time limit ({self.spec.time_limit_min:g} min) was reached"
             self.log(f"[search] {name}: not started (time limit)")
             return None
         path = write_pipeline(
@@ -158,7 +158,7 @@ class Ladder:
             f"search candidate {cand.id}, rung {k}{' (full recipe)' if rung is None else ''}",
         )
         reuse = [p for p in sorted(self.runs.glob("*")) if p.name != name]
-        for r in map(Path, self.s.reuse_from):  # a run folder, or another search's folder (its runs)
+        for r in map(Path, self.spec.reuse_from):  # a run folder, or another search's folder (its runs)
             reuse += sorted((r / "runs").glob("*")) if (r / "runs").is_dir() else [r]
         reuse = [p for p in reuse if (p / "manifest.json").is_file()]  # absent, or killed before its first record
         t0 = time.perf_counter()
@@ -189,7 +189,7 @@ class Ladder:
         metric = rung_metric(self.runs / name, until, raw["stages"])
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)
-        on = selects_on(selection_holdout(self.s, self.pcfg))
+        on = selects_on(selection_holdout(self.spec, self.pcfg))
         self.log(f"[search] {name}: {on} {'-' if metric is None else f'{metric:.2f}'}")
         return metric
 

@@ -12,7 +12,7 @@ from ..models.arch import encoder_layers
 from ..models.resolve import load_pretrained_for_task, resolve_model_path
 from ..pipeline.atomic import run_lock
 from ..stages.base import load_task_data
-from .candidates import Candidate, candidate_pipeline, enumerate_space, relocate_paths, write_pipeline
+from .candidates import TEACHER_DEPTH, Candidate, candidate_pipeline, enumerate_space, relocate_paths, write_pipeline
 from .ladder import Clock, Ladder
 from .latency import LatencyTable, within_budget
 from .report import write_report
@@ -31,7 +31,7 @@ def run_search(
     log=print,
     progress: bool = False,
 ) -> dict:
-    raw, s, pcfg = load_search(path, overrides)
+    raw, spec, pcfg = load_search(path, overrides)
     sdir = search_dir_for(pcfg, output_dir)
     sdir.mkdir(parents=True, exist_ok=True)
     with run_lock(sdir):
@@ -42,7 +42,7 @@ def run_search(
             before=state.get("elapsed_s", 0.0),
         )
         task = load_task_data(pcfg)
-        holdout = selection_holdout(s, pcfg)
+        holdout = selection_holdout(spec, pcfg)
         problem = "regression" if task.is_regression else "single_label_classification"
         reference = load_pretrained_for_task(
             resolve_model_path(pcfg.model, pcfg.base_dir), task.num_labels, problem
@@ -50,22 +50,22 @@ def run_search(
         n_layers = len(encoder_layers(reference))
         export_cfg = next(st for st in reversed(pcfg.stages.values()) if st.type == "export")
         keep = Path(export_candidates) if export_candidates else None
-        table = _latency_table(sdir, s, reference, keep, log)
-        cands = enumerate_space(s, n_layers)
-        if deeper := [d for d in s.space.layers if n_layers < d < 10**6]:
+        table = _latency_table(sdir, spec, reference, keep, log)
+        cands = enumerate_space(spec, n_layers)
+        if deeper := [d for d in spec.space.layers if n_layers < d < TEACHER_DEPTH]:
             log(f"[search] search.space.layers {deeper}: deeper than the model's {n_layers} layers, left out")
-        log(f"[search] {pcfg.name}: {len(cands)} candidates; budget {_budget_text(s.budget)}")
+        log(f"[search] {pcfg.name}: {len(cands)} candidates; budget {_budget_text(spec.budget)}")
         measured = _time_all(cands, table, export_cfg, clock, log)
         if keep is not None:
             log(
                 f"[search] candidate files in {keep}/ (FILE_KEY.onnx: `file_key` in {sdir / 'latency.json'}); "
                 f"time them on the target with `compresstune bench onnx {keep}/*.onnx --shapes "
-                f"{'x'.join(map(str, s.budget.shape))} --out FILE` and set search.budget.latency_table: FILE"
+                f"{'x'.join(map(str, spec.budget.shape))} --out FILE` and set search.budget.latency_table: FILE"
             )
             return {"latency": measured}
-        entrants, skipped = _entrants(cands, measured, s)
+        entrants, skipped = _entrants(cands, measured, spec)
         log(f"[search] {len(entrants)} under budget enter rung 0: {', '.join(c.id for c in entrants) or 'none'}")
-        ladder = Ladder(sdir, raw, pcfg, s, n_layers, clock, log, progress, earlier=state.get("results"))
+        ladder = Ladder(sdir, raw, pcfg, spec, n_layers, clock, log, progress, earlier=state.get("results"))
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
 
@@ -80,10 +80,10 @@ def run_search(
         winner, checks = _pick(finished, ladder, table, state.get("checks", {}), log)
         clock.add("timing", sum(c.get("time_s", 0.0) for c in checks if not c.get("cached")))
         state_checks.update({c["id"]: c for c in checks})
-        result = _result(s, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock)
+        result = _result(spec, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock)
         if winner:
             result["winner_run"] = str(ladder.runs / ladder.run_name(winner, len(ladder.rungs()) - 1))
-            result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, s, winner, n_layers, sdir, Path(path)))
+            result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, spec, winner, n_layers, sdir, Path(path)))
             if result["holdout"]:
                 result["winner_dev"] = _score_on_dev(Path(result["winner_run"]), pcfg, log)
         save_state()
@@ -92,10 +92,10 @@ def run_search(
         return result
 
 
-def _result(s, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock) -> dict:
+def _result(spec, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock) -> dict:
     """search.json: the settings, every candidate with its timing and rungs, the winner and its checks."""
     return {
-        "search": s.model_dump(),
+        "search": spec.model_dump(),
         "pipeline": str(pcfg.source),
         "candidates": [
             {**c.to_dict(), **measured[c.id], **ladder.results.get(c.id, {}), "skipped": skipped.get(c.id)}
@@ -125,10 +125,10 @@ def _score_on_dev(run: Path, pcfg, log) -> dict:
     return {"metric": task.metric, "value": metric, "examples": len(task.dev)}
 
 
-def _latency_table(sdir: Path, s, reference, keep: Path | None, log) -> LatencyTable:
-    table = LatencyTable(sdir / "latency.json", s.budget, s.timing_iters, log, keep_dir=keep)
+def _latency_table(sdir: Path, spec, reference, keep: Path | None, log) -> LatencyTable:
+    table = LatencyTable(sdir / "latency.json", spec.budget, spec.timing_iters, log, keep_dir=keep)
     table.reference = reference
-    for r in s.reuse_from:  # another search's folder: its timings on this machine count here too
+    for r in spec.reuse_from:  # another search's folder: its timings on this machine count here too
         if n := table.adopt(Path(r) / "latency.json"):
             log(f"[search] {n} latencies from {r}/latency.json (same machine)")
     return table
@@ -172,7 +172,7 @@ def _time_all(cands, table, export_cfg, clock, log) -> dict[str, dict]:
     return out
 
 
-def _entrants(cands, measured, s) -> tuple[list[Candidate], dict[str, str]]:
+def _entrants(cands, measured, spec) -> tuple[list[Candidate], dict[str, str]]:
     """Candidates under budget, the largest (parameters) first, at most ``max_candidates``; why the others
     were left out."""
     under = sorted(
@@ -182,7 +182,7 @@ def _entrants(cands, measured, s) -> tuple[list[Candidate], dict[str, str]]:
     skipped = {
         c.id: f"over budget: {measured[c.id]['over_budget']}" for c in cands if not measured[c.id]["meets_budget"]
     }
-    n = s.ladder.max_candidates
+    n = spec.ladder.max_candidates
     for c in under[n:]:
         skipped[c.id] = f"under budget, but not among the {n} largest (search.ladder.max_candidates)"
     return under[:n], skipped
@@ -212,8 +212,8 @@ def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None,
     return None, checks
 
 
-def _winner_yaml(raw, pcfg, s, winner: Candidate, n_layers: int, sdir: Path, src: Path) -> Path:
-    out = candidate_pipeline(raw, pcfg, s, winner, n_layers)
+def _winner_yaml(raw, pcfg, spec, winner: Candidate, n_layers: int, sdir: Path, src: Path) -> Path:
+    out = candidate_pipeline(raw, pcfg, spec, winner, n_layers)
     out["name"] = f"{pcfg.name}-winner"
     out = relocate_paths(out, src.parent, sdir)
     head = (

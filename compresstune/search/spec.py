@@ -132,10 +132,10 @@ class SearchConfig(Section):
     )
 
 
-def selection_holdout(s: SearchConfig, pcfg: PipelineConfig) -> int | None:
+def selection_holdout(spec: SearchConfig, pcfg: PipelineConfig) -> int | None:
     """How many held-out training examples the search selects on (``search.holdout``, or the pipeline's own
     ``task.holdout``); None: the dev set selects."""
-    return s.holdout or pcfg.task.holdout
+    return spec.holdout or pcfg.task.holdout
 
 
 def selects_on(holdout: int | None) -> str:
@@ -153,38 +153,38 @@ def _stage_of(pcfg: PipelineConfig, given: str | None, method: str, key: str, sr
         if st is None or st.type != "compress" or st.method != method:
             raise SearchProblem(src, [f"search.{key}: {given!r} is not a compress stage with method {method}."])
         return given
-    found = [n for n, s in pcfg.stages.items() if s.type == "compress" and s.method == method]
+    found = [n for n, sc in pcfg.stages.items() if sc.type == "compress" and sc.method == method]
     if len(found) > 1:
         raise SearchProblem(src, [f"search.{key}: the pipeline has several {method} stages {found}; name one."])
     return found[0] if found else None
 
 
-def _fill_space(s: SearchConfig, pcfg: PipelineConfig) -> None:
+def _fill_space(spec: SearchConfig, pcfg: PipelineConfig) -> None:
     """Dimensions the space leaves out keep the recipe's own values (no stage is dropped by omission)."""
-    sp = s.space
+    sp = spec.space
     if sp.layers is None:
-        d = pcfg.stages[s.depth_stage] if s.depth_stage else None
+        d = pcfg.stages[spec.depth_stage] if spec.depth_stage else None
         sp.layers = [len(d.keep_layers) if d.keep_layers else d.student_layers] if d else [TEACHER_DEPTH]
-    p = pcfg.stages[s.prune_stage] if s.prune_stage else None
+    p = pcfg.stages[spec.prune_stage] if spec.prune_stage else None
     for name in ("head_ratio", "ffn_ratio", "hidden_ratio"):
         if getattr(sp, name) is None:
             setattr(sp, name, [getattr(p, name)] if p else [0.0])
 
 
-def _check_structure(s: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchConfig:
-    s.depth_stage = _stage_of(pcfg, s.depth_stage, "distill", "depth_stage", src)
-    s.prune_stage = _stage_of(pcfg, s.prune_stage, "prune", "prune_stage", src)
+def _check_structure(spec: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchConfig:
+    spec.depth_stage = _stage_of(pcfg, spec.depth_stage, "distill", "depth_stage", src)
+    spec.prune_stage = _stage_of(pcfg, spec.prune_stage, "prune", "prune_stage", src)
     problems = []
-    if s.space.layers and not s.depth_stage:
+    if spec.space.layers and not spec.depth_stage:
         problems.append("search.space.layers: the pipeline has no distill stage to set the depth of; add one.")
-    given = [v for v in (s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio) if v is not None]
-    if any(v != [0.0] for v in given) and not s.prune_stage:
+    given = [v for v in (spec.space.head_ratio, spec.space.ffn_ratio, spec.space.hidden_ratio) if v is not None]
+    if any(v != [0.0] for v in given) and not spec.prune_stage:
         problems.append("search.space: ratios need a compress stage with method prune in the pipeline; add one.")
-    if s.prune_stage:
-        p = pcfg.stages[s.prune_stage]
+    if spec.prune_stage:
+        p = pcfg.stages[spec.prune_stage]
         if p.mode != "uniform" or p.target != "ratio":
             problems.append(
-                f"{s.prune_stage}: search needs mode: uniform and target: ratio (latency depends on the widths, "
+                f"{spec.prune_stage}: search needs mode: uniform and target: ratio (latency depends on the widths, "
                 "which then follow from the ratios alone)."
             )
     types = [st.type for st in pcfg.stages.values()]
@@ -193,14 +193,14 @@ def _check_structure(s: SearchConfig, pcfg: PipelineConfig, src: str) -> SearchC
             "stages: a searched pipeline ends in export, benchmark and report (a finalist ships the bundle the "
             "report writes, of the variant the benchmark timed)."
         )
-    problems += _budget_length_problems(s, pcfg)
+    problems += _budget_length_problems(spec, pcfg)
     if problems:
         raise SearchProblem(src, problems)
-    _fill_space(s, pcfg)
-    return s
+    _fill_space(spec, pcfg)
+    return spec
 
 
-def _budget_length_problems(s: SearchConfig, pcfg: PipelineConfig) -> list[str]:
+def _budget_length_problems(spec: SearchConfig, pcfg: PipelineConfig) -> list[str]:
     """The budget's sequence length fits the model's position embeddings (config.json)."""
     from ..models.resolve import load_model_config, resolve_model_path
 
@@ -210,7 +210,7 @@ def _budget_length_problems(s: SearchConfig, pcfg: PipelineConfig) -> list[str]:
         )
     except Exception:  # noqa: BLE001 - the pipeline's own checks report an unreadable model
         return []
-    seq = s.budget.shape[1]
+    seq = spec.budget.shape[1]
     if positions and seq > positions:
         return [
             f"search.budget.shape: sequence length {seq} is longer than the model's {positions} position embeddings; "
@@ -219,14 +219,14 @@ def _budget_length_problems(s: SearchConfig, pcfg: PipelineConfig) -> list[str]:
     return []
 
 
-def check_rungs(raw: dict, s: SearchConfig, pcfg: PipelineConfig, src: str) -> None:
+def check_rungs(raw: dict, spec: SearchConfig, pcfg: PipelineConfig, src: str) -> None:
     """Each rung's settings on a candidate that keeps every stage, validated now (a typo would otherwise
     surface in the first candidate's generated file)."""
     from ..config.loader import config_from_dict
 
-    cand = Candidate(min(s.space.layers), 0.25, 0.25, 0.0, s.space.variant[0])
+    cand = Candidate(min(spec.space.layers), 0.25, 0.25, 0.0, spec.space.variant[0])
     problems = []
-    for k, rung in enumerate(s.ladder.rungs):
+    for k, rung in enumerate(spec.ladder.rungs):
         bad = [key for key in rung if len(key.split(".")) < 2 or key.split(".")[0] not in pcfg.stages]
         if bad:
             problems.append(
@@ -234,7 +234,7 @@ def check_rungs(raw: dict, s: SearchConfig, pcfg: PipelineConfig, src: str) -> N
                 f"the stages are {', '.join(pcfg.stages)}."
             )
             continue
-        out = candidate_pipeline(raw, pcfg, s, cand, TEACHER_DEPTH, rung)
+        out = candidate_pipeline(raw, pcfg, spec, cand, TEACHER_DEPTH, rung)
         try:
             config_from_dict(out, source=src, base_dir=pcfg.base_dir, check_files=False)
         except ConfigError as exc:
@@ -257,16 +257,16 @@ def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, Pip
     if not isinstance(raw.get("search"), dict):
         raise SearchProblem(src, ["search: missing; add a search section (budget, space, ladder). See docs/SEARCH.md."])
     try:
-        s = SearchConfig.model_validate(raw["search"])
+        spec = SearchConfig.model_validate(raw["search"])
     except ValidationError as exc:
         msgs = [
             f"{problems.where(('search', *e['loc']))}search.{'.'.join(map(str, e['loc']))}: {e['msg']}"
             for e in exc.errors()
         ]
         raise SearchProblem(src, msgs) from None
-    s = _check_structure(s, pcfg, src)
-    check_rungs(raw, s, pcfg, src)
-    return raw, s, pcfg
+    spec = _check_structure(spec, pcfg, src)
+    check_rungs(raw, spec, pcfg, src)
+    return raw, spec, pcfg
 
 
 def _load_pipeline(path: Path, overrides) -> PipelineConfig:
