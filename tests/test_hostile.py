@@ -527,3 +527,19 @@ def test_a_hand_edited_run_record_is_a_message(proj, edit, expect):
         r = _cli(cmd, proj)
         assert r.exit_code == 2 and "Traceback" not in r.output, (cmd, r.output)
         assert expect in r.output and "Move it away" in r.output, (cmd, r.output)
+
+
+def test_bench_onnx_feeds_ids_a_small_vocabulary_takes(tiny_bert, tmp_path):
+    """A model with fewer token ids than BERT's (a trimmed bundle's: here 40) is timed and footprinted with ids it
+    takes; the vocabulary comes from its own embedding table."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from compresstune.deploy.edge import embedding_rows
+    from compresstune.export.onnx import export_onnx
+
+    small = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny_bert, vocab_size=40))
+    path = export_onnx(small.eval(), tmp_path / "small.onnx", 17)
+    assert embedding_rows(path) == 40
+    r = _cli(["bench", "onnx", str(path), "--shapes", "2x8", "--iters", "3", "--rounds", "1"], tmp_path)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "error" not in r.output.lower(), r.output

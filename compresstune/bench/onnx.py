@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..deploy.edge import vocab_of
 from ..deploy.predictor import make_session
 from ..errors import UserError
 from ..machine import describe, profile
@@ -20,9 +21,11 @@ from ..measure.compare import interleaved, process_footprint, speedup
 from ..measure.markdown import md_table
 
 
-def _feed(sess, batch: int, seq: int, seed: int = 0) -> dict:
+def _feed(sess, batch: int, seq: int, seed: int = 0, vocab: int | None = None) -> dict:
+    """Full-length random inputs; token ids from [1000, 2000), or the upper half of a smaller ``vocab``."""
     rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, 2000, (batch, seq)).astype(np.int64)
+    high = 2000 if vocab is None else min(2000, vocab)
+    ids = rng.integers(min(1000, high // 2), high, (batch, seq)).astype(np.int64)
     out = {}
     for i in sess.get_inputs():
         out[i.name] = ids if i.name == "input_ids" else np.ones((batch, seq), dtype=np.int64)
@@ -54,11 +57,12 @@ def bench_onnx(
             raise UserError(f"bench onnx: {p} does not exist; give paths of .onnx files.")
     names = [p.name if [q.name for q in paths].count(p.name) == 1 else str(p) for p in paths]
     sessions = {n: make_session(p, provider, threads) for n, p in zip(names, paths)}
+    vocabs = {n: vocab_of(p) for n, p in zip(names, paths)}  # a trimmed bundle takes fewer ids than BERT's 30k
     rows = []
     for b, s in points:
         runners = {}
         for n, sess in sessions.items():
-            feed = _feed(sess, b, s)
+            feed = _feed(sess, b, s, vocab=vocabs[n])
             try:
                 sess.run(None, feed)  # once, so a shape the model cannot take is a message, not a traceback
             except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidArgument / RuntimeException
@@ -78,7 +82,7 @@ def bench_onnx(
         n: {
             "path": str(p),
             "size_mb": round(p.stat().st_size / 2**20, 2),
-            "footprint": process_footprint(p, points, provider, threads) if footprint else None,
+            "footprint": process_footprint(p, points, provider, threads, vocabs[n]) if footprint else None,
         }
         for n, p in zip(names, paths)
     }

@@ -50,8 +50,13 @@ def sample_feed(session, batch: int, seq: int, seed: int = 0, vocab: int | None 
 
 
 def vocab_of(onnx_path) -> int | None:
-    """The vocabulary size a bundle's config.json records when it was trimmed (None: untrimmed or no bundle)."""
+    """The vocabulary size a bundle's config.json records when it was trimmed, else the rows of the model's
+    word-embedding table (None: neither is known)."""
     from .layout import CONFIG_FILE, load_config
+
+    graph = embedding_rows(onnx_path)
+    if graph is not None:
+        return graph
 
     for folder in (Path(onnx_path).parent, Path(onnx_path).parent.parent):  # format 1 / format 2 (onnx/)
         if (folder / CONFIG_FILE).is_file():
@@ -59,6 +64,31 @@ def vocab_of(onnx_path) -> int | None:
                 return (load_config(folder).get("vocab") or {}).get("size")
             except UserError:
                 return None
+    return None
+
+
+def embedding_rows(onnx_path) -> int | None:
+    """How many token ids the model takes: the rows of the table its ``input_ids`` index (a Gather, or a fused
+    EmbedLayerNormalization), read from the graph without loading external weights. None when not found."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not readable here: the caller's own load reports it
+        return None
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] == "input_ids":
+            table = n.input[0]
+        elif n.op_type == "EmbedLayerNormalization" and n.input and n.input[0] in ("input_ids", "input_ids_int32"):
+            table = n.input[2]
+        else:
+            continue
+        table = next(
+            (i.input[0] for i in model.graph.node if table in i.output and i.op_type == "DequantizeLinear"), table
+        )
+        if table in dims and dims[table]:
+            return int(dims[table][0])
     return None
 
 
