@@ -291,8 +291,7 @@ def test_the_winners_retime_takes_four_times_the_calls_of_a_screening(tmp_path, 
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
     path = export_onnx(model, tmp_path / "model.onnx", 17)
-    table = LatencyTable(tmp_path / "latency.json", Budget(latency_fraction=1.0, shape=[1, 16]), 20)
-    table.reference = model
+    table = LatencyTable(tmp_path / "latency.json", Budget(latency_fraction=1.0, shape=[1, 16]), 20, reference=model)
     screening = table._time(path, model.config.vocab_size, path.name)
     check = retime_bundle(path, table)
     assert screening["runs"] == 5 * 4  # 20 calls in 4 rounds
@@ -323,8 +322,8 @@ def test_retime_takes_ids_inside_a_trimmed_bundles_vocabulary(tmp_path, tiny_ber
     vocab = {f"w{i}": i for i in range(40)}
     Tokenizer(WordLevel(vocab, unk_token="w0")).save(str(tmp_path / "deploy" / "tokenizer.json"))
     assert reference.config.vocab_size > 40 and bundle_vocab_size(path, reference) == 40
-    table = LatencyTable(tmp_path / "latency.json", Budget(latency_fraction=1.0, shape=[1, 16]), 10)
-    table.reference = reference
+    budget = Budget(latency_fraction=1.0, shape=[1, 16])
+    table = LatencyTable(tmp_path / "latency.json", budget, 10, reference=reference)
     check = retime_bundle(path, table)
     assert check["retimed"] and check["p50_ms"] > 0
 

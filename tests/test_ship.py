@@ -235,8 +235,9 @@ def test_int8_dynamic_keeps_the_most_sensitive_layers_float_until_labels_agree(t
         return 1.0 if sum("layer.1/" in n for n in float_w) >= 2 else (0.95 if float_w else 0.9)
 
     cfg = ExportConfig(variants=["int8_dynamic"], min_agreement=0.99)
-    b = VariantBuilder(fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda s: None)
-    b.agreement = agreement
+    b = VariantBuilder(
+        fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda s: None, agreement=agreement
+    )
     fb = b.build("int8_dynamic")["fallback"]
     assert fb["passed"] and len(fb["float_nodes"]) == 2 and all("layer.1/" in n for n in fb["float_nodes"])
     assert [t["agreement"] for t in fb["tries"]] == [0.9, 0.95, 1.0] and fb["layer_rank"][0] == "layer.1"

@@ -239,13 +239,17 @@ def test_auto_embeddings_stay_int8_unless_float_ones_agree_more(bert_onnx, tmp_p
     fp32, _, _ = bert_onnx
     cfg = ExportConfig(min_agreement=0.99)
     assert cfg.quantize_embeddings == "auto"
-    b = VariantBuilder(fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda *_: None)
 
     def int8_embeddings(path) -> bool:
         m = onnx.load(str(path))
         return any(n.op_type == "Gather" and any("quantized" in i for i in n.input) for n in m.graph.node)
 
-    b.agreement = lambda path: with_emb if int8_embeddings(path) else without
+    def agreement(path):
+        return with_emb if int8_embeddings(path) else without
+
+    b = VariantBuilder(
+        fp32, tmp_path, 4, 32, "bert", cfg, lambda: [], lambda p: 0.0, 0.0, log=lambda *_: None, agreement=agreement
+    )
     details = b.build("int8_dynamic")
     assert details["quantize_embeddings"] is kept and int8_embeddings(b.built["int8_dynamic"]) is kept
     assert details["quantize_embeddings_setting"] == "auto"

@@ -78,6 +78,7 @@ class VariantBuilder:
         evaluate: Callable[[Path], float],
         reference: float,
         log=print,
+        agreement: Callable[[Path], float] | None = None,
     ):
         self.fp32, self.out_dir, self.heads, self.hidden, self.model_type = (
             fp32_path,
@@ -93,6 +94,7 @@ class VariantBuilder:
             reference,
             log,
         )
+        self.agreement = agreement  # dynamic int8's fallback: label agreement with PyTorch (None: off)
         self.built: dict[str, Path] = {"fp32": fp32_path}
         self.reduce_range = int8_reduce_range(getattr(cfg, "reduce_range", False))
 
@@ -139,7 +141,7 @@ class VariantBuilder:
             )
 
         rep = build()
-        target, agreement = self.cfg.min_agreement, getattr(self, "agreement", None)
+        target, agreement = self.cfg.min_agreement, self.agreement
         first = agreement(dst) if target and agreement is not None else None
         if first is None:  # off, or a regression task
             return {**rep, "quantize_embeddings_setting": setting}

@@ -91,11 +91,12 @@ class Ladder:
         log=print,
         progress: bool = False,
         earlier: dict | None = None,
+        on_change=None,
     ):
         self.sdir, self.raw, self.pcfg, self.spec, self.n, self.clock = sdir, raw, pcfg, spec, teacher_layers, clock
         self.log, self.progress = log, progress
         self.earlier = earlier or {}  # an earlier invocation's results (state.json): its failures are not retried
-        self.on_change = lambda: None  # called after every candidate run (run.py saves state.json)
+        self.on_change = on_change or (lambda results: None)  # after every candidate run (run.py: state.json)
         self.runs = sdir / "runs"
         self.results: dict[str, dict] = {}  # candidate id -> {"rungs": {k: metric}, ...}
 
@@ -185,7 +186,7 @@ class Ladder:
             return None
         finally:
             self.clock.add("final" if rung is None else "recovery", time.perf_counter() - t0)
-            self.on_change()
+            self.on_change(self.results)
         metric = rung_metric(self.runs / name, until, raw["stages"])
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)

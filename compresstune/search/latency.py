@@ -123,14 +123,22 @@ def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, e
 class LatencyTable:
     """``latency.json`` in the search folder: shape key -> measurement."""
 
-    def __init__(self, path: Path, budget: Budget, iters: int, log=print, keep_dir: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        budget: Budget,
+        iters: int,
+        log=print,
+        keep_dir: Path | None = None,
+        reference: torch.nn.Module | None = None,
+    ):
         self.path, self.budget, self.iters, self.log, self.keep_dir = path, budget, iters, log, keep_dir
         self.data = json.loads(path.read_text()) if path.is_file() else {"entries": {}}
         self._drop_other_machines()
         # --export-candidates writes the files a target's table is made from: that table may not exist yet
         use_table = budget.latency_table and keep_dir is None
         self.external = _load_external(budget.latency_table, budget) if use_table else None
-        self.reference: torch.nn.Module | None = None  # the uncompressed model, PyTorch eager
+        self.reference = reference  # the uncompressed model, PyTorch eager
 
     def _drop_other_machines(self) -> None:
         """Timings made here are only valid here: a search folder resumed on another machine (shared storage)

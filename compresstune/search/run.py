@@ -65,17 +65,17 @@ def run_search(
             return {"latency": measured}
         entrants, skipped = _entrants(cands, measured, spec)
         log(f"[search] {len(entrants)} under budget enter rung 0: {', '.join(c.id for c in entrants) or 'none'}")
-        ladder = Ladder(sdir, raw, pcfg, spec, n_layers, clock, log, progress, earlier=state.get("results"))
-        for c in entrants:
-            ladder.results[c.id] = {"rungs": {}}
-
         state_checks = state.get("checks", {})
 
-        def save_state() -> None:
-            new = {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": ladder.results}
+        def save_state(results: dict) -> None:
+            new = {"spent": clock.spent, "elapsed_s": round(clock.total(), 1), "results": results}
             write_json_atomic(state_path, {**new, "checks": state_checks})
 
-        ladder.on_change = save_state
+        ladder = Ladder(
+            sdir, raw, pcfg, spec, n_layers, clock, log, progress, earlier=state.get("results"), on_change=save_state
+        )
+        for c in entrants:
+            ladder.results[c.id] = {"rungs": {}}
         finished = ladder.run(entrants)
         winner, checks = _pick(finished, ladder, table, state.get("checks", {}), log)
         clock.add("timing", sum(c.get("time_s", 0.0) for c in checks if not c.get("cached")))
@@ -86,7 +86,7 @@ def run_search(
             result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, spec, winner, n_layers, sdir, Path(path)))
             if result["holdout"]:
                 result["winner_dev"] = _score_on_dev(Path(result["winner_run"]), pcfg, log)
-        save_state()
+        save_state(ladder.results)
         write_json_atomic(sdir / "search.json", result)
         write_report(sdir, result, log)
         return result
@@ -126,8 +126,7 @@ def _score_on_dev(run: Path, pcfg, log) -> dict:
 
 
 def _latency_table(sdir: Path, spec, reference, keep: Path | None, log) -> LatencyTable:
-    table = LatencyTable(sdir / "latency.json", spec.budget, spec.timing_iters, log, keep_dir=keep)
-    table.reference = reference
+    table = LatencyTable(sdir / "latency.json", spec.budget, spec.timing_iters, log, keep_dir=keep, reference=reference)
     for r in spec.reuse_from:  # another search's folder: its timings on this machine count here too
         if n := table.adopt(Path(r) / "latency.json"):
             log(f"[search] {n} latencies from {r}/latency.json (same machine)")

@@ -106,8 +106,8 @@ class ExportStage(Stage):
             check.selection_metric,  # static int8's fallback accepts on the selection slice, never on dev
             check.torch_selection_metric(),
             log=lambda s: ctx.log(f"[{ctx.name}] {s}"),
+            agreement=check.agreement,  # dynamic int8's fallback: label agreement on the selection slice
         )
-        builder.agreement = check.agreement  # dynamic int8's fallback: label agreement on the selection slice
         cuda = check.cuda_usable()
         out = {}
         for name in resolve_variants(cfg.variants, ctx.device):
