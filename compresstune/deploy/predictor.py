@@ -54,8 +54,10 @@ def provider_name(provider: str) -> str:
     )
 
 
-def make_session(model_path: str | Path, provider: str = "cpu", threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` whose first active provider is exactly ``provider``.
+def make_session(model_path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"):
+    """An ``onnxruntime.InferenceSession`` whose first active provider is exactly ``provider`` (the one session
+    builder of the package: the predictor, export checks, benchmarks and the search all use it); ``optimization``:
+    ONNX Runtime's graph optimisation level, ``all``, ``basic`` or ``none``.
 
     ONNX Runtime silently falls back to CPU when e.g. the CUDA libraries are missing; that is
     an error here, checked with ``get_providers()`` after creation."""
@@ -74,7 +76,11 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise UserError(f"threads must be a positive integer, not {threads!r}.")
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[optimization]
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -16,12 +16,11 @@ import torch
 import torch.nn as nn
 
 from ..data.batching import collate
-from ..errors import CheckFailed, UserError
+from ..deploy.predictor import make_session  # noqa: F401 - the one session builder, re-exported for export users
+from ..errors import CheckFailed
 from ..models.inputs import dummy_inputs, model_inputs
 
 EXPORT_SHAPE = (2, 16)  # (batch, seq) of the dummy input; verification uses other shapes
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 class _LogitsOnly(nn.Module):
@@ -82,41 +81,6 @@ def _trace(model: nn.Module, path: Path, opset: int) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
-
-
-def make_session(path: str | Path, provider: str = "cpu", threads: int | None = None, optimization: str = "all"):
-    """An ONNX Runtime session on exactly the requested provider.
-
-    ORT silently falls back to CPU when the CUDA libraries are missing; here a requested
-    provider that is not active after creation is an error."""
-    import onnxruntime as ort
-
-    ep = PROVIDERS[provider]
-    if ep not in ort.get_available_providers():
-        raise UserError(
-            f"ONNX Runtime provider {provider} ({ep}) is not available in this onnxruntime build "
-            f"(available: {', '.join(ort.get_available_providers())}). For CUDA install the gpu extra "
-            "(`pip install 'compresstune[gpu]'`, which uses onnxruntime-gpu) or drop cuda from benchmark.providers."
-        )
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[optimization]
-    providers = [ep] if provider == "cpu" else [ep, "CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-    active = sess.get_providers()
-    if active[0] != ep:
-        raise CheckFailed(
-            f"ONNX Runtime did not activate {ep} (active: {active}); "
-            "it fell back silently, usually because the CUDA/cuDNN "
-            "libraries it needs are missing. Fix the CUDA install or benchmark on cpu only."
-        )
-    return sess
 
 
 def ort_run(sess, inputs: dict[str, np.ndarray]) -> np.ndarray:
