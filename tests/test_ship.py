@@ -66,20 +66,22 @@ def _run(tmp_path, args):
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, tiny_bert, glue_dir):
     """A tiny run whose int8_dynamic variant cannot be built: it is reported failed, the rest go on."""
-    from compresstune.export.variants import VariantBuilder
+    from dataclasses import replace
+
+    from compresstune.export.variants import get_variant, register_variant
 
     d = tmp_path_factory.mktemp("ship")
     write_pipeline(d / "p.yaml", tiny_bert, glue_dir, extra="")
-    real = VariantBuilder._int8_dynamic
+    real = get_variant("int8_dynamic")
 
-    def broken(self, dst):
+    def broken(builder, dst):
         raise RuntimeError("simulated quantizer crash")
 
-    VariantBuilder._int8_dynamic = broken
+    register_variant(replace(real, build=broken))
     try:
         r = _run(d, [])
     finally:
-        VariantBuilder._int8_dynamic = real
+        register_variant(real)
     assert r.exit_code == 0, r.output
     return d / "exported" / "t", r.output
 

@@ -56,7 +56,7 @@ def check_rules(cfg: PipelineConfig, add: Add, complete: bool = True) -> None:
 
 def _check_bench_variants(cfg: PipelineConfig, name: str, add: Add) -> None:
     """The variants a benchmark times are ones its export stage builds (checked now, not after the export)."""
-    from ..export.variants import RUNS_ON, resolve_variants
+    from ..export.variants import all_variants, resolve_variants
 
     src = model_input(cfg, name)
     exp = cfg.stages.get(src) if src else None
@@ -71,8 +71,8 @@ def _check_bench_variants(cfg: PipelineConfig, name: str, add: Add) -> None:
     built = resolve_variants(exp.variants, device)
     missing = [v for v in cfg.stages[name].variants if v not in built]
     if missing:
-        unknown = [v for v in missing if v not in RUNS_ON]
-        what = f"unknown variant(s) {unknown} (known: {', '.join(RUNS_ON)})" if unknown else f"{missing}"
+        unknown = [v for v in missing if v not in all_variants()]
+        what = f"unknown variant(s) {unknown} (known: {', '.join(all_variants())})" if unknown else f"{missing}"
         add(
             (name, "variants"),
             f"{name}.variants: {what} are not built by {src} (it builds {', '.join(built)} here); add them to "

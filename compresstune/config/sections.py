@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from ..methods import all_methods, registry_version
 from ..methods.learner import AttachOptions
@@ -188,11 +188,22 @@ class ExportConfig(StageConfig):
     metric_tolerance: float = Field(
         0.1, ge=0, le=100, description="max dev-metric difference ONNX vs PyTorch, in points"
     )
-    variants: list[Literal["fp32", "optimized", "int8_dynamic", "int8_static", "fp16"]] | Literal["auto"] = Field(
+    variants: list[str] | Literal["auto"] = Field(
         "auto",
-        description="variants built from the fp32 export and verified; auto: cpu -> fp32, optimized, "
-        "int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
+        description="variants built from the fp32 export and verified (export/variants.py registers them); auto: "
+        "cpu -> fp32, optimized, int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
     )
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v):
+        from ..export.variants import all_variants
+
+        unknown = [x for x in (v if isinstance(v, list) else []) if x not in all_variants()]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(all_variants())}")
+        return v
+
     per_channel: bool = Field(True, description="int8: per-channel weight scales (per-tensor when false)")
     quantize_embeddings: bool | Literal["auto"] = Field(
         "auto",

@@ -8,6 +8,10 @@
 | ``int8_static`` | QDQ ``quantize_static`` on training examples, accuracy-driven fallback | cpu |
 | ``fp16`` | ORT's float16 conversion of the optimized graph, int64 ids in, fp32 logits out | cuda |
 
+Each is one :class:`Variant` entry in the registry at the end of this module (its builder, tolerance class,
+providers, defaults, whether the search may use it); the config, export, benchmark, ship rule and search read the
+registry, so adding a variant is ``register_variant(Variant(...))`` (tests/test_variant_registry.py adds one).
+
 Every variant is verified like the fp32 export: logits at shapes other than the export shape
 (recorded) and the dev metric through ONNX Runtime against PyTorch, within a tolerance per
 kind. A variant that fails is marked failed with its numbers and never shipped; the others go on.
@@ -17,44 +21,85 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..machine import int8_reduce_range
 
-DEFAULT_VARIANTS = {"cpu": ("fp32", "optimized", "int8_dynamic", "int8_static"), "cuda": ("fp32", "optimized", "fp16")}
+TOLERANCE_CLASSES = ("fp32", "optimized", "fp16", "int8")  # export.tolerances' fields (fp32: export's own checks)
 
 
-# the ONNX Runtime providers each variant runs on (int8 is a CPU path; the CPU provider runs fp16 graphs with fp32
-# arithmetic, so fp16 is timed and verified on CUDA only)
-RUNS_ON = {
-    "fp32": ("cpu", "cuda"),
-    "optimized": ("cpu", "cuda"),
-    "int8_dynamic": ("cpu",),
-    "int8_static": ("cpu",),
-    "fp16": ("cuda",),
-}
+@dataclass(frozen=True)
+class Variant:
+    """One export variant: everything the config, export, benchmark, ship rule and search need to know of it.
+
+    ``build(builder, dst) -> details`` writes the file (``builder`` is the :class:`VariantBuilder`: its fp32 file,
+    settings, shapes); ``tolerance``: its class in ``export.tolerances`` (``optimized``, ``fp16``, ``int8``: the
+    dev-metric gap and ``logits_<class>``), or ``fp32`` (``export.metric_tolerance`` and ``export.atol``);
+    ``runs_on``: the ONNX Runtime providers it is verified and timed on; ``default_on``: the providers on which
+    ``variants: auto`` builds it; ``searchable``: the search's ``space.variant`` may take it."""
+
+    name: str
+    build: Callable[[VariantBuilder, Path], dict]
+    tolerance: str
+    runs_on: tuple[str, ...]
+    default_on: tuple[str, ...] = ()
+    searchable: bool = False
+    summary: str = ""
+    batch_dependent: bool = False  # results depend on batch-mates: scored at batch 1 and at the predictor's batching
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(v: Variant) -> Variant:
+    """Add (or replace) a variant; the built-in ones are registered at the end of this module."""
+    if v.tolerance not in TOLERANCE_CLASSES:
+        raise ValueError(f"variant {v.name}: tolerance {v.tolerance!r} is not one of {TOLERANCE_CLASSES}")
+    _VARIANTS[v.name] = v
+    return v
+
+
+def unregister_variant(name: str) -> None:
+    _VARIANTS.pop(name, None)
+
+
+def all_variants() -> dict[str, Variant]:
+    return dict(_VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    if name not in _VARIANTS:
+        raise KeyError(f"unknown export variant {name!r} (known: {', '.join(_VARIANTS)})")
+    return _VARIANTS[name]
 
 
 def runs_on(provider: str) -> tuple[str, ...]:
     """The variants timed on ``provider``."""
-    return tuple(v for v, provs in RUNS_ON.items() if provider in provs)
+    return tuple(n for n, v in _VARIANTS.items() if provider in v.runs_on)
 
 
 def target_provider(variant: str, cuda: bool) -> str:
     """Where ``variant`` is verified and would ship: CUDA when the run uses it and the variant runs there."""
-    return "cuda" if cuda and "cuda" in RUNS_ON.get(variant, ("cpu",)) else "cpu"
+    return "cuda" if cuda and variant in _VARIANTS and "cuda" in _VARIANTS[variant].runs_on else "cpu"
 
 
 def kind_of(variant: str) -> str:
     """The tolerance class of a variant: fp32, optimized, fp16 or int8."""
-    return "int8" if variant.startswith("int8") else variant
+    return get_variant(variant).tolerance
+
+
+def searchable_variants() -> tuple[str, ...]:
+    return tuple(n for n, v in _VARIANTS.items() if v.searchable)
 
 
 def resolve_variants(requested, device: str) -> list[str]:
     """``auto`` -> the defaults of the target device; fp32 always comes first (the others are built from it)."""
-    names = list(DEFAULT_VARIANTS["cuda" if device.startswith("cuda") else "cpu"] if requested == "auto" else requested)
+    target = "cuda" if device.startswith("cuda") else "cpu"
+    auto = [n for n, v in _VARIANTS.items() if target in v.default_on]
+    names = list(auto if requested == "auto" else requested)
     return ["fp32"] + [v for v in names if v != "fp32"]
 
 
@@ -101,7 +146,7 @@ class VariantBuilder:
     def build(self, variant: str) -> dict:
         """Build one variant; returns its details (what was fused or quantised). Raises on failure."""
         t = time.perf_counter()
-        details = getattr(self, f"_{variant}")(variant_file(self.out_dir, variant))
+        details = get_variant(variant).build(self, variant_file(self.out_dir, variant))
         self.built[variant] = variant_file(self.out_dir, variant)
         return {**details, "build_s": round(time.perf_counter() - t, 2)}
 
@@ -275,3 +320,35 @@ def verify_variant(
         "size_mb": round(path.stat().st_size / 2**20, 2),
         "file": path.name,
     }
+
+
+def _fp32(builder: VariantBuilder, dst: Path) -> dict:
+    return {}  # the export itself; built before any variant
+
+
+for _v in (
+    Variant("fp32", _fp32, "fp32", ("cpu", "cuda"), ("cpu", "cuda"), True, "the exported graph"),
+    Variant(
+        "optimized",
+        VariantBuilder._optimized,
+        "optimized",
+        ("cpu", "cuda"),
+        ("cpu", "cuda"),
+        True,
+        "ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu)",
+    ),
+    Variant(
+        "int8_dynamic",
+        VariantBuilder._int8_dynamic,
+        "int8",
+        ("cpu",),
+        ("cpu",),
+        True,
+        "int8 weights (embeddings too), activations quantised per call",
+        batch_dependent=True,
+    ),
+    # int8 is a CPU path; the CPU provider runs fp16 graphs with fp32 arithmetic, so fp16 is verified on CUDA
+    Variant("int8_static", VariantBuilder._int8_static, "int8", ("cpu",), ("cpu",), False, "calibrated QDQ int8"),
+    Variant("fp16", VariantBuilder._fp16, "fp16", ("cuda",), ("cuda",), True, "fp16 from the fused graph"),
+):
+    register_variant(_v)

@@ -33,7 +33,7 @@ from ..models.inputs import model_inputs
 from .candidates import Candidate
 from .spec import Budget
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: variants built by the export's registry (fp16 from the fused graph)
 
 
 def build_architecture(reference: torch.nn.Module, cand: Candidate) -> torch.nn.Module:
@@ -95,29 +95,29 @@ def timing_key(
 
 
 def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, export_cfg) -> Path:
-    """The variant file, built with the library tools the export stage uses (int8 without the accuracy
-    fallback: that keeps float only what a trained model needs, and the winner is timed again)."""
+    """The variant file, built by the export's own variant registry (export/variants.py) in ``dst``'s folder;
+    int8 without the accuracy fallback (it keeps float only what a trained model needs, and the winner is timed
+    again)."""
+    from ..export.variants import VariantBuilder
+
     if variant == "fp32":
         return fp32
-    if variant == "int8_dynamic":
-        from ..export.quantize import quantize_int8_dynamic
-
-        emb = export_cfg.quantize_embeddings is not False  # "auto" builds int8 embeddings first
-        quantize_int8_dynamic(fp32, dst, per_channel=export_cfg.per_channel, quantize_embeddings=emb)
-        return dst
-    if variant == "optimized":
-        from ..export.optimize import optimize_onnx
-
-        spec = arch_for(model)
-        heads = [s["heads"] for s in layer_shapes(model)]
-        optimize_onnx(fp32, dst, heads, getattr(model.config, spec.config_hidden), model.config.model_type)
-        return dst
-    if variant == "fp16":
-        from ..export.quantize import convert_fp16
-
-        convert_fp16(fp32, dst)
-        return dst
-    raise ValueError(variant)
+    spec = arch_for(model)
+    heads = [s["heads"] for s in layer_shapes(model)]
+    builder = VariantBuilder(
+        fp32,
+        dst.parent,
+        heads[0] if len(set(heads)) == 1 else heads,
+        getattr(model.config, spec.config_hidden),
+        model.config.model_type,
+        export_cfg,
+        lambda: [],
+        lambda p: 0.0,
+        0.0,
+        log=lambda *_: None,
+    )
+    builder.build(variant)
+    return builder.built[variant]
 
 
 class LatencyTable:

@@ -14,10 +14,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ..config.loader import Problems, apply_overrides, line_map, yaml_load
 from ..config.sections import PipelineConfig
 from ..errors import ConfigError
+from ..export.variants import searchable_variants
 from ..options import Section
 from .candidates import TEACHER_DEPTH, Candidate, candidate_pipeline
-
-SPACE_VARIANTS = ("fp32", "optimized", "int8_dynamic", "fp16")
 
 
 class Budget(Section):
@@ -88,9 +87,10 @@ class Space(Section):
     @field_validator("variant")
     @classmethod
     def _variants(cls, v):
-        bad = [x for x in v if x not in SPACE_VARIANTS]
+        allowed = searchable_variants()
+        bad = [x for x in v if x not in allowed]
         if not v or bad:
-            raise ValueError(f"variants {bad} are not searchable; use {', '.join(SPACE_VARIANTS)}")
+            raise ValueError(f"variants {bad} are not searchable; use {', '.join(allowed)}")
         return list(dict.fromkeys(v))
 
     @field_validator("layers")

@@ -15,7 +15,7 @@ import os
 from ..data.glue import GLUE_TASKS
 from ..errors import CheckFailed, UserError
 from ..export.onnx import EXPORT_SHAPE, export_onnx, make_session, max_abs_diff_at_shapes
-from ..export.variants import VariantBuilder, kind_of, resolve_variants, target_provider, verify_variant
+from ..export.variants import VariantBuilder, get_variant, kind_of, resolve_variants, target_provider, verify_variant
 from ..methods import load_artifact as load_model
 from ..models.arch import arch_for
 from ..models.artifacts import layer_shapes
@@ -129,7 +129,7 @@ class ExportStage(Stage):
                 name,
                 builder.built[name],
                 lambda p, prov=prov: check.logit_diffs(p, prov),
-                lambda p, prov=prov, name=name: check.dev_metric(p, prov, per_call=name == "int8_dynamic"),
+                lambda p, prov=prov, name=name: check.dev_metric(p, prov, per_call=get_variant(name).batch_dependent),
                 reference,
                 tol,
                 cfg.atol if name == "fp32" else getattr(cfg.tolerances, f"logits_{kind_of(name)}"),
