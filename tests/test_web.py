@@ -198,4 +198,4 @@ def test_web_command_errors_name_the_fix(tmp_path, bundles):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "notes.txt").write_text("mine")
     r = CliRunner().invoke(main, ["web", str(bundles["q8"]), "--out", str(tmp_path / "p")])
-    assert r.exit_code == 2 and "not a compresstune web page" in r.output, r.output
+    assert r.exit_code == 2 and "not a page this command wrote" in r.output, r.output

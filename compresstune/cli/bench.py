@@ -237,6 +237,12 @@ def bench_onnx_cmd(files, batch_sizes, seq_lengths, shapes, threads, provider, i
             f"{shown}: each point is BATCHxSEQ with a batch of 1..65536 and a sequence of 1..4096, like 1x128",
             param_hint="--shapes",
         )
+    if out and Path(out).suffix.lower() != ".json":
+        raise click.BadParameter(
+            f"{out}: give a .json file (the results, read by search.budget.latency_table); the Markdown table is "
+            "written beside it with the .md suffix",
+            param_hint="--out",
+        )
     res = bench_onnx(list(files), points, threads, provider, iters, rounds, footprint=not no_footprint, log=click.echo)
     md = to_markdown(res)
     click.echo(md)

@@ -64,6 +64,8 @@ def _json_row(line: str, where: str, fields: list[str]) -> dict:
         row = json.loads(line)
     except ValueError as e:
         raise UserError(f"{where}: not valid JSON ({e}).") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply; give one flat object with the text fields.") from None
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected a JSON object with fields {fields}, got {type(row).__name__}.")
     for f in fields:

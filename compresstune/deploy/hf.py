@@ -25,7 +25,7 @@ _SPECIAL_GUESSES = {
 def _read_json(path: Path) -> dict:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return d if isinstance(d, dict) else {}
 

@@ -59,6 +59,8 @@ def read_config_file(bundle_dir: str | Path) -> dict:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}).") from None
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a bundle config; write the bundle again.") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a JSON object.")
     return raw
@@ -70,6 +72,11 @@ def section_of(raw: dict, path) -> dict:
     sec = raw.get(SECTION)
     if isinstance(sec, dict):
         return sec
+    if sec is not None or SECTION in raw:
+        raise UserError(
+            f"{path}: `{SECTION}` must be a JSON object (compresstune's bundle config), not {type(sec).__name__}; "
+            "write the bundle again."
+        )
     if raw.get("format") == BUNDLE_FORMAT or ("text_fields" in raw and "problem_type" in raw and sec is None):
         return raw  # format 1
     if "model_type" in raw or "architectures" in raw:
@@ -85,11 +92,28 @@ def load_config(bundle_dir: str | Path) -> dict:
     """Read and check compresstune's config of a bundle (either format); a missing or malformed file is a
     :class:`UserError`."""
     path = Path(bundle_dir) / CONFIG_FILE
-    cfg = section_of(read_config_file(bundle_dir), path)
+    raw = read_config_file(bundle_dir)
+    cfg = section_of(raw, path)
     problems = _config_problems(cfg)
+    if not problems and cfg is not raw:
+        problems = _hf_problems(raw, cfg)
     if problems:
         raise UserError(f"{path}: " + "; ".join(problems) + ".")
     return cfg
+
+
+def _hf_problems(raw: dict, cfg: dict) -> list[str]:
+    """The transformers keys must say what compresstune's section says: Hugging Face tools label by ``id2label``."""
+    if cfg.get("problem_type") != "single_label_classification" or "id2label" not in raw:
+        return []
+    id2label = raw["id2label"]
+    want = {str(i): n for i, n in enumerate(cfg["labels"])}
+    if not isinstance(id2label, dict) or {str(k): v for k, v in id2label.items()} != want:
+        return [
+            f"id2label {id2label!r:.120} disagrees with {SECTION}.labels {cfg['labels']!r:.120} (transformers tools "
+            "would name the classes differently from compresstune predict); make them equal or write the bundle again"
+        ]
+    return []
 
 
 def save_config(bundle_dir: str | Path, cfg: dict, hf: dict | None = None) -> None:
@@ -110,9 +134,10 @@ def _config_problems(cfg) -> list[str]:
     if cfg.get("problem_type") not in PROBLEM_TYPES:
         out.append(f"problem_type must be one of {list(PROBLEM_TYPES)}, not {cfg.get('problem_type')!r}")
     labels = cfg.get("labels")
-    ok = isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)
+    ok = isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) and x.strip() for x in labels)
+    ok = ok and len(set(labels)) == len(labels)
     if cfg.get("problem_type") == "single_label_classification" and not ok:
-        out.append("labels must be a list of at least two label names (index = class id)")
+        out.append("labels must be a list of at least two distinct, non-empty label names (index = class id)")
     ml = cfg.get("max_length")
     if not isinstance(ml, int) or isinstance(ml, bool) or not 4 <= ml <= 4096:
         out.append(f"max_length must be an integer from 4 to 4096, not {ml!r:.40}")

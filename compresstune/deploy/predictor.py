@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import CheckFailed, UserError
 from ..names import inside
 from .layout import (  # noqa: F401
     BUNDLE_FORMAT,
@@ -261,7 +261,15 @@ class Predictor:
                 UserWarning,
                 stacklevel=2,
             )
-        return self._run(encs, self.fixed_batch or batch_size)
+        out = self._run(encs, self.fixed_batch or batch_size)
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            raise CheckFailed(
+                f"bundle {self.bundle_dir}: the model gave NaN or infinite outputs for {int(bad.sum())} of {len(out)} "
+                f"input(s) (the first: input {int(np.argmax(bad))}); its numbers cannot be trusted. Check the bundle "
+                "on this machine with `compresstune verify`, or ship another variant (fp16 can overflow)."
+            )
+        return out
 
     def _normalize(self, inputs) -> list:
         if isinstance(inputs, (str, bytes, dict)):
@@ -293,9 +301,20 @@ class Predictor:
                     "task.max_length the model takes."
                 ) from None
             if out is None:
+                self._check_width(res)
                 out = np.empty((len(encs), res.shape[1]), dtype=np.float32)
             out[idx] = res
         return out
+
+    def _check_width(self, res: np.ndarray) -> None:
+        """The output width, when the graph does not state it: one value per label (one for regression)."""
+        expect = 1 if self.problem_type == "regression" else len(self.labels)
+        if res.ndim != 2 or res.shape[1] != expect:
+            raise UserError(
+                f"bundle {self.bundle_dir}: the model outputs shape {list(res.shape)} per batch but {CONFIG_FILE} "
+                f"describes {expect} value(s) per input ({self.problem_type}); the model and its config do not "
+                "belong together. Write the bundle again."
+            )
 
     def _arrays(self, batch) -> dict:
         width = self.fixed_seq or max(len(e.ids) for e in batch)

@@ -28,6 +28,14 @@ DEFAULT_EXAMPLES = 300
 DEFAULT_MIN_AGREEMENT = 0.99
 
 
+def _finite(v) -> bool:
+    """A finite float; an integer too large for a float (10**400) is not a logit."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def machine_record(provider: str = "cpu") -> dict:
     """Where a bundle was built or checked: the machine profile in words and the parts that decide int8."""
     p = profile()
@@ -88,8 +96,8 @@ def _load(bundle: Path) -> dict:
         )
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not readable JSON ({e}); rebuild the bundle.") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: not readable JSON ({e.__class__.__name__}); rebuild the bundle.") from None
     ok = (
         isinstance(rec, dict)
         and rec.get("format") == FORMAT
@@ -128,7 +136,7 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
 
     def row_ok(r) -> bool:
         nums = isinstance(r, list) and len(r) == width
-        return nums and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in r)
+        return nums and all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in r)
 
     bad = [i for i, r in enumerate(rec["logits"]) if not row_ok(r)]
     if bad:

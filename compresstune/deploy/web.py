@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..names import inside, is_inside
 from .layout import (
     CONFIG_FILE,
     SPECIAL_TOKENS_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     bundle_file,
+    load_config,
     read_config_file,
     section_of,
 )
@@ -65,13 +67,25 @@ def toolchain_dir(path=None) -> Path:
     return d
 
 
+def _package(path: Path) -> dict:
+    """A package.json as a dict; a damaged one is a message naming it."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: not a readable package.json ({e.__class__.__name__}); restore it from git.") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a package.json (a JSON object); restore it from git.")
+    return d
+
+
 def _installed(web: Path) -> bool:
     """node_modules holds exactly the pinned transformers.js (a stale install counts as missing)."""
-    pinned = json.loads((web / "package.json").read_text(encoding="utf-8")).get("dependencies", {})
+    pinned = _package(web / "package.json").get("dependencies")
+    pinned = pinned if isinstance(pinned, dict) else {}
     got = web / "node_modules" / TRANSFORMERS_PKG / "package.json"
     if not got.is_file() or not all((web / "node_modules" / src).is_file() for src in VENDOR.values()):
         return False
-    return json.loads(got.read_text(encoding="utf-8")).get("version") == pinned.get(TRANSFORMERS_PKG)
+    return _package(got).get("version") == pinned.get(TRANSFORMERS_PKG)
 
 
 def ensure_toolchain(web=None, install: bool = True, log=None) -> Path:
@@ -119,6 +133,7 @@ def page_model(bundle_dir) -> tuple[dict, Path, str]:
             "transformers.js needs the Hugging Face layout (format 2: a transformers config.json, onnx/model*.onnx). "
             "Write the bundle again with this compresstune: `compresstune pipeline run FILE --from report`."
         )
+    load_config(bundle)  # every check compresstune predict makes (labels, lengths, id2label, ...)
     rel = (cfg.get("files") or {}).get("model", "")
     if rel not in DTYPES:
         raise UserError(
@@ -131,7 +146,9 @@ def page_model(bundle_dir) -> tuple[dict, Path, str]:
             f"{cfg.get('problem_type')} on {cfg.get('text_fields')}. Use `compresstune predict` for it."
         )
     model = bundle_file(bundle, cfg, "model", rel)
-    for need in (model, bundle / TOKENIZER_FILE, bundle / TOKENIZER_CONFIG_FILE):
+    names = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE)
+    files = [inside(bundle, n, f"bundle {bundle}") for n in names]  # a link out of the bundle is refused
+    for need in (model, *files[:2]):
         if not need.is_file():
             raise UserError(f"bundle {bundle}: {need.name} is missing; write the bundle again.")
     if Path(str(model) + ".data").exists():
@@ -145,13 +162,40 @@ def _place(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def _prepare_out(out: Path) -> Path:
+PAGE_ENTRIES = {"index.html", "app.js", PAGE_FILE, "vendor", MODEL_DIR}  # what a page folder holds
+
+
+def _is_page(folder: Path) -> bool:
+    """A folder this command wrote: its page.json says so and it holds nothing else (nothing of the user's)."""
+    try:
+        page = json.loads((folder / PAGE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return isinstance(page, dict) and page.get("format") == PAGE_FORMAT and names <= PAGE_ENTRIES
+
+
+def _prepare_out(out: Path, bundle: Path) -> Path:
+    """The temporary folder the page is written into, beside ``out``; nothing that is not a page is replaced."""
+    if out.is_symlink():
+        raise UserError(f"page folder {out} is a link; pass the real folder as --out.")
+    out = out.resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"page folder {out} is a file; pass another --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / PAGE_FILE).is_file():
-        raise UserError(f"page folder {out} is a non-empty folder that is not a compresstune web page; refusing it.")
+    if is_inside(bundle, out) or is_inside(out, bundle):
+        raise UserError(f"page folder {out} and the bundle {bundle} lie inside one another; pass a separate --out.")
+    if out.is_dir() and any(out.iterdir()) and not _is_page(out):
+        raise UserError(
+            f"page folder {out} is not empty and not a page this command wrote (a {PAGE_FILE} of format "
+            f"{PAGE_FORMAT} and nothing else); refusing to replace it. Pass a new or empty --out."
+        )
+    for side in (out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")):
+        if side.exists() and not (
+            side.is_dir() and not side.is_symlink() and (not any(side.iterdir()) or _is_page(side))
+        ):
+            raise UserError(f"{side} is in the way (it is not a page left over by this command); move it away.")
+        shutil.rmtree(side, ignore_errors=True)
     tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
 
@@ -167,13 +211,15 @@ def write_page(bundle_dir, out_dir=None, *, toolchain=None, install: bool = True
     cfg, model, dtype = page_model(bundle)
     web = ensure_toolchain(toolchain, install=install, log=log)
     out = Path(out_dir) if out_dir else bundle.resolve().with_name(bundle.resolve().name + "-web")
-    tmp = _prepare_out(out)
+    tmp = _prepare_out(out, bundle.resolve())
+    out = out.resolve()
     try:
         for name, src in VENDOR.items():
             _place(web / "node_modules" / src, tmp / "vendor" / name)
         for name in (CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE):
-            if (bundle / name).is_file():
-                _place(bundle / name, tmp / MODEL_DIR / name)
+            src = inside(bundle, name, f"bundle {bundle}")  # a link out of the bundle is refused, never copied
+            if src.is_file():
+                _place(src, tmp / MODEL_DIR / name)
         _place(model, tmp / MODEL_DIR / cfg["files"]["model"])
         versions = {
             "transformers.js": _version(web, TRANSFORMERS_PKG),
@@ -196,8 +242,11 @@ def write_page(bundle_dir, out_dir=None, *, toolchain=None, install: bool = True
         title = f"{cfg.get('task') or 'classifier'} ({cfg.get('variant') or dtype})"
         (tmp / "index.html").write_text(INDEX_HTML.replace("{title}", _html(title)), encoding="utf-8")
         (tmp / "app.js").write_text(APP_JS, encoding="utf-8")
-        shutil.rmtree(out, ignore_errors=True)
+        old = out.with_name(out.name + ".old")
+        if out.exists():  # the previous page is set aside first, and deleted only once the new one is in place
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
