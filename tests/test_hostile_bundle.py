@@ -158,3 +158,15 @@ def test_a_logit_too_large_for_a_float_in_verify_json_is_a_message(tmp_path, bun
 def test_bench_onnx_out_must_be_json(tmp_path, bundle):
     r = _cli(["bench", "onnx", model_path(bundle), "--shapes", "1x8", "--no-footprint", "--out", tmp_path / "r.md"])
     assert r.exit_code == 2 and ".json" in r.output and not (tmp_path / "r.md").exists(), r.output
+
+
+def test_stored_labels_that_are_not_the_stored_logits_argmax_are_refused(tmp_path, bundle):
+    from compresstune.deploy.verify import write_verification_set
+
+    b = _copy(bundle, tmp_path)
+    write_verification_set(b, [("a fine film",), ("dull",)] * 3, seed=0)
+    rec = json.loads((b / "verify.json").read_text())
+    rec["labels"] = [1 - k for k in rec["labels"]]
+    (b / "verify.json").write_text(json.dumps(rec))
+    r = _cli(["verify", b])
+    assert r.exit_code == 2 and "not the argmax of their stored logits" in r.output, r.output

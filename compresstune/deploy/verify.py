@@ -146,6 +146,10 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
         ok = isinstance(labels, list) and len(labels) == n_in
         if not ok or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < width for k in labels):
             out.append(f"labels are not {n_in} class ids from 0 to {width - 1}")
+        elif not bad:  # the stored labels are the stored logits' argmax: one cannot be edited without the other
+            off = [i for i, (k, r) in enumerate(zip(labels, rec["logits"])) if max(r) > r[k]]
+            if off:
+                out.append(f"labels {off[:5]} are not the argmax of their stored logits")
     return out
 
 
