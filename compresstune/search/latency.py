@@ -303,15 +303,11 @@ def within_budget(entry: dict, budget: Budget, margin: float = 0.0) -> tuple[boo
 
 
 def bundle_vocab_size(model_file: Path, reference: torch.nn.Module) -> int:
-    """How many token ids the shipped model takes: its bundle's tokenizer.json (smaller than the reference's
-    when the report trimmed the vocabulary), else the reference's."""
-    for folder in (model_file.parent, model_file.parent.parent):  # format 1 / the HF layout's onnx/ folder
-        tok = folder / "tokenizer.json"
-        if tok.is_file():
-            from tokenizers import Tokenizer
+    """How many token ids the shipped model takes: its embedding table's rows (smaller than the reference's when
+    the report trimmed the vocabulary; deploy/edge.py ``vocab_of``), else the reference's."""
+    from ..deploy.edge import vocab_of
 
-            return Tokenizer.from_file(str(tok)).get_vocab_size()
-    return reference.config.vocab_size
+    return vocab_of(model_file) or reference.config.vocab_size
 
 
 def check_key(path: Path, budget: Budget) -> str | None:

@@ -65,9 +65,15 @@ def _cuda_iobinding_runner(sess, feed: dict):
 
 
 def _vocab_size(export_ref) -> int:
-    """The exported model's vocabulary size, from the tokenizer saved beside it (random ids must be valid)."""
+    """How many token ids the exported model takes (random ids must be valid): its embedding table's rows
+    (deploy/edge.py ``vocab_of``, the one reader), else the tokenizer saved beside it."""
     from tokenizers import Tokenizer
 
+    from ..deploy.edge import vocab_of
+
+    rows = vocab_of(export_ref.dir / "model.onnx")
+    if rows:
+        return rows
     path = export_ref.dir / "tokenizer" / "tokenizer.json"
     if not path.is_file():
         raise UserError(
@@ -123,9 +129,8 @@ class BenchmarkStage(Stage):
             f"[{ctx.name}] {', '.join(e.name for e in engines)}; {cfg.threads} threads; "
             f"{cfg.rounds} interleaved rounds of {max(3, -(-cfg.iters // cfg.rounds))} calls per point"
         )
-        ctx.extra["vocab_size"] = _vocab_size(export_ref)
         try:
-            stats = self._time(ctx, engines)
+            stats = self._time(ctx, engines, _vocab_size(export_ref))
         finally:
             torch.set_num_threads(threads_before)  # later stages in this process train with their own threads
         import onnxruntime as ort
@@ -222,10 +227,10 @@ class BenchmarkStage(Stage):
         return out
 
     @staticmethod
-    def _time(ctx: StageContext, engines: list[_Engine]) -> dict:
-        """(batch, seq) -> engine name -> statistics, every engine of a provider interleaved at each point."""
+    def _time(ctx: StageContext, engines: list[_Engine], vocab: int) -> dict:
+        """(batch, seq) -> engine name -> statistics, every engine of a provider interleaved at each point (random
+        token ids below ``vocab``)."""
         cfg = ctx.cfg
-        vocab = ctx.extra["vocab_size"]
         stats = {}
         for b, s in cfg.points():
             inp = dummy_inputs(("input_ids", "attention_mask", "token_type_ids"), b, s, vocab, pad_tail=False)
