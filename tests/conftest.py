@@ -96,3 +96,17 @@ report:
 {extra}
 """)
     return path
+
+
+def run_pipeline_in(folder: Path, *args: str):
+    """``compresstune pipeline run p.yaml --no-progress ARGS`` in ``folder`` (click's runner), cwd restored."""
+    from click.testing import CliRunner
+
+    from compresstune.cli import main
+
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        return CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress", *args], catch_exceptions=False)
+    finally:
+        os.chdir(old)

@@ -11,10 +11,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import write_pipeline
+from conftest import run_pipeline_in, write_pipeline
 
-from compresstune.cli import main
 from compresstune.deploy import Predictor
 from compresstune.deploy.layout import SECTION, load_config, model_path, read_config_file
 from compresstune.errors import UserError
@@ -27,12 +25,7 @@ TEXTS = ["a gripping, funny film", "dull and lifeless", "the plot is thin but th
 def run(tmp_path_factory, tiny_bert, glue_dir):
     d = tmp_path_factory.mktemp("hf")
     write_pipeline(d / "p.yaml", tiny_bert, glue_dir, extra="")
-    old = os.getcwd()
-    os.chdir(d)
-    try:
-        r = CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress"], catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    r = run_pipeline_in(d)
     assert r.exit_code == 0, r.output
     return d / "exported" / "t"
 

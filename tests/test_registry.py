@@ -5,13 +5,12 @@ merge, export) and through `inspect params`, with no other file changed."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 import torch.nn as nn
 from click.testing import CliRunner
-from conftest import write_pipeline
+from conftest import run_pipeline_in, write_pipeline
 from pydantic import Field
 
 from compresstune.cli import main
@@ -90,12 +89,7 @@ def test_a_method_registered_from_a_test_file_runs_a_whole_pipeline(toy_method, 
     full = load_config(p, ["finetune.method=full"])
     assert fingerprints(full) == fingerprints(load_config(p, ["finetune.method=full", "finetune.toy_rank=4"]))
 
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        r = CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress"], catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    r = run_pipeline_in(tmp_path)
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
     ft = man["stages"]["finetune"]["summary"]

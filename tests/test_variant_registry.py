@@ -4,11 +4,10 @@ the config, built and verified by the export, timed by the benchmark and shipped
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_pipeline
+from conftest import run_pipeline_in, write_pipeline
 
 from compresstune.cli import main
 from compresstune.export.variants import Variant, all_variants, register_variant, unregister_variant
@@ -37,12 +36,7 @@ def test_a_variant_registered_from_a_test_file_is_built_verified_timed_and_shipp
     text = (tmp_path / "p.yaml").read_text()
     text = text.replace("export:\n", "export:\n" + extra).replace("report:\n", "report:\n  ship_rule: smallest\n")
     (tmp_path / "p.yaml").write_text(text)
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        r = CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress"], catch_exceptions=False)
-    finally:
-        os.chdir(old)
+    r = run_pipeline_in(tmp_path)
     assert r.exit_code == 0, r.output
     man = json.loads((tmp_path / "exported" / "t" / "manifest.json").read_text())
     ex = man["stages"]["export"]["summary"]["variants"]["toy_half"]
