@@ -65,7 +65,7 @@ def tiny_distilbert(tmp_path_factory) -> Path:
 
 
 def write_pipeline(
-    path: Path, model: Path, glue_dir: Path, extra: str = "", stages="[finetune, export, benchmark, report]"
+    path: Path, model: Path, glue_dir: Path, extra: str = "", stages="[finetune, export, benchmark, ship, report]"
 ) -> Path:
     path.write_text(f"""
 name: t
@@ -91,8 +91,8 @@ benchmark:
   warmup: 1
   iters: 3
   min_time_s: 0
-report:
-  ship_shape: [1, 16]
+ship:
+  shape: [1, 16]
 {extra}
 """)
     return path

@@ -38,7 +38,7 @@ export:
   verify_shapes: [[1, 7]]
   variants: [fp32]
 benchmark: {batch_sizes: [1], seq_lengths: [16], warmup: 1, iters: 3, rounds: 1, pytorch: false, footprint: false}
-report: {ship_shape: [1, 16], edge: false}
+ship: {shape: [1, 16], edge: false}
 """
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 COMPRESS = "stages=[compress, finetune, export]"
@@ -279,8 +279,8 @@ CASES = [
     ),
     Case(
         "ship_shape_not_timed",
-        ("stages=[finetune, export, benchmark, report]", "report.ship_shape=[1, 999]"),
-        ("report.ship_shape: [1, 999] is not timed by the benchmark", "[1, 16]"),
+        ("stages=[finetune, export, benchmark, ship, report]", "ship.shape=[1, 999]"),
+        ("ship.shape: [1, 999] is not timed by the benchmark", "[1, 16]"),
     ),
     pytest.param(
         Case(
@@ -341,8 +341,8 @@ CASES = [
     ),
     Case(
         "fixed_shape_past_positions",
-        ("stages=[finetune, export, benchmark, report]", "report.fixed_shape=[1, 700]"),
-        ("report.fixed_shape: sequence length 700",),
+        ("stages=[finetune, export, benchmark, ship, report]", "ship.fixed_shape=[1, 700]"),
+        ("ship.fixed_shape: sequence length 700",),
     ),
     # --- settings one stage gives another, checked before the first stage ---------------------------------------
     Case(

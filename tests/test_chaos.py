@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from compresstune.deploy.layout import model_path
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ["finetune", "merge", "export", "benchmark", "report"]
+STAGES = ["finetune", "merge", "export", "benchmark", "ship", "report"]
 
 
 def _pipeline(path: Path, model: Path, glue_dir: Path) -> Path:
@@ -62,8 +62,8 @@ benchmark:
   min_time_s: 0
   pytorch: false
   footprint: false
-report:
-  ship_shape: [1, 16]
+ship:
+  shape: [1, 16]
   edge: false
 """)
     return path
@@ -173,6 +173,7 @@ def _schedule(rng: random.Random, wall: dict[str, float]) -> list[Event]:
     ev += [at_random("export") for _ in range(6)] + [Event("export", "fault", fault="stage_done:export")]
     ev += [Event("export", "done")]
     ev += [at_random("benchmark") for _ in range(2)] + [Event("benchmark", "fault", fault="stage_committed:benchmark")]
+    ev += [at_random("ship", 0.5), Event("ship", "fault", fault="stage_committed:ship")]
     ev += [at_random("report", 0.5) for _ in range(2)] + [Event("report", "fault", fault="stage_committed:report")]
     return ev
 
@@ -284,14 +285,14 @@ def test_repeated_sigkills_resume_to_the_uninterrupted_result(tmp_path, tiny_ber
     ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     # the bundle ships the variant the benchmark found fastest (timing, so either run may pick another one):
     # its weights are that variant's, the same as the uninterrupted run's file of that name
-    chosen = man["stages"]["report"]["summary"]["ship"]["chosen"]
+    chosen = man["stages"]["ship"]["summary"]["decision"]["chosen"]
     shipped = _initializers(model_path(run / "deploy"))
     same_variant = _initializers(ref / "03_export" / ("model.onnx" if chosen == "fp32" else f"model.{chosen}.onnx"))
     assert shipped.keys() == same_variant.keys() and all(np.array_equal(shipped[k], same_variant[k]) for k in shipped)
     texts = [t[0] for t in _dev_texts(glue_dir, 16)]
     got = Predictor(run / "deploy").predict(texts, warn=False)
     want = Predictor(ref / "deploy").predict(texts, warn=False)
-    if chosen == ref_man["stages"]["report"]["summary"]["ship"]["chosen"]:
+    if chosen == ref_man["stages"]["ship"]["summary"]["decision"]["chosen"]:
         assert got == want
     else:
         assert len(got) == len(want) == 16 and all(0.5 <= g["score"] <= 1 for g in got)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_quickstart_validates_and_has_defaults():
     cfg = load_config(REPO / "pipelines" / "quickstart.yaml")
-    assert list(cfg.stages) == ["finetune", "export", "benchmark", "report"]
+    assert list(cfg.stages) == ["finetune", "export", "benchmark", "ship", "report"]
     assert cfg.stages["finetune"].lr == pytest.approx(1e-4)
     assert cfg.stages["finetune"].warmup_ratio == pytest.approx(0.06)  # a default
     assert Path(cfg.task.glue_dir).is_absolute()

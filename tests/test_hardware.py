@@ -120,6 +120,7 @@ def _stat(ms):
 
 def _fake_gpu_run(tmp_path, fp16_passed=True, fp16_verified_on="cuda"):
     """A CUDA run's export and benchmark summaries made by the real benchmark code from faked timings."""
+    from compresstune.config.results import Engine, result_of
     from compresstune.config.sections import BenchmarkConfig
     from compresstune.stages.benchmark import BenchmarkStage, ship_provider
 
@@ -135,7 +136,7 @@ def _fake_gpu_run(tmp_path, fp16_passed=True, fp16_verified_on="cuda"):
     ctx = SimpleNamespace(cfg=cfg, rel=lambda p: str(Path(p).relative_to(tmp_path)))
     stage = BenchmarkStage()
     stage._providers = lambda ctx: ["cpu", "cuda"]  # what `providers: auto` gives on a GPU machine
-    engines = [SimpleNamespace(name=n) for n in stats[(1, 128)]]
+    engines = [SimpleNamespace(id=Engine.parse(n)) for n in stats[(1, 128)]]
     providers = ["cpu", "cuda"]
     prov = ship_provider(providers)
     refs = stage._references(None, prov, engines)
@@ -153,28 +154,27 @@ def _fake_gpu_run(tmp_path, fp16_passed=True, fp16_verified_on="cuda"):
             "fp16": {**ver, "passed": fp16_passed, "verified_on": fp16_verified_on, "size_mb": 2.0},
         }
     }
-    return {"export": {"type": "export", "summary": export}, "benchmark": {"type": "benchmark", "summary": bench}}
+    return result_of("export", export), result_of("benchmark", bench)
 
 
 def test_gpu_run_ships_fp16_when_fastest_on_cuda_and_verified(tmp_path):
-    from compresstune.stages import ship
+    from compresstune.stages.ship_rule import candidates, choose
 
-    stages = _fake_gpu_run(tmp_path)
-    bench = stages["benchmark"]["summary"]
-    assert bench["provider"] == "cuda" and bench["references"]["pytorch_eager"] == "torch-cuda"
-    assert bench["variants"]["fp16"]["engine"] == "ort-cuda:fp16"
-    assert bench["variants"]["fp16"]["points"]["1x128"]["speedup_vs_pytorch_eager"] == pytest.approx(5.0 / 0.7, 1e-3)
-    d = ship.choose(ship.candidates(stages, (1, 128)), "fastest", (1, 128))
-    assert d["chosen"] == "fp16" and d["provider"] == "cuda" and "cuda provider" in d["why"]
+    export, bench = _fake_gpu_run(tmp_path)
+    assert bench.provider == "cuda" and bench.references.pytorch_eager.key == "torch-cuda"
+    assert bench.variants["fp16"].engine.key == "ort-cuda:fp16"
+    assert bench.variants["fp16"].at((1, 128)).speedup_vs_pytorch_eager == pytest.approx(5.0 / 0.7, 1e-3)
+    d = choose(candidates(export, bench, (1, 128)), "fastest", (1, 128))
+    assert d.chosen == "fp16" and d.provider == "cuda" and "cuda provider" in d.why
 
 
 @pytest.mark.parametrize("passed, verified_on", [(False, "cuda"), (True, "cpu")])
 def test_gpu_run_never_ships_fp16_unverified_on_cuda(tmp_path, passed, verified_on):
-    from compresstune.stages import ship
+    from compresstune.stages.ship_rule import candidates, choose
 
-    stages = _fake_gpu_run(tmp_path, fp16_passed=passed, fp16_verified_on=verified_on)
-    d = ship.choose(ship.candidates(stages, (1, 128)), "fastest", (1, 128))
-    assert d["chosen"] == "optimized" and d["provider"] == "cuda" and "fp16" in d["why"]
+    export, bench = _fake_gpu_run(tmp_path, fp16_passed=passed, fp16_verified_on=verified_on)
+    d = choose(candidates(export, bench, (1, 128)), "fastest", (1, 128))
+    assert d.chosen == "optimized" and d.provider == "cuda" and "fp16" in d.why
 
 
 def test_cpu_run_still_decides_on_cpu_timings(tmp_path):

@@ -90,9 +90,10 @@ def test_search_selects_on_held_out_examples_and_scores_the_winner_on_dev_once(t
 
 
 def test_report_says_what_its_p50s_are():
-    from compresstune.stages.report import _md_comparison
+    from compresstune.config.results import Comparison
+    from compresstune.stages.report_md import comparison
 
     cmp = {"baseline": "teacher_export", "baseline_onnx": "01/model.onnx", "baseline_onnx_mb": 86.8, "onnx_mb": 20.0}
     row = {"engine": "ort-cpu", "batch": 1, "seq": 128, "p50_ms": 2.0, "baseline_p50_ms": 10.0, "speedup": 5.1}
-    text = "\n".join(_md_comparison({**cmp, "rounds": 4, "rows": [row]}))
+    text = "\n".join(comparison(Comparison.model_validate({**cmp, "rounds": 4, "rows": [row]})))
     assert "each p50 is over all calls of all rounds" in text and "medians over rounds" not in text

@@ -315,7 +315,7 @@ def _numeric_keys() -> list[tuple[str, str, tuple]]:
         "attach": "[attach, finetune, merge, export]",
         "merge": "[attach, finetune, merge, export]",
         "benchmark": "[finetune, export, benchmark]",
-        "report": "[finetune, export, benchmark, report]",
+        "report": "[finetune, export, benchmark, ship, report]",
     }
     out = []
     sections = [("task", TaskConfig, "[finetune, export]")]
@@ -382,7 +382,7 @@ def test_a_search_rerun_does_not_retry_a_candidate_that_failed(tmp_path):
     said = []
     s = SimpleNamespace(ladder=SimpleNamespace(rungs=[{}]))
     earlier = {"L2-h00-f25": {"rungs": {"0": None}, "error": "rung 0: CheckFailed: ONNX logits differ"}}
-    lad = Ladder(tmp_path, {}, None, s, 6, Clock(), log=said.append, earlier=earlier)
+    lad = Ladder(tmp_path, None, s, 6, Clock(), log=said.append, earlier=earlier)
     assert lad._run_one(SimpleNamespace(id="L2-h00-f25"), 0, {}) is None
     assert lad.results["L2-h00-f25"]["error"] == "rung 0: CheckFailed: ONNX logits differ"
     assert "failed in an earlier invocation" in said[0] and "not retried" in said[0]

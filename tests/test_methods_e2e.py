@@ -196,12 +196,12 @@ def test_custom_regression_and_three_class_tasks_end_to_end(kind, tmp_path, tiny
     task_cfg = _custom_files(tmp_path, glue_dir, kind)
     bench = {"batch_sizes": [1], "seq_lengths": [16], "warmup": 1, "iters": 3, "rounds": 1, "min_time_s": 0}
     bench.update({"pytorch": False, "footprint": False, "threads": torch.get_num_threads()})
-    stages = ["finetune", "export", "benchmark", "report"]
+    stages = ["finetune", "export", "benchmark", "ship", "report"]
     sections = {
         "finetune": {**FINETUNE, "epochs": 3, "lr": 2.0e-3},
         "export": EXPORT,
         "benchmark": bench,
-        "report": {"ship_shape": [1, 16], "edge": False},
+        "ship": {"shape": [1, 16], "edge": False},
     }
     p = _yaml(tmp_path / "p.yaml", tiny_bert, task_cfg, stages, sections)
     man, _ = _run(p, tmp_path / "out")
@@ -227,7 +227,7 @@ def test_custom_regression_and_three_class_tasks_end_to_end(kind, tmp_path, tiny
     assert losses[-1] < losses[0], f"the training loss did not go down: {losses}"
 
     # the shipped bundle predicts what the trained model computes
-    assert man["stages"]["report"]["summary"]["ship"]["chosen"] == "fp32"
+    assert man["stages"]["ship"]["summary"]["decision"]["chosen"] == "fp32"
     from compresstune.export.onnx import make_session, ort_predict
 
     onnx_logits = ort_predict(make_session(run / "02_export" / "model.onnx", "cpu"), enc, tok.pad_token_id or 0)

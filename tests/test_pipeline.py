@@ -39,7 +39,7 @@ def first_run(tmp_path_factory, tiny_bert, glue_dir):
 def test_full_run_produces_artifacts(first_run):
     d, r = first_run
     assert r.exit_code == 0, r.output
-    assert _ran(r.output) == ["finetune", "export", "benchmark", "report"]
+    assert _ran(r.output) == ["finetune", "export", "benchmark", "ship", "report"]
     run = d / "exported" / "t"
     for f in (
         "model.onnx",
@@ -70,21 +70,21 @@ def test_full_run_produces_artifacts(first_run):
 def test_second_run_skips_everything_and_override_reruns_downstream(first_run):
     d, _ = first_run
     r = _run(["p.yaml"], d)
-    assert r.exit_code == 0 and _ran(r.output) == [] and r.output.count("skipped") == 4
+    assert r.exit_code == 0 and _ran(r.output) == [] and r.output.count("skipped") == 5
     r = _run(["p.yaml", "export.opset=16"], d)
-    assert _ran(r.output) == ["export", "benchmark", "report"]
+    assert _ran(r.output) == ["export", "benchmark", "ship", "report"]
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3"], d)
-    assert _ran(r.output) == ["finetune", "export", "benchmark", "report"]
+    assert _ran(r.output) == ["finetune", "export", "benchmark", "ship", "report"]
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3", "finetune.checkpoint_every_steps=5"], d)
     assert _ran(r.output) == []  # checkpoint cadence does not change results
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3", "--from", "benchmark", "--until", "benchmark"], d)
     assert _ran(r.output) == ["benchmark"]
     st = CliRunner().invoke(main, ["pipeline", "status", str(d / "exported" / "t")])
     assert (
-        st.exit_code == 0 and st.output.count(" done ") == 3 and " stale " in st.output
-    )  # the report read the old timings
+        st.exit_code == 0 and st.output.count(" done ") == 3 and st.output.count(" stale ") == 2
+    )  # the ship stage and the report read the old timings
     r = _run(["p.yaml", "export.opset=16", "finetune.lr=2e-3"], d)
-    assert _ran(r.output) == ["report"]
+    assert _ran(r.output) == ["ship", "report"]
 
 
 def test_reuse_from_copies_stages_with_the_same_fingerprint_under_other_names(tmp_path, tiny_bert, glue_dir):
@@ -221,7 +221,7 @@ def test_prune_then_learners_then_merge_export(tmp_path, tiny_bert, glue_dir):
         tiny_bert,
         glue_dir,
         extra=extra,
-        stages="[teacher, teacher_export, compress, finetune, merge, export, bench2, report]",
+        stages="[teacher, teacher_export, compress, finetune, merge, export, bench2, ship, report]",
     )
     r = _run([str(p), "finetune.method=learner", "finetune.rank=4", "finetune.priming_epochs=1"], tmp_path)
     assert r.exit_code == 0, r.output

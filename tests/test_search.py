@@ -3,6 +3,7 @@ device's latency table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from pydantic import ValidationError
 
 from compresstune.cli import main
 from compresstune.config import load_config
+from compresstune.config.checks import portable_dict
 from compresstune.deploy.layout import model_path
-from compresstune.search.candidates import Candidate, candidate_pipeline, relocate_paths
+from compresstune.search.candidates import Candidate, candidate_config
 from compresstune.search.report import pareto
 from compresstune.search.spec import load_search
 
@@ -33,7 +36,7 @@ task:
   train_subset: 96
   dev_subset: 48
   max_length: 32
-stages: [teacher, distill, prune, finetune, export, benchmark, report]
+stages: [teacher, distill, prune, finetune, export, benchmark, ship, report]
 teacher: {{type: finetune, method: full, epochs: 1, lr: 1.0e-3, batch_size: 16}}
 distill: {{type: compress, input: teacher, method: distill, distill_mode: task_specific, epochs: 1, lr: 1.0e-3,
   batch_size: 16}}
@@ -42,7 +45,7 @@ prune: {{type: compress, method: prune, ffn_ratio: 0.5, head_ratio: 0.0, heal_ep
 finetune: {{method: learner, rank: 4, priming_epochs: 1, epochs: 1, lr: 1.0e-3, batch_size: 16}}
 export: {{verify_shapes: [[1, 7], [3, 19]], variants: [fp32, int8_dynamic], quantize_embeddings: true}}
 benchmark: {{shapes: [[8, 16]], warmup: 1, iters: 3, rounds: 1, min_time_s: 0, pytorch: false, footprint: false}}
-report: {{ship_shape: [8, 16], edge: false}}
+ship: {{shape: [8, 16], edge: false}}
 search:
   budget: {{size_mb: 1.2, shape: [1, 16]}}
   space: {{layers: [1, 2], head_ratio: [0.0, 0.5], ffn_ratio: [0.0, 0.5]}}
@@ -67,21 +70,22 @@ def _search_in(d: Path, *args: str):
 
 
 def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_dir):
-    raw, s, pcfg = load_search(_write(tmp_path, tiny_bert, glue_dir))
+    s, pcfg = load_search(_write(tmp_path, tiny_bert, glue_dir))
     assert (s.depth_stage, s.prune_stage) == ("distill", "prune")
     rung = s.ladder.rungs[0]
 
     def build(c, r=None):
-        out = candidate_pipeline(raw, pcfg, s, c, 2, r)
-        (tmp_path / "c.yaml").write_text(json.dumps(out))
-        return out, load_config(tmp_path / "c.yaml")
+        out = candidate_config(pcfg, s, c, 2, r)  # typed, from the typed searched config
+        (tmp_path / "sub").mkdir(exist_ok=True)  # written for another folder, loaded back as any pipeline file
+        (tmp_path / "sub" / "c.yaml").write_text(json.dumps(portable_dict(out, tmp_path / "sub")))
+        return out, load_config(tmp_path / "sub" / "c.yaml")
 
     out, cfg = build(Candidate(1, 0.5, 0.0, 0.0, "int8_dynamic"), rung)
-    assert list(cfg.stages) == ["teacher", "distill", "prune", "finetune", "export", "benchmark", "report"]
+    assert list(cfg.stages) == ["teacher", "distill", "prune", "finetune", "export", "benchmark", "ship", "report"]
     assert cfg.stages["distill"].student_layers == 1 and cfg.stages["distill"].max_steps == 2
     assert (cfg.stages["prune"].head_ratio, cfg.stages["prune"].ffn_ratio) == (0.5, 0.0)
     assert cfg.stages["prune"].heal_epochs == 0.1 and cfg.stages["finetune"].max_steps == 2
-    assert cfg.stages["report"].ship_rule == "smallest" and list(cfg.stages["report"].ship_shape) == [1, 16]
+    assert cfg.stages["ship"].rule == "smallest" and list(cfg.stages["ship"].shape) == [1, 16]
     assert [1, 16] in [list(p) for p in cfg.stages["benchmark"].points()]  # the budget's shape is timed
     # the teacher's depth: no distill stage, the prune stage reads the teacher
     _, cfg = build(Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"))
@@ -94,16 +98,19 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
     # a size budget: the int8 file stays all int8 (the agreement fallback's float MatMuls add size)
     assert cfg.stages["export"].min_agreement == 0.0
     lat = s.model_copy(update={"budget": s.budget.model_copy(update={"size_mb": None, "latency_ms": 5.0})})
-    assert (
-        candidate_pipeline(raw, pcfg, lat, Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"), 2)["export"].get(
-            "min_agreement"
-        )
-        is None
-    )
-    # paths written for another folder still point at the same files
+    default = type(pcfg.stages["export"])().min_agreement
+    latency_bound = candidate_config(pcfg, lat, Candidate(2, 0.0, 0.5, 0.0, "int8_dynamic"), 2)
+    assert latency_bound.stages["export"].min_agreement == default
+    # paths written for another folder still point at the same files; a hub id stays as it is
     (tmp_path / "g").mkdir()
-    moved = relocate_paths({"task": {"glue_dir": "g"}, "model": "m", "stages": []}, tmp_path, tmp_path / "a" / "b")
-    assert moved["task"]["glue_dir"] == os.path.join("..", "..", "g") and moved["model"] == "m"
+    moved = portable_dict(dataclasses.replace(pcfg, base_dir=tmp_path, model="org/model"), tmp_path / "a" / "b")
+    assert Path(tmp_path / "a" / "b" / moved["task"]["glue_dir"]).resolve() == Path(glue_dir).resolve()
+    assert moved["model"] == "org/model"
+    (tmp_path / "m").mkdir()
+    moved = portable_dict(dataclasses.replace(pcfg, base_dir=tmp_path, model="m"), tmp_path / "a" / "b")
+    assert moved["model"] == os.path.join("..", "..", "m")
+    with pytest.raises(ValidationError):  # a rung setting its stage refuses: refused as the loader refuses it
+        candidate_config(pcfg, s, Candidate(1, 0.5, 0.0, 0.0, "int8_dynamic"), 2, {"finetune.max_steps": -3})
 
 
 @pytest.mark.parametrize(
@@ -271,7 +278,7 @@ def test_space_left_out_keeps_the_recipe_and_time_limit_stops_new_runs(tmp_path,
     ).replace("distill_mode: task_specific,", "distill_mode: task_specific, student_layers: 1,")
     assert text != SEARCH_YAML
     _write(tmp_path, tiny_bert, glue_dir, text)
-    _, s, _ = load_search(tmp_path / "s.yaml")
+    s, _ = load_search(tmp_path / "s.yaml")
     assert (s.space.layers, s.space.head_ratio, s.space.ffn_ratio, s.space.hidden_ratio) == ([1], [0.5], [0.5], [0.0])
     r = CliRunner().invoke(main, ["search", "s.yaml", "search.time_limit_min=0.0001"])
     assert r.exit_code == 1, r.output
@@ -380,8 +387,8 @@ def test_ladder_notes_the_finalist_cut_and_survives_a_crashing_candidate(tmp_pat
     from compresstune.search.ladder import Clock, Ladder
 
     _write(tmp_path, tiny_bert, glue_dir)
-    raw, s, pcfg = load_search(tmp_path / "s.yaml", ["search.ladder.rungs=[]", "search.ladder.finalists=1"])
-    lad = Ladder(tmp_path / "out", raw, pcfg, s, 2, Clock(), log=lambda m: None)
+    s, pcfg = load_search(tmp_path / "s.yaml", ["search.ladder.rungs=[]", "search.ladder.finalists=1"])
+    lad = Ladder(tmp_path / "out", pcfg, s, 2, Clock(), log=lambda m: None)
     cands = [Candidate(2, 0.0, f, 0.0, "int8_dynamic") for f in (0.0, 0.5)]
     for c in cands:
         lad.results[c.id] = {"rungs": {}}

@@ -16,25 +16,17 @@ from conftest import write_pipeline
 
 from compresstune.cli import main
 from compresstune.config import load_config
+from compresstune.config.results import Candidate
 from compresstune.deploy.layout import load_config as bundle_config
 from compresstune.deploy.layout import model_path
 from compresstune.errors import ConfigError
-from compresstune.stages import ship
+from compresstune.stages.ship_rule import choose
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _cand(v, passed=True, dev=90.0, p50=10.0, size=10.0):
-    return {
-        "variant": v,
-        "passed": passed,
-        "dev": dev,
-        "p50_ms": p50,
-        "size_mb": size,
-        "error": None,
-        "gap_points": 0.0,
-        "tolerance": 1.0,
-    }
+    return Candidate(variant=v, passed=passed, dev=dev, p50_ms=p50, size_mb=size, gap_points=0.0, tolerance=1.0)
 
 
 def test_rules_choose_among_verified_variants_only():
@@ -45,13 +37,13 @@ def test_rules_choose_among_verified_variants_only():
         _cand("int8_static", passed=False, p50=5, size=21, dev=80),
     ]
     # int8_static is faster but failed its verification
-    assert ship.choose(cands, "fastest", (1, 128))["chosen"] == "int8_dynamic"
-    assert ship.choose(cands, "smallest", (1, 128))["chosen"] == "int8_dynamic"
-    assert ship.choose(cands, "most_accurate", (1, 128))["chosen"] == "optimized"  # same metric as fp32, faster
-    d = ship.choose(cands, "fastest", (1, 128))
-    assert "int8_static" in d["why"] and "lowest p50" in d["why"]
-    none = ship.choose([_cand("fp32", passed=False)], "fastest", (1, 128))
-    assert none["chosen"] is None and "no variant" in none["why"]
+    assert choose(cands, "fastest", (1, 128)).chosen == "int8_dynamic"
+    assert choose(cands, "smallest", (1, 128)).chosen == "int8_dynamic"
+    assert choose(cands, "most_accurate", (1, 128)).chosen == "optimized"  # same metric as fp32, faster
+    d = choose(cands, "fastest", (1, 128))
+    assert "int8_static" in d.why and "lowest p50" in d.why
+    none = choose([_cand("fp32", passed=False)], "fastest", (1, 128))
+    assert none.chosen is None and "no variant" in none.why
 
 
 def _run(tmp_path, args):
@@ -195,9 +187,10 @@ def test_bench_onnx_times_files_back_to_back(shipped, tmp_path):
 
 def test_ship_shape_must_be_timed(tiny_bert, glue_dir, tmp_path):
     p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
-    with pytest.raises(ConfigError, match=r"report.ship_shape: \[1, 128\] is not timed by the benchmark"):
-        load_config(p, ["report.ship_shape=[1,128]"])
-    assert load_config(p, ["report.ship_shape=[1,128]", "report.bundle=false"])  # nothing shipped: no check
+    with pytest.raises(ConfigError, match=r"ship.shape: \[1, 128\] is not timed by the benchmark"):
+        load_config(p, ["ship.shape=[1,128]"])
+    with pytest.raises(ConfigError, match=r"report: the ship rule and the deploy bundle moved to their own stage"):
+        load_config(p, ["report.ship_shape=[1,16]"])  # a file of the time the report shipped: told where it went
 
 
 def test_gpu_selection_rules_on_cpu():

@@ -34,7 +34,7 @@ def test_a_variant_registered_from_a_test_file_is_built_verified_timed_and_shipp
     extra = "  variants: [fp32, toy_half]\n"
     write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
     text = (tmp_path / "p.yaml").read_text()
-    text = text.replace("export:\n", "export:\n" + extra).replace("report:\n", "report:\n  ship_rule: smallest\n")
+    text = text.replace("export:\n", "export:\n" + extra).replace("ship:\n", "ship:\n  rule: smallest\n")
     (tmp_path / "p.yaml").write_text(text)
     r = run_pipeline_in(tmp_path)
     assert r.exit_code == 0, r.output

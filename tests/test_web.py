@@ -35,7 +35,7 @@ name: web
 model: {model}
 seed: 7
 task: {{name: sst2, glue_dir: {glue}, train_subset: 1024, dev_subset: 96, max_length: 64}}
-stages: [finetune, export, benchmark, report]
+stages: [finetune, export, benchmark, ship, report]
 finetune: {{epochs: 1, lr: 1.0e-4, batch_size: 32, checkpoint_every_steps: 1000}}
 export:
   variants: [fp32, int8_dynamic]
@@ -44,7 +44,7 @@ export:
   tolerances: {{int8: 5.0}}  # 96 dev sentences: one flipped label is 1.04 points
 benchmark: {{variants: [{ship}], batch_sizes: [1], seq_lengths: [16], warmup: 1, iters: 3, rounds: 1, pytorch: false,
             footprint: false}}
-report: {{ship_shape: [1, 16], edge: false}}
+ship: {{shape: [1, 16], edge: false}}
 """
 
 

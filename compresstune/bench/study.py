@@ -28,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config.results import stage_records
 from ..errors import UserError
 from ..methods import all_methods, get_method
 from .study_results import plot, to_markdown
@@ -120,9 +121,8 @@ def _run_one(out: Path, name: str, pipe: dict, log) -> dict:
         raise UserError(
             f"bench run {name} failed (exit {r.returncode}); log: {out / 'logs' / (name + '.log')}: {' | '.join(tail)}"
         )
-    man = json.loads((out / "runs" / name / "manifest.json").read_text())
     log(f"  {name}: done in {time.time() - t:.0f}s")
-    return man["stages"]
+    return stage_records(out / "runs" / name)
 
 
 def _tune_lr(spec: MethodSpec, base: float, lr_grid, tune_seed: int, args: dict, out: Path, log) -> dict:
@@ -134,7 +134,7 @@ def _tune_lr(spec: MethodSpec, base: float, lr_grid, tune_seed: int, args: dict,
         lr = float(f"{lr:.3g}")
         if lr not in scores:
             st = _run_one(out, f"tune-{spec.label}-lr{lr:g}", _pipeline(spec, tune_seed, lr, args, export=False), log)
-            scores[lr] = st["finetune"]["summary"]["best_dev_metric"]
+            scores[lr] = st["finetune"].result.best_dev_metric
         return lr
 
     grid = sorted(float(f"{base * m:.3g}") for m in lr_grid)
@@ -256,39 +256,37 @@ def summarize(specs, runs, lrs, args) -> dict:
     rows = {}
     full_best = None
     if "full" in runs:
-        full_best = _ms([r["finetune"]["summary"]["best_dev_metric"] for r in runs["full"]])[0]
+        full_best = _ms([r["finetune"].result.best_dev_metric for r in runs["full"]])[0]
     for spec in specs:
         rs = runs[spec.label]
-        ft = [r["finetune"]["summary"] for r in rs]
+        ft = [r["finetune"].result for r in rs]
         target = 0.99 * full_best if full_best is not None and full_best > 0 else None
         t99 = []
         for s in ft:
-            hit = next(
-                (h["train_time_s"] for h in s["history"] if target is not None and h["dev_main"] >= target), None
-            )
+            hit = next((h["train_time_s"] for h in s.history if target is not None and h["dev_main"] >= target), None)
             t99.append(hit)
-        merges = [r["merge"]["summary"]["max_abs_diff"] for r in rs if "merge" in r]
-        exp = next((r["export"]["summary"] for r in rs if "export" in r), None)
+        merges = [r["merge"].result.max_abs_diff for r in rs if "merge" in r]
+        exp = next((r["export"].result for r in rs if "export" in r), None)
         rows[spec.label] = {
             "method": spec.method,
             "settings": spec.settings,
             "lr": lrs[spec.label],
-            "best": _ms([s["best_dev_metric"] for s in ft]),
-            "final": _ms([s["final_dev_metric"] for s in ft]),
-            "trainable_params": ft[0]["trainable_params"],
-            "total_params": ft[0]["total_params"],
-            "train_time_s": _ms([s["train_time_s"] for s in ft]),
-            "epoch_time_s": _ms([s["train_time_s"] / s["epochs"] for s in ft]),
+            "best": _ms([s.best_dev_metric for s in ft]),
+            "final": _ms([s.final_dev_metric for s in ft]),
+            "trainable_params": ft[0].trainable_params,
+            "total_params": ft[0].total_params,
+            "train_time_s": _ms([s.train_time_s for s in ft]),
+            "epoch_time_s": _ms([s.train_time_s / s.epochs for s in ft]),
             "time_to_99_s": _ms(t99) if all(t is not None for t in t99) else (None, None),
             "reached_99": sum(t is not None for t in t99),
             "time_to_99_per_seed_s": t99,
-            "peak_rss_mb": _ms([s["resources"]["peak_rss_mb"] for s in ft]),
-            "peak_rss_increase_mb": _ms([s["resources"]["peak_rss_increase_mb"] for s in ft]),
+            "peak_rss_mb": _ms([s.resources["peak_rss_mb"] for s in ft]),
+            "peak_rss_increase_mb": _ms([s.resources["peak_rss_increase_mb"] for s in ft]),
             "merge_max_abs_diff": max(merges) if merges else None,
-            "export": {"dev_onnx": exp["dev_onnx"]["main"], "dev_pytorch": exp["dev_pytorch"]["main"]} if exp else None,
+            "export": {"dev_onnx": exp.dev_onnx["main"], "dev_pytorch": exp.dev_pytorch["main"]} if exp else None,
             "curves": [
-                [(h["train_time_s"], h["epoch"], h["dev_main"], h["train_loss"]) for h in s["history"]] for s in ft
+                [(h["train_time_s"], h["epoch"], h["dev_main"], h["train_loss"]) for h in s.history] for s in ft
             ],
-            "per_seed_best": [s["best_dev_metric"] for s in ft],
+            "per_seed_best": [s.best_dev_metric for s in ft],
         }
-    return {"rows": rows, "full_best_mean": full_best, "metric": ft[0]["metric"] if specs else None}
+    return {"rows": rows, "full_best_mean": full_best, "metric": ft[0].metric if specs else None}

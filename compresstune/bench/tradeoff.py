@@ -10,117 +10,104 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config.results import Comparison, CompressResult, Engine, ExportResult, StageRecord, shape_key, stage_records
 from ..errors import UserError
-from ..manifest import Manifest
 from ..measure.markdown import md_table
 
 
-def _compared_benchmark(run_dir: Path, stages: dict) -> tuple[str, dict]:
-    """The last benchmark stage that timed against a baseline (name, record), and its upstream stages all done."""
-    with_base = [
-        (n, r) for n, r in stages.items() if r.get("type") == "benchmark" and (r.get("summary") or {}).get("comparison")
-    ]
+def _compared_benchmark(run_dir: Path, records: dict[str, StageRecord]) -> StageRecord:
+    """The last benchmark stage that timed against a baseline, its upstream stages all done."""
+    with_base = [r for r in records.values() if r.type == "benchmark" and r.result is not None and r.result.comparison]
     if not with_base:
         raise UserError(
             f"{run_dir}: no benchmark stage with a `baseline:` has run; add `baseline: <the uncompressed model's "
             "export stage>` to its benchmark stage and run the pipeline."
         )
-    bname, brec = with_base[-1]
-    not_done = [n for n in [bname, *sorted(_upstream(stages, bname))] if stages.get(n, {}).get("status") != "done"]
+    brec = with_base[-1]
+    chain = [brec.name, *sorted(_upstream(records, brec.name))]
+    not_done = [n for n in chain if n not in records or records[n].status != "done"]
     if not_done:
+        state = records[not_done[0]].status if not_done[0] in records else "missing"
         raise UserError(
-            f"{run_dir}: stage {not_done[0]!r} is {stages.get(not_done[0], {}).get('status', 'missing')}, so the "
-            f"numbers of {bname!r} do not describe the current model; run the pipeline again to bring it up to date."
+            f"{run_dir}: stage {not_done[0]!r} is {state}, so the numbers of {brec.name!r} do not describe the "
+            "current model; run the pipeline again to bring it up to date."
         )
-    return bname, brec
+    return brec
 
 
-def _cpu_points(cmp: dict) -> dict:
+def _cpu_points(cmp: Comparison) -> dict:
     return {
-        f"{r['batch']}x{r['seq']}": {
-            "p50_ms": r["p50_ms"],
-            "baseline_p50_ms": r["baseline_p50_ms"],
-            "speedup": r["speedup"],
-        }
-        for r in cmp["rows"]
-        if r["engine"] == "ort-cpu"
+        shape_key((r.batch, r.seq)): {"p50_ms": r.p50_ms, "baseline_p50_ms": r.baseline_p50_ms, "speedup": r.speedup}
+        for r in cmp.rows
+        if r.engine == Engine(runtime="ort", provider="cpu")
     }
 
 
-def _add_compression(row: dict, comp: dict) -> None:
+def _add_compression(row: dict, comp: CompressResult) -> None:
     row["compression"] = _describe(comp)
-    row["params"] = comp["after"]["params"]["total"]
-    row["baseline_params"] = comp["before"]["params"]["total"]
-    row["gflops_128"] = comp["after"]["gflops_per_seq"].get("128")
-    row["compress_dev"] = comp["after"].get("dev")
+    row["params"] = comp.after.params["total"]
+    row["baseline_params"] = comp.before.params["total"]
+    row["gflops_128"] = comp.after.gflops_per_seq.get("128")
+    row["compress_dev"] = comp.after.dev
 
 
-def _add_finetune(row: dict, stages: dict, export_name: str, baseline: str) -> None:
+def _add_finetune(row: dict, records: dict[str, StageRecord], export_name: str, baseline: str) -> None:
     """The fine-tuning behind the timed export that is not also behind the baseline's."""
-    ft = [
-        r["summary"]
-        for n, r in stages.items()
-        if r.get("type") == "finetune"
-        and n in _upstream(stages, export_name)
-        and n not in _upstream(stages, baseline) | {baseline}
-        and r.get("summary")
-    ]
+    behind, base = _upstream(records, export_name), _upstream(records, baseline) | {baseline}
+    ft = [r.result for n, r in records.items() if r.type == "finetune" and n in behind and n not in base and r.result]
     if ft:
-        row["finetune_method"] = ft[-1]["method"]
-        row["finetune_time_s"] = ft[-1]["train_time_s"]
+        row["finetune_method"] = ft[-1].method
+        row["finetune_time_s"] = ft[-1].train_time_s
 
 
 def collect_run(run_dir: Path) -> dict:
-    man = Manifest.load(run_dir)
-    if not man.path.is_file():
+    if not (run_dir / "manifest.json").is_file():
         raise UserError(f"{run_dir}: no manifest.json; give run folders (for example exported/sst2-prune).")
-    stages = man.stages
-    bname, brec = _compared_benchmark(run_dir, stages)
-    up = _upstream(stages, bname)
-    cmp = brec["summary"]["comparison"]
-    export_name = brec["inputs"][0]
-    exp = stages[export_name]["summary"]
-    base = stages[cmp["baseline"]]["summary"]
-    comp = next((stages[n]["summary"] for n in stages if n in up and stages[n].get("type") == "compress"), None)
-    metric = next(
-        (stages[n]["summary"].get("metric") for n in stages if n in up and stages[n].get("type") == "finetune"), None
-    ) or (comp or {}).get("metric", "main")
+    records = stage_records(run_dir)
+    brec = _compared_benchmark(run_dir, records)
+    up = _upstream(records, brec.name)
+    cmp: Comparison = brec.result.comparison
+    export_name = brec.inputs[0]
+    exp: ExportResult = records[export_name].result
+    base: ExportResult = records[cmp.baseline].result
+    comp = next((r.result for n, r in records.items() if n in up and r.type == "compress"), None)
+    metric = next((r.result.metric for n, r in records.items() if n in up and r.type == "finetune"), None)
     row = {
         "run": run_dir.name,
-        "metric": metric,
-        "dev": exp["dev_onnx"]["main"],
-        "baseline_dev": base["dev_onnx"]["main"],
-        "onnx_mb": cmp["onnx_mb"],
-        "baseline_onnx_mb": cmp["baseline_onnx_mb"],
+        "metric": metric or (comp.metric if comp else None) or "main",
+        "dev": exp.dev_onnx["main"],
+        "baseline_dev": base.dev_onnx["main"],
+        "onnx_mb": cmp.onnx_mb,
+        "baseline_onnx_mb": cmp.baseline_onnx_mb,
         "export": export_name,
-        "benchmark": bname,
+        "benchmark": brec.name,
         "points": _cpu_points(cmp),
     }
     if comp:
         _add_compression(row, comp)
-    _add_finetune(row, stages, export_name, cmp["baseline"])
+    _add_finetune(row, records, export_name, cmp.baseline)
     return row
 
 
-def _upstream(stages: dict, name: str) -> set[str]:
+def _upstream(records: dict[str, StageRecord], name: str) -> set[str]:
     out, todo = set(), [name]
     while todo:
         n = todo.pop()
-        for i in stages.get(n, {}).get("inputs", []):
+        for i in records[n].inputs if n in records else []:
             if i not in out:
                 out.add(i)
                 todo.append(i)
     return out
 
 
-def _describe(comp: dict) -> str:
-    if comp.get("prune"):
-        p = comp["prune"]
+def _describe(comp: CompressResult) -> str:
+    if comp.prune:
+        p = comp.prune
         s = f"prune heads {p['head_ratio']:.0%}, FFN {p['ffn_ratio']:.0%} ({p['mode']}, {p['importance']})"
-        if comp.get("distill"):
-            s += f", healed {comp['distill']['steps']} steps"
+        if comp.distill:
+            s += f", healed {comp.distill['steps']} steps"
         return s
-    return f"distil into teacher layers {comp.get('keep_layers')} ({(comp.get('distill') or {}).get('mode', '')})"
+    return f"distil into teacher layers {comp.keep_layers} ({(comp.distill or {}).get('mode', '')})"
 
 
 def _tradeoff_row(r: dict, pts: list[str]) -> list[str]:

@@ -16,10 +16,14 @@ def _resolve(p: str, base_dir: Path) -> Path:
     return q if q.is_absolute() else (base_dir / q)
 
 
+TASK_PATHS = ("glue_dir", "train_file", "dev_file")  # task keys naming files, resolved against the file's folder
+STAGE_PATHS = ("text_file",)  # stage keys naming files, resolved against the pipeline file's folder when used
+
+
 def absolutize(task: TaskConfig, base_dir: Path) -> TaskConfig:
     """Relative paths in a pipeline file are relative to that file's folder."""
     upd = {}
-    for key in ("glue_dir", "train_file", "dev_file"):
+    for key in TASK_PATHS:
         v = getattr(task, key)
         if v:
             upd[key] = str(_resolve(v, base_dir).resolve())
@@ -81,3 +85,28 @@ def check_model(ref: str, base_dir: Path, where) -> list[str]:
     except UserError as exc:
         return [f"{where(('model',))}{exc}"]
     return []
+
+
+def portable_dict(cfg, to_dir: Path) -> dict:
+    """``cfg`` (a PipelineConfig) as a pipeline file's contents for a file in ``to_dir``: every setting (JSON
+    types), and every path the loader resolves against the file's folder (the task's files, a local model folder,
+    a stage's text file) rewritten to point where it pointed for ``cfg``."""
+    import json
+
+    out = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as a YAML file holds them
+    base, to_dir = Path(cfg.base_dir), to_dir.resolve()
+
+    def moved(v):
+        if not isinstance(v, str) or not v or "://" in v:
+            return v
+        p = _resolve(v, base)
+        return os.path.relpath(p.resolve(), to_dir) if p.exists() else v  # a hub id stays as it is
+
+    for key in TASK_PATHS:
+        out["task"][key] = moved(out["task"].get(key))
+    out["model"] = moved(out["model"])
+    for name in out["stages"]:
+        for key in STAGE_PATHS:
+            if key in out[name]:
+                out[name][key] = moved(out[name][key])
+    return out

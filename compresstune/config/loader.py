@@ -306,17 +306,17 @@ def _check_stage_references(stages: dict[str, StageConfig], stage_list: list[str
 
 
 def _check_ship_shape(stages: dict[str, StageConfig], problems: Problems) -> None:
-    """The report chooses the shipped variant at ``ship_shape``: the last benchmark must time that point."""
+    """The ship stage chooses the variant at ``shape``: the last benchmark must time that point."""
     benches = [c for c in stages.values() if c.type == "benchmark"]
     for name, cfg in stages.items():
-        if cfg.type != "report" or not benches or not cfg.bundle:
+        if cfg.type != "ship" or not benches:
             continue
         points = benches[-1].points()
-        if tuple(cfg.ship_shape) not in points:
+        if tuple(cfg.shape) not in points:
             shown = ", ".join(f"[{b}, {s}]" for b, s in points)
             problems.add(
-                (name, "ship_shape"),
-                f"{name}.ship_shape: {list(cfg.ship_shape)} is not timed by the benchmark "
+                (name, "shape"),
+                f"{name}.shape: {list(cfg.shape)} is not timed by the benchmark "
                 f"(it times {shown}); pick one of those or add it to the benchmark's shapes.",
             )
 

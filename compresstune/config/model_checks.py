@@ -160,8 +160,8 @@ def check_lengths(cfg: PipelineConfig, shape: Shape, add: Add) -> None:
         elif c.type == "benchmark":
             key = "shapes" if c.shapes else "seq_lengths"
             seqs += [((name, key), f"{name}.{key}", s) for _, s in c.points()]
-        elif c.type == "report":
-            seqs.append(((name, "ship_shape"), f"{name}.ship_shape", c.ship_shape[1]))
+        elif c.type == "ship":
+            seqs.append(((name, "shape"), f"{name}.shape", c.shape[1]))
             if c.fixed_shape:
                 seqs.append(((name, "fixed_shape"), f"{name}.fixed_shape", c.fixed_shape[1]))
     seen = set()

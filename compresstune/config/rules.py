@@ -93,6 +93,15 @@ def _check_input_kind(cfg: PipelineConfig, name: str, add: Add) -> None:
                 f"{name}: a benchmark times an exported ONNX model, but it {got}; put an export stage "
                 f"before it or set `{name}.input` to one.",
             )
+    elif stype == "ship":
+        earlier = [cfg.stages[n].type for n in cfg.stage_inputs(name)]
+        if "export" not in earlier or "benchmark" not in earlier:
+            add(
+                ("stages",),
+                f"{name}: ship chooses among exported variants that a benchmark timed, but "
+                f"{'no export' if 'export' not in earlier else 'no benchmark'} comes before it; "
+                "put export and benchmark before it in `stages:`.",
+            )
     elif stype in MODEL_STAGES:
         if src is not None and cfg.stages[src].type not in MODEL_STAGES:
             add(

@@ -282,34 +282,10 @@ class BenchmarkConfig(StageConfig):
         )
 
 
-class ReportConfig(StageConfig):
-    type: Literal["report"] = "report"
-    ship_shape: tuple[Batch, SeqLen] = Field(
-        (1, 128), description="(batch, seq) at which the shipped variant is chosen; the benchmark must time it"
-    )
-    ship_rule: Literal["fastest", "smallest", "most_accurate"] = Field(
-        "fastest",
-        description="among the variants that passed verification: lowest p50 at ship_shape, fewest bytes, "
-        "or highest dev metric",
-    )
-    bundle: bool = Field(True, description="write exported/RUN/deploy/ with the shipped variant")
-    edge: bool = Field(True, description="also an ORT-format model and its operator config in deploy/edge/")
-    trim_vocab: bool = Field(
-        False,
-        description="cut the bundle's vocabulary to the word pieces of the task's training text plus special tokens "
-        "(smaller embedding table); verified on the dev set, kept untrimmed when the check fails",
-    )
-    trim_min_agreement: float = Field(
-        0.99, gt=0, le=1, description="trim_vocab: least share of dev labels equal to the untrimmed bundle's"
-    )
-    fixed_shape: tuple[Batch, SeqLen] | None = Field(
-        None,
-        description="also a fixed-shape (batch, seq) copy in deploy/edge/ for accelerators that need static shapes",
-    )
-
-
 def stage_types() -> dict[str, type[StageConfig]]:
     """Stage type name -> its settings class."""
+    from .ship_sections import ReportConfig, ShipConfig
+
     return {
         "finetune": finetune_config_class(),
         "attach": AttachConfig,
@@ -317,6 +293,7 @@ def stage_types() -> dict[str, type[StageConfig]]:
         "merge": MergeConfig,
         "export": ExportConfig,
         "benchmark": BenchmarkConfig,
+        "ship": ShipConfig,
         "report": ReportConfig,
     }
 
@@ -360,7 +337,7 @@ class PipelineConfig:
     def stage_inputs(self, name: str) -> list[str]:
         names = list(self.stages)
         cfg = self.stages[name]
-        if cfg.type == "report":
+        if cfg.type in ("ship", "report"):  # they read every earlier stage
             return names[: names.index(name)]
         if cfg.input == "pretrained":
             return []

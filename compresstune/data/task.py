@@ -17,6 +17,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def inputs(self) -> list:
+        """The texts as a tokenizer (and the deploy Predictor) takes them: a string, or a (first, second) pair."""
+        return [t[0] if len(t) == 1 else tuple(t) for t in self.texts]
+
     def subset(self, n: int | None, seed: int) -> Split:
         """A fixed random subset of ``n`` examples (all when ``n`` is None or too big)."""
         if not n or n >= len(self):

@@ -339,3 +339,10 @@ class Predictor:
         return [
             {"label": self.labels[k], "label_id": int(k), "score": round(float(p[k]), 6)} for k, p in zip(top, probs)
         ]
+
+
+def bundle_predictions(bundle_dir, texts, regression: bool) -> list:
+    """A bundle's predictions for ``texts`` (strings or (a, b) pairs) through :class:`Predictor` at its default
+    batching, as a metric takes them: values for a regression task, label ids otherwise."""
+    out = Predictor(bundle_dir).predict(list(texts), warn=False)
+    return [r["value"] for r in out] if regression else [r["label_id"] for r in out]

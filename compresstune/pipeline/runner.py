@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.preflight import Checked, preflight
+from ..config.results import result_of
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
 from ..manifest import Manifest, disk_error, write_json_atomic
@@ -80,7 +81,7 @@ class _Followers:
 
     def start(self, name: str, inputs: list[InputRef]) -> None:
         if self.waiting:
-            self.procs.broadcast({"name": name, "inputs": [(r.name, r.type, r.dir, r.summary) for r in inputs]})
+            self.procs.broadcast({"name": name, "inputs": [(r.name, r.type, r.dir, r.result.dump()) for r in inputs]})
             self.joined = True
 
     def finish(self) -> None:
@@ -155,7 +156,7 @@ def _follow(cfg: PipelineConfig, run_dir: Path, procs: Processes, task) -> Manif
     while (msg := procs.broadcast(None)) is not None:
         name, scfg = msg["name"], cfg.stages[msg["name"]]
         tmp_dir = run_dir / (stage_dirname(cfg, name) + ".tmp")
-        inputs = [InputRef(*r) for r in msg["inputs"]]
+        inputs = [InputRef.of(*r) for r in msg["inputs"]]
         ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=_silent, progress=False, extra=shared)
         STAGES[scfg.type]().run(ctx)
         procs.barrier()  # the main process commits the stage before anyone goes on
@@ -255,7 +256,7 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
     for inp in cfg.stage_inputs(name):
         rec = manifest.stages.get(inp, {})
         out = run_dir / stage_dirname(cfg, inp)  # never a folder the run record names elsewhere
-        inputs.append(InputRef(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
+        inputs.append(InputRef.of(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
     ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=plan.shared)
     manifest.update_stage(
         name,
@@ -274,7 +275,7 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         plan.followers.start(name, inputs)  # the other processes of a multi-process run train with this one
     try:
         with ResourceMonitor() as mon:
-            summary = STAGES[scfg.type]().run(ctx) or {}
+            summary = result_of(scfg.type, STAGES[scfg.type]().run(ctx) or {}).dump()  # the stage type's contract
     except BaseException as exc:
         err = disk_error(exc, f"stage {name}") if isinstance(exc, OSError) else None
         try:

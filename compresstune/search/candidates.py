@@ -7,7 +7,7 @@ variant exported and shipped at the budget's shape, and a rung's settings on top
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import itertools
 import os
 from dataclasses import asdict, dataclass
@@ -65,33 +65,29 @@ def enumerate_space(spec: SearchConfig, teacher_layers: int) -> list[Candidate]:
     ]
 
 
-def _resolved_input(raw: dict, stages: list[str], name: str) -> str | None:
-    inp = (raw.get(name) or {}).get("input")
+def updated(section, changes: dict):
+    """``section`` (a typed settings block) with ``changes`` applied and validated as the loader validates them."""
+    return type(section).model_validate({**section.model_dump(), **changes}) if changes else section
+
+
+def _model_input(stages: dict, name: str) -> str | None:
+    """The stage ``name`` reads (its ``input``, else the one before it); None: the pipeline's model."""
+    inp = stages[name].input
     if inp:
-        return inp
-    i = stages.index(name)
-    return stages[i - 1] if i > 0 else None
+        return None if inp == "pretrained" else inp
+    names = list(stages)
+    i = names.index(name)
+    return names[i - 1] if i > 0 else None
 
 
-def _drop_stage(raw: dict, name: str) -> None:
-    """Remove ``name`` from the pipeline; stages that read it read what it read."""
-    stages = list(raw["stages"])
-    src = _resolved_input(raw, stages, name) or "pretrained"
-    for other in stages[stages.index(name) + 1 :]:
-        if _resolved_input(raw, stages, other) == name:
-            raw[other] = {**(raw.get(other) or {}), "input": src}
-    stages.remove(name)
-    raw["stages"] = stages
-
-
-def _set(raw: dict, dotted: str, value) -> None:
-    """A rung's ``section.key: value`` (the value already typed by YAML)."""
-    keys, node = dotted.split("."), raw
-    for k in keys[:-1]:
-        if node.get(k) is None:  # absent, or an empty section (`export:`)
-            node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
+def _drop_stage(stages: dict, name: str) -> dict:
+    """``stages`` without ``name``; stages that read it read what it read."""
+    src = _model_input(stages, name) or "pretrained"
+    out = {}
+    for other, c in stages.items():
+        if other != name:
+            out[other] = updated(c, {"input": src}) if _model_input(stages, other) == name else c
+    return out
 
 
 def _stage_of_type(pcfg: PipelineConfig, t: str) -> str | None:
@@ -99,73 +95,63 @@ def _stage_of_type(pcfg: PipelineConfig, t: str) -> str | None:
     return next((n for n, st in reversed(pcfg.stages.items()) if st.type == t), None)
 
 
-def candidate_pipeline(
-    raw: dict, pcfg: PipelineConfig, spec: SearchConfig, cand: Candidate, teacher_layers: int, rung: dict | None = None
-) -> dict:
-    """The pipeline (as a dict) that trains ``cand``; ``rung``: a cheap rung's settings, else the full recipe."""
-    out = copy.deepcopy({k: v for k, v in raw.items() if k != "search"})
+def rung_changes(rung: dict | None) -> dict[str, dict]:
+    """A rung's ``stage.key: value`` settings grouped per stage."""
+    out: dict[str, dict] = {}
+    for dotted, value in (rung or {}).items():
+        stage, _, key = dotted.partition(".")
+        out.setdefault(stage, {})[key] = value
+    return out
+
+
+def candidate_config(
+    pcfg: PipelineConfig, spec: SearchConfig, cand: Candidate, teacher_layers: int, rung: dict | None = None
+) -> PipelineConfig:
+    """The pipeline that trains ``cand``, as a typed config derived from the searched one; ``rung``: a cheap
+    rung's settings, else the full recipe. Raises pydantic's ValidationError for a setting its stage refuses."""
+    stages, task = dict(pcfg.stages), pcfg.task
     if spec.holdout:  # every stage evaluates and chooses on held-out training examples; dev is scored after the search
-        out["task"] = {**(out.get("task") or {}), "holdout": spec.holdout}
+        task = updated(task, {"holdout": spec.holdout})
     if spec.depth_stage:
         if cand.layers < teacher_layers:
-            out[spec.depth_stage] = {**out[spec.depth_stage], "student_layers": cand.layers, "keep_layers": None}
+            stages[spec.depth_stage] = updated(
+                stages[spec.depth_stage], {"student_layers": cand.layers, "keep_layers": None}
+            )
         else:
-            _drop_stage(out, spec.depth_stage)
+            stages = _drop_stage(stages, spec.depth_stage)
     if spec.prune_stage:
         if cand.prunes:
-            p = {
-                **out[spec.prune_stage],
-                "head_ratio": cand.head_ratio,
-                "ffn_ratio": cand.ffn_ratio,
-                "hidden_ratio": cand.hidden_ratio,
-            }
+            p = {"head_ratio": cand.head_ratio, "ffn_ratio": cand.ffn_ratio, "hidden_ratio": cand.hidden_ratio}
             if cand.hidden_ratio > 0:
                 p["hidden_weight"] = 0.0  # the hidden size changes: heal on logits (and attention) only
-            out[spec.prune_stage] = p
+            stages[spec.prune_stage] = updated(stages[spec.prune_stage], p)
         else:
-            _drop_stage(out, spec.prune_stage)
-    export, bench, report = (_stage_of_type(pcfg, t) for t in ("export", "benchmark", "report"))
-    shape = list(spec.budget.shape)
+            stages = _drop_stage(stages, spec.prune_stage)
+    export, bench, ship = (_stage_of_type(pcfg, t) for t in ("export", "benchmark", "ship"))
+    shape = tuple(spec.budget.shape)
     # the candidate ships as its own variant: exported beside fp32 (the reference every variant is verified
-    # against), and the only one the benchmark times (the report ships among timed variants only)
-    out[export] = {**(out.get(export) or {}), "variants": list(dict.fromkeys(["fp32", cand.variant]))}
+    # against), and the only one the benchmark times (the ship stage chooses among timed variants only)
+    e = {"variants": list(dict.fromkeys(["fp32", cand.variant]))}
     if spec.budget.size_mb is not None:
         # int8's label-agreement fallback keeps sensitive MatMuls float, which can push the file past a size
         # budget (measured: 14.0 -> 15.9 MB); under a size budget the file stays all int8 and the variant's
-        # dev-metric tolerance alone guards accuracy
-        out[export]["min_agreement"] = 0.0
-    if bench and bench in out["stages"]:
-        points = [list(p) for p in pcfg.stages[bench].points()]
-        b = {**(out.get(bench) or {}), "variants": [cand.variant]}
+        # metric tolerance alone guards accuracy
+        e["min_agreement"] = 0.0
+    stages[export] = updated(stages[export], e)
+    if bench and bench in stages:
+        points = [tuple(p) for p in pcfg.stages[bench].points()]
+        b = {"variants": [cand.variant]}
         if shape not in points:
             b["shapes"] = points + [shape]
-        out[bench] = b
-    # the variant to ship: the smallest file when the budget is a size (int8 on real models is both)
+        stages[bench] = updated(stages[bench], b)
+    # the variant to ship: the smallest file when the budget is a size (int8 on real models is both); the bundle
+    # is what the winner is re-timed on (and what a user ships)
     rule = "smallest" if spec.budget.size_mb is not None else "fastest"
-    # the bundle is what the winner is re-timed on (and what a user ships)
-    out[report] = {**(out.get(report) or {}), "ship_shape": shape, "ship_rule": rule, "bundle": True}
-    for key, value in (rung or {}).items():
-        _set(out, key, value)
-    return out
-
-
-def relocate_paths(raw: dict, from_dir: Path, to_dir: Path) -> dict:
-    """Relative file paths of ``raw`` (written for ``from_dir``) rewritten for a file in ``to_dir``."""
-    out = copy.deepcopy(raw)
-
-    def fix(node: dict, key: str) -> None:
-        v = node.get(key)
-        if isinstance(v, str) and v and not os.path.isabs(v) and (from_dir / v).exists():
-            node[key] = os.path.relpath((from_dir / v).resolve(), to_dir.resolve())
-
-    task = out.get("task") or {}
-    for key in ("glue_dir", "train_file", "dev_file"):
-        fix(task, key)
-    fix(out, "model")
-    for name in out.get("stages", []):
-        if isinstance(out.get(name), dict):
-            fix(out[name], "text_file")
-    return out
+    stages[ship] = updated(stages[ship], {"shape": shape, "rule": rule, "bundle": True})
+    for stage, changes in rung_changes(rung).items():
+        if stage in stages:  # a stage this candidate drops (distill at the teacher's depth) takes no settings
+            stages[stage] = updated(stages[stage], changes)
+    return dataclasses.replace(pcfg, task=task, stages=stages)
 
 
 def write_pipeline(raw: dict, path: Path, header: str) -> Path:

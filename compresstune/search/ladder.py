@@ -10,17 +10,20 @@ over an overlapping space, redoes nothing that finished."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import load_config
+from ..config.checks import portable_dict
+from ..config.results import last_of, stage_records
+from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError
 from ..manifest import Manifest
 from ..pipeline import run_pipeline
-from .candidates import Candidate, candidate_pipeline, relocate_paths, write_pipeline
+from .candidates import Candidate, candidate_config, write_pipeline
 from .spec import SearchConfig, advancing, selection_holdout, selects_on
 
 
@@ -40,22 +43,20 @@ class Clock:
 
 
 def rung_metric(run_dir: Path, until: str | None, stages: list[str]) -> float | None:
-    """The dev metric the run reached: at a cheap rung, that of the last stage up to ``until`` that reports
-    one (a merge does not); after the full recipe, the shipped variant's (ONNX Runtime, verified)."""
+    """The metric the run reached on the evaluation split: at a cheap rung, that of the last stage up to
+    ``until`` that measures one (a merge does not); after the full recipe, the shipped variant's (ONNX Runtime,
+    verified)."""
+    if not (run_dir / "manifest.json").is_file():
+        return None
+    records = stage_records(run_dir)
     if until is None:
-        rep = run_dir / "report.json"
-        if not rep.is_file():
-            return None
-        ship = json.loads(rep.read_text()).get("ship") or {}
-        chosen = next((c for c in ship.get("candidates", []) if c.get("variant") == ship.get("chosen")), None)
-        return chosen.get("dev") if chosen else None
-    recs = Manifest.load(run_dir).stages
+        ship = last_of(records, "ship") or last_of(records, "report")  # older runs chose in the report stage
+        return ship.result.evaluated_metric() if ship is not None and ship.result is not None else None
     for name in reversed(stages[: stages.index(until) + 1]):
-        rec = recs.get(name) or {}
-        if rec.get("status") != "done":
+        rec = records.get(name)
+        if rec is None or rec.result is None:
             return None
-        summ = rec.get("summary") or {}
-        metric = summ.get("dev_metric", (summ.get("after") or {}).get("dev"))
+        metric = rec.result.evaluated_metric()
         if metric is not None:
             return metric
     return None
@@ -71,20 +72,19 @@ def _finished(run_dir: Path, stages: list[str], until: str | None) -> bool:
     return all((recs.get(n) or {}).get("status") == "done" for n in wanted)
 
 
-def last_training_stage(raw: dict) -> str:
+def last_training_stage(cfg: PipelineConfig) -> str:
     """The stage just before the candidate's export (the last export: an earlier one may be the uncompressed
     reference's): where a cheap rung stops."""
-    stages = raw["stages"]
-    last_export = max(i for i, n in enumerate(stages) if (raw.get(n) or {}).get("type", n) == "export")
-    return stages[last_export - 1]
+    names = list(cfg.stages)
+    last_export = max(i for i, n in enumerate(names) if cfg.stages[n].type == "export")
+    return names[last_export - 1]
 
 
 class Ladder:
     def __init__(
         self,
         sdir: Path,
-        raw: dict,
-        pcfg,
+        pcfg: PipelineConfig,
         spec: SearchConfig,
         teacher_layers: int,
         clock: Clock,
@@ -93,7 +93,7 @@ class Ladder:
         earlier: dict | None = None,
         on_change=None,
     ):
-        self.sdir, self.raw, self.pcfg, self.spec, self.n, self.clock = sdir, raw, pcfg, spec, teacher_layers, clock
+        self.sdir, self.pcfg, self.spec, self.n, self.clock = sdir, pcfg, spec, teacher_layers, clock
         self.log, self.progress = log, progress
         self.earlier = earlier or {}  # an earlier invocation's results (state.json): its failures are not retried
         self.on_change = on_change or (lambda results: None)  # after every candidate run (run.py: state.json)
@@ -144,17 +144,16 @@ class Ladder:
                 f"(remove its entry from {self.sdir / 'state.json'} to retry it)"
             )
             return None
-        raw = candidate_pipeline(self.raw, self.pcfg, self.spec, cand, self.n, rung)
-        raw["name"] = name
-        raw = relocate_paths(raw, Path(self.pcfg.base_dir), self.sdir / "pipelines")
-        until = None if rung is None else last_training_stage(raw)
+        cfg = dataclasses.replace(candidate_config(self.pcfg, self.spec, cand, self.n, rung), name=name)
+        stages = list(cfg.stages)
+        until = None if rung is None else last_training_stage(cfg)
         over = self.clock.total() > self.spec.time_limit_min * 60
-        if over and not _finished(self.runs / name, raw["stages"], until):
+        if over and not _finished(self.runs / name, stages, until):
             res["stopped"] = f"rung {k}: not started, the time limit ({self.spec.time_limit_min:g} min) was reached"
             self.log(f"[search] {name}: not started (time limit)")
             return None
         path = write_pipeline(
-            raw,
+            portable_dict(cfg, self.sdir / "pipelines"),
             self.sdir / "pipelines" / f"{name}.yaml",
             f"search candidate {cand.id}, rung {k}{' (full recipe)' if rung is None else ''}",
         )
@@ -165,7 +164,7 @@ class Ladder:
         t0 = time.perf_counter()
         self.log(f"[search] {name}: rung {k}{' (full recipe)' if rung is None else ''}")
         try:
-            cfg = load_config(path)
+            cfg = load_config(path)  # the file written is what runs, checked as every pipeline file is
             run_pipeline(
                 cfg,
                 run_name=name,
@@ -187,7 +186,7 @@ class Ladder:
         finally:
             self.clock.add("final" if rung is None else "recovery", time.perf_counter() - t0)
             self.on_change(self.results)
-        metric = rung_metric(self.runs / name, until, raw["stages"])
+        metric = rung_metric(self.runs / name, until, stages)
         res["rungs"][str(k)] = metric
         res["run"] = str(self.runs / name)
         on = selects_on(selection_holdout(self.spec, self.pcfg))

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
+from ..config.checks import portable_dict
 from ..errors import CompresstuneError
 from ..manifest import write_json_atomic
 from ..models.arch import encoder_layers
 from ..models.resolve import load_pretrained_for_task, resolve_model_path
 from ..pipeline.atomic import run_lock
 from ..stages.base import load_task_data
-from .candidates import TEACHER_DEPTH, Candidate, candidate_pipeline, enumerate_space, relocate_paths, write_pipeline
+from .candidates import TEACHER_DEPTH, Candidate, candidate_config, enumerate_space, write_pipeline
 from .ladder import Clock, Ladder
 from .latency import LatencyTable, within_budget
 from .report import write_report
@@ -31,7 +33,7 @@ def run_search(
     log=print,
     progress: bool = False,
 ) -> dict:
-    raw, spec, pcfg = load_search(path, overrides)
+    spec, pcfg = load_search(path, overrides)
     sdir = search_dir_for(pcfg, output_dir)
     sdir.mkdir(parents=True, exist_ok=True)
     with run_lock(sdir):
@@ -72,7 +74,7 @@ def run_search(
             write_json_atomic(state_path, {**new, "checks": state_checks})
 
         ladder = Ladder(
-            sdir, raw, pcfg, spec, n_layers, clock, log, progress, earlier=state.get("results"), on_change=save_state
+            sdir, pcfg, spec, n_layers, clock, log, progress, earlier=state.get("results"), on_change=save_state
         )
         for c in entrants:
             ladder.results[c.id] = {"rungs": {}}
@@ -83,7 +85,7 @@ def run_search(
         result = _result(spec, pcfg, cands, measured, skipped, ladder, winner, checks, task, holdout, clock)
         if winner:
             result["winner_run"] = str(ladder.runs / ladder.run_name(winner, len(ladder.rungs()) - 1))
-            result["winner_pipeline"] = str(_winner_yaml(raw, pcfg, spec, winner, n_layers, sdir, Path(path)))
+            result["winner_pipeline"] = str(_winner_yaml(pcfg, spec, winner, n_layers, sdir, Path(path)))
             if result["holdout"]:
                 result["winner_dev"] = _score_on_dev(Path(result["winner_run"]), pcfg, log)
         save_state(ladder.results)
@@ -117,10 +119,12 @@ def _score_on_dev(run: Path, pcfg, log) -> dict:
     """The winner's shipped bundle on the dev set, read once, after a choice made on held-out training
     examples (the dev set stayed out of every candidate's run)."""
     from ..data.load import load_task
-    from ..stages.ship import bundle_metric
+    from ..data.metrics import compute_metrics
+    from ..deploy.predictor import bundle_predictions
 
     task = load_task(pcfg.task.model_copy(update={"holdout": None}), pcfg.seed)
-    metric = bundle_metric(run / "deploy", task)
+    preds = bundle_predictions(run / "deploy", task.dev.inputs(), task.is_regression)
+    metric = compute_metrics(task, preds, task.dev.labels)["main"]
     log(f"[search] winner's bundle on the dev set (read once, after the choice): {task.metric} {metric:.2f}")
     return {"metric": task.metric, "value": metric, "examples": len(task.dev)}
 
@@ -211,10 +215,9 @@ def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None,
     return None, checks
 
 
-def _winner_yaml(raw, pcfg, spec, winner: Candidate, n_layers: int, sdir: Path, src: Path) -> Path:
-    out = candidate_pipeline(raw, pcfg, spec, winner, n_layers)
-    out["name"] = f"{pcfg.name}-winner"
-    out = relocate_paths(out, src.parent, sdir)
+def _winner_yaml(pcfg, spec, winner: Candidate, n_layers: int, sdir: Path, src: Path) -> Path:
+    cfg = dataclasses.replace(candidate_config(pcfg, spec, winner, n_layers), name=f"{pcfg.name}-winner")
+    out = portable_dict(cfg, sdir)
     head = (
         f"The winner of `compresstune search {src}` ({winner.id}): its full recipe.\n"
         f"  compresstune pipeline run {sdir / 'winner.yaml'}"

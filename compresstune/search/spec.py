@@ -16,7 +16,7 @@ from ..config.sections import PipelineConfig
 from ..errors import ConfigError
 from ..export.variants import searchable_variants
 from ..options import Section
-from .candidates import TEACHER_DEPTH, Candidate, candidate_pipeline
+from .candidates import TEACHER_DEPTH, Candidate, candidate_config
 
 
 class Budget(Section):
@@ -188,10 +188,10 @@ def _check_structure(spec: SearchConfig, pcfg: PipelineConfig, src: str) -> Sear
                 "which then follow from the ratios alone)."
             )
     types = [st.type for st in pcfg.stages.values()]
-    if "export" not in types or "benchmark" not in types or "report" not in types:
+    if "export" not in types or "benchmark" not in types or "ship" not in types:
         problems.append(
-            "stages: a searched pipeline ends in export, benchmark and report (a finalist ships the bundle the "
-            "report writes, of the variant the benchmark timed)."
+            "stages: a searched pipeline ends in export, benchmark and ship (a finalist ships the bundle the "
+            "ship stage writes, of the variant the benchmark timed)."
         )
     problems += _budget_length_problems(spec, pcfg)
     if problems:
@@ -219,9 +219,10 @@ def _budget_length_problems(spec: SearchConfig, pcfg: PipelineConfig) -> list[st
     return []
 
 
-def check_rungs(raw: dict, spec: SearchConfig, pcfg: PipelineConfig, src: str) -> None:
-    """Each rung's settings on a candidate that keeps every stage, validated now (a typo would otherwise
-    surface in the first candidate's generated file)."""
+def check_rungs(spec: SearchConfig, pcfg: PipelineConfig, src: str) -> None:
+    """Each rung's settings on a candidate that keeps every stage, validated now as the loader validates a file
+    (a typo would otherwise surface in the first candidate's run)."""
+    from ..config.checks import portable_dict
     from ..config.loader import config_from_dict
 
     cand = Candidate(min(spec.space.layers), 0.25, 0.25, 0.0, spec.space.variant[0])
@@ -234,17 +235,22 @@ def check_rungs(raw: dict, spec: SearchConfig, pcfg: PipelineConfig, src: str) -
                 f"the stages are {', '.join(pcfg.stages)}."
             )
             continue
-        out = candidate_pipeline(raw, pcfg, spec, cand, TEACHER_DEPTH, rung)
         try:
-            config_from_dict(out, source=src, base_dir=pcfg.base_dir, check_files=False)
+            out = candidate_config(pcfg, spec, cand, TEACHER_DEPTH, rung)
+            config_from_dict(portable_dict(out, pcfg.base_dir), source=src, base_dir=pcfg.base_dir, check_files=False)
+        except ValidationError as exc:
+            problems += [
+                f"search.ladder.rungs[{k}]: {'.'.join(map(str, e['loc'])) or 'setting'}: {e['msg']}"
+                for e in exc.errors()
+            ]
         except ConfigError as exc:
             problems += [f"search.ladder.rungs[{k}]: {p}" for p in exc.problems]
     if problems:
         raise SearchProblem(src, problems)
 
 
-def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, PipelineConfig]:
-    """(the file's raw pipeline dict with overrides applied, the search section, the validated pipeline).
+def load_search(path: str | Path, overrides=()) -> tuple[SearchConfig, PipelineConfig]:
+    """(the search section, the validated pipeline).
     ``overrides``: KEY=VALUE; keys under ``search.`` set the search section."""
     path = Path(path)
     src = str(path)
@@ -265,8 +271,8 @@ def load_search(path: str | Path, overrides=()) -> tuple[dict, SearchConfig, Pip
         ]
         raise SearchProblem(src, msgs) from None
     spec = _check_structure(spec, pcfg, src)
-    check_rungs(raw, spec, pcfg, src)
-    return raw, spec, pcfg
+    check_rungs(spec, pcfg, src)
+    return spec, pcfg
 
 
 def _load_pipeline(path: Path, overrides) -> PipelineConfig:

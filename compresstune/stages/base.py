@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..config.results import Result, result_of
 from ..config.sections import PipelineConfig, StageConfig
 from ..data.load import load_task
 from ..data.task import TaskData
@@ -31,10 +32,16 @@ def register(cls):
 
 @dataclass
 class InputRef:
+    """A finished stage this one reads: its folder and its typed result (config/results.py)."""
+
     name: str
     type: str
     dir: Path
-    summary: dict
+    result: Result
+
+    @classmethod
+    def of(cls, name: str, stage_type: str, folder: Path, summary: dict | Result | None) -> InputRef:
+        return cls(name, stage_type, folder, result_of(stage_type, summary))
 
 
 @dataclass
@@ -121,14 +128,16 @@ class StageContext:
         ref = self.input_of_kind("model")
         if ref is not None:
             return ref.dir / "model"
-        for ref in self.inputs:  # e.g. export -> its own model input, recorded in its summary
-            if ref.summary.get("model_dir"):  # relative to the run folder
-                return self.run_dir / ref.summary["model_dir"]
+        for ref in self.inputs:  # e.g. export -> its own model input, recorded in its result
+            model_dir = getattr(ref.result, "model_dir", None)  # relative to the run folder
+            if model_dir:
+                return self.run_dir / model_dir
         return None
 
 
 class Stage:
-    """A pipeline step. ``run`` writes into ``ctx.out_dir`` and returns a JSON-able summary."""
+    """A pipeline step. ``run`` writes into ``ctx.out_dir`` and returns its result: a dict the runner validates
+    as the stage type's result (config/results.py) and writes as summary.json."""
 
     type: str = ""
     uses_model_and_task = True  # fingerprint includes the pipeline's model and task

@@ -15,6 +15,7 @@ import gc
 
 import torch
 
+from ..config.results import Engine, ExportResult, References, shape_key
 from ..errors import UserError
 from ..export.onnx import make_session, ort_run
 from ..export.variants import runs_on, variant_file
@@ -87,10 +88,17 @@ def _vocab_size(export_ref) -> int:
 class _Engine:
     """One thing to time: an ONNX Runtime session or a PyTorch model on a provider."""
 
-    name: str
-    provider: str
+    id: Engine
     session: object = None
     model: object = None
+
+    @property
+    def name(self) -> str:
+        return self.id.key
+
+    @property
+    def provider(self) -> str:
+        return self.id.provider
 
     def runner(self, inp: dict):
         if self.session is not None:
@@ -135,7 +143,9 @@ class BenchmarkStage(Stage):
             torch.set_num_threads(threads_before)  # later stages in this process train with their own threads
         import onnxruntime as ort
 
-        summary = {
+        provider = ship_provider(providers)
+        refs = self._references(base_ref, provider, engines)
+        return {
             "onnx": ctx.rel(export_ref.dir / "model.onnx"),
             "providers": providers,
             "active_providers": {e.name: e.session.get_providers() for e in engines if e.session is not None},
@@ -145,17 +155,18 @@ class BenchmarkStage(Stage):
             "rows": self._rows(stats),
             "machine": machine_info(),
             "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
-            "provider": ship_provider(providers),
+            "provider": provider,
+            "references": refs,
+            "variants": self._variant_table(ctx, export_ref, variants, stats, refs),
+            "variants_other_providers": {  # labelled by provider; never read by the ship rule
+                p: self._variant_table(
+                    ctx, export_ref, variants, stats, self._references(base_ref, p, engines), p, footprint=False
+                )
+                for p in providers
+                if p != provider
+            },
+            "comparison": self._comparison(ctx, base_ref, export_ref, stats) if base_ref is not None else None,
         }
-        summary["references"] = self._references(base_ref, summary["provider"], engines)
-        summary["variants"] = self._variant_table(ctx, export_ref, variants, stats, summary["references"])
-        summary["variants_other_providers"] = {
-            p: self._variant_table(ctx, export_ref, variants, stats, self._references(base_ref, p, engines), p, False)
-            for p in providers
-            if p != summary["provider"]
-        }  # labelled by provider; never read by the ship rule
-        summary["comparison"] = self._comparison(ctx, base_ref, export_ref, stats) if base_ref is not None else None
-        return summary
 
     @staticmethod
     def _split_inputs(ctx: StageContext):
@@ -195,7 +206,8 @@ class BenchmarkStage(Stage):
     @staticmethod
     def _variants_to_time(ctx: StageContext, export_ref) -> list[str]:
         """The verified variants of the export (fp32 only for an export made before variants existed)."""
-        recorded = export_ref.summary.get("variants") or {"fp32": {"passed": True}}
+        export: ExportResult = export_ref.result
+        recorded = export.variants
         wanted = list(recorded) if ctx.cfg.variants == "all" else list(ctx.cfg.variants)
         unknown = [v for v in wanted if v not in recorded]
         if unknown:
@@ -203,27 +215,28 @@ class BenchmarkStage(Stage):
                 f"{ctx.name}.variants: {unknown} were not built by {export_ref.name} "
                 f"(it built {', '.join(recorded)}); set {export_ref.name}.variants or drop them here."
             )
-        return [v for v in wanted if recorded[v].get("passed")]
+        return [v for v in wanted if recorded[v].passed]
 
     def _engines(self, ctx, providers, export_ref, base_ref, variants) -> list[_Engine]:
         cfg = ctx.cfg
         out = []
         model = load_artifact(ctx.input_model_dir())[0] if cfg.pytorch and ctx.input_model_dir() else None
         base_model = None
-        if base_ref is not None and cfg.pytorch and base_ref.summary.get("model_dir"):
-            base_model = load_artifact(ctx.run_dir / base_ref.summary["model_dir"])[0]
+        base_dir = base_ref.result.model_dir if base_ref is not None else None
+        if cfg.pytorch and base_dir:
+            base_model = load_artifact(ctx.run_dir / base_dir)[0]
         for prov in providers:
             usable = runs_on(prov)
             for v in (v for v in variants if v in usable):
                 sess = make_session(variant_file(export_ref.dir, v), prov, cfg.threads)
-                out.append(_Engine(f"ort-{prov}" + ("" if v == "fp32" else f":{v}"), prov, session=sess))
+                out.append(_Engine(Engine(runtime="ort", provider=prov, variant=v), session=sess))
             if model is not None:
-                out.append(_Engine(f"torch-{prov}", prov, model=model))
+                out.append(_Engine(Engine(runtime="torch", provider=prov), model=model))
             if base_ref is not None:
                 sess = make_session(base_ref.dir / "model.onnx", prov, cfg.threads)
-                out.append(_Engine(f"baseline:ort-{prov}", prov, session=sess))
+                out.append(_Engine(Engine(runtime="ort", provider=prov, role="baseline"), session=sess))
                 if base_model is not None:
-                    out.append(_Engine(f"baseline:torch-{prov}", prov, model=base_model))
+                    out.append(_Engine(Engine(runtime="torch", provider=prov, role="baseline"), model=base_model))
         return out
 
     @staticmethod
@@ -253,11 +266,14 @@ class BenchmarkStage(Stage):
         ]
 
     @staticmethod
-    def _references(base_ref, prov: str, engines) -> dict:
-        names = {e.name for e in engines}
-        pre = "baseline:" if base_ref is not None else ""
-        torch_ref = f"{pre}torch-{prov}" if f"{pre}torch-{prov}" in names else None
-        return {"pytorch_eager": torch_ref, "onnx_fp32": f"{pre}ort-{prov}", "of": "baseline" if pre else "this model"}
+    def _references(base_ref, prov: str, engines) -> References:
+        role = "baseline" if base_ref is not None else "model"
+        eager = Engine(runtime="torch", provider=prov, role=role)
+        return References(
+            pytorch_eager=eager if any(e.id == eager for e in engines) else None,
+            onnx_fp32=Engine(runtime="ort", provider=prov, role=role),
+            of="baseline" if base_ref is not None else "this model",
+        )
 
     def _variant_table(
         self, ctx, export_ref, variants, stats, refs, prov: str | None = None, footprint: bool = True
@@ -267,17 +283,17 @@ class BenchmarkStage(Stage):
         cfg, out = ctx.cfg, {}
         prov = prov or ship_provider(self._providers(ctx))
         for v in variants:
-            name = f"ort-{prov}" + ("" if v == "fp32" else f":{v}")
+            name = Engine(runtime="ort", provider=prov, variant=v).key
             if not any(name in point for point in stats.values()):
                 continue
             path = variant_file(export_ref.dir, v)
             points = {}
             for (b, s), point in stats.items():
                 r = point[name]
-                points[f"{b}x{s}"] = {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "runs")} | {
-                    f"speedup_vs_{key}": round(speedup(point, name, ref), 3)
-                    for key, ref in (("pytorch_eager", refs["pytorch_eager"]), ("onnx_fp32", refs["onnx_fp32"]))
-                    if ref is not None and ref in point
+                points[shape_key((b, s))] = {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "runs")} | {
+                    f"speedup_vs_{key}": round(speedup(point, name, ref.key), 3)
+                    for key, ref in (("pytorch_eager", refs.pytorch_eager), ("onnx_fp32", refs.onnx_fp32))
+                    if ref is not None and ref.key in point
                 }
             fp = process_footprint(path, cfg.points(), prov, cfg.threads) if cfg.footprint and footprint else None
             out[v] = {
@@ -295,8 +311,10 @@ class BenchmarkStage(Stage):
         """fp32 ONNX against the baseline's fp32 ONNX (what `bench tradeoff` reads)."""
         rows = []
         for (b, s), point in stats.items():
-            for name in [n for n in point if n.startswith("ort-") and ":" not in n]:
-                base = f"baseline:{name}"
+            for engine in (Engine.parse(n) for n in point):
+                if engine.runtime != "ort" or engine.variant != "fp32" or engine.role != "model":
+                    continue
+                name, base = engine.key, engine.model_copy(update={"role": "baseline"}).key
                 m, bl = point[name], point[base]
                 rows.append(
                     {
