@@ -3,8 +3,9 @@
 Layers, lowest first (a module may import its own package and any lower layer, never a higher one):
 
 0  errors, options, manifest,       foundations: error types, the settings base class, the run record,
-   machine, names                   the machine profile (instruction-set class, GPU, providers; no torch import);
-                                    names that become paths, and paths that must stay inside a folder
+   machine, names, feeds            the machine profile (instruction-set class, GPU, providers; no torch import);
+                                    names that become paths, and paths that must stay inside a folder; random
+                                    token inputs (numpy only)
 1  data, models, measure, deploy    task data; architectures, artifacts; timing/monitoring; the torch-free predictor
 2  train                            the training loop
 3  methods                          fine-tuning methods (registry)
@@ -24,7 +25,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "compresstune"
 
 LAYERS = {
-    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0, "machine": 0, "names": 0,
+    "__init__": 0, "__main__": 9, "errors": 0, "options": 0, "manifest": 0, "machine": 0, "names": 0, "feeds": 0,
     "data": 1, "models": 1, "measure": 1, "deploy": 1,
     "train": 2,
     "methods": 3,

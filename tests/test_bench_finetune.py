@@ -1,6 +1,7 @@
 import pytest
 
 from compresstune.bench.study import parse_method, summarize, to_markdown
+from compresstune.config.results import StageRecord, result_of
 from compresstune.errors import UserError
 
 
@@ -16,23 +17,22 @@ def test_parse_method_labels():
 
 def _run(best, curve, t, rss, merge=None):
     hist = [{"train_time_s": tt, "epoch": e, "dev_main": d, "train_loss": 0.5} for tt, e, d in curve]
-    st = {
-        "finetune": {
-            "summary": {
-                "best_dev_metric": best,
-                "final_dev_metric": curve[-1][2],
-                "trainable_params": 10,
-                "total_params": 100,
-                "train_time_s": t,
-                "epochs": 2.0,
-                "history": hist,
-                "metric": "mcc",
-                "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2},
-            }
-        }
+    ft = {
+        "method": "full",
+        "best_dev_metric": best,
+        "final_dev_metric": curve[-1][2],
+        "trainable_params": 10,
+        "total_params": 100,
+        "train_time_s": t,
+        "epochs": 2.0,
+        "history": hist,
+        "metric": "mcc",
+        "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2},
     }
+    st = {"finetune": StageRecord(name="finetune", type="finetune", result=result_of("finetune", ft))}
     if merge is not None:
-        st["merge"] = {"summary": {"max_abs_diff": merge}}
+        mg = result_of("merge", {"how": "folded", "max_abs_diff": merge})
+        st["merge"] = StageRecord(name="merge", type="merge", result=mg)
     return st
 
 

@@ -102,3 +102,25 @@ def test_a_result_that_breaks_its_contract_is_refused():
         result_of("finetune", {"metric": "accuracy"})  # no method
     with pytest.raises(ValidationError):
         result_of("export", {"variants": {"fp32": {"passed": "maybe"}}})
+
+
+def test_one_feed_builder_whose_ids_the_model_has():
+    from compresstune.errors import UserError
+    from compresstune.feeds import TOKEN_INPUTS, token_feed
+
+    for vocab in (None, 30522, 1500, 100, 3):
+        f = token_feed(TOKEN_INPUTS, 4, 9, vocab, seed=1)
+        ids = f["input_ids"][f["attention_mask"] == 1]
+        assert ids.min() >= 0 and ids.max() < (vocab or 2000), vocab
+        assert (f["attention_mask"][1:, -1] == 0).all() and (f["attention_mask"][0] == 1).all()  # rows padded
+    full = token_feed(["input_ids", "attention_mask"], 2, 5, 100, pad_tail=False)
+    assert set(full) == {"input_ids", "attention_mask"} and full["attention_mask"].all()
+    with pytest.raises(UserError, match="not BERT-style"):
+        token_feed(["pixel_values"], 1, 4)
+    # nothing else in the package draws random token ids
+    others = [
+        p.relative_to(PKG).as_posix()
+        for p in PKG.rglob("*.py")
+        if p.name != "feeds.py" and re.search(r"randint\(|\.integers\(", p.read_text(encoding="utf-8"))
+    ]
+    assert not others, others

@@ -377,7 +377,7 @@ def test_random_names_never_touch_anything_outside_the_output_folder(proj):
 def test_a_search_rerun_does_not_retry_a_candidate_that_failed(tmp_path):
     from types import SimpleNamespace
 
-    from compresstune.search.ladder import Clock, Ladder
+    from compresstune.search.halving import Clock, Ladder
 
     said = []
     s = SimpleNamespace(ladder=SimpleNamespace(rungs=[{}]))

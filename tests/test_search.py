@@ -369,7 +369,7 @@ def test_own_latency_table_from_another_machine_is_timed_again(tmp_path):
 
 def test_finished_needs_every_stage_up_to_the_rung(tmp_path):
     from compresstune.manifest import Manifest
-    from compresstune.search.ladder import _finished
+    from compresstune.search.halving import _finished
 
     run = tmp_path / "run"
     man = Manifest(run)
@@ -383,8 +383,8 @@ def test_finished_needs_every_stage_up_to_the_rung(tmp_path):
 
 
 def test_ladder_notes_the_finalist_cut_and_survives_a_crashing_candidate(tmp_path, tiny_bert, glue_dir, monkeypatch):
-    import compresstune.search.ladder as ladder_mod
-    from compresstune.search.ladder import Clock, Ladder
+    import compresstune.search.halving as ladder_mod
+    from compresstune.search.halving import Clock, Ladder
 
     _write(tmp_path, tiny_bert, glue_dir)
     s, pcfg = load_search(tmp_path / "s.yaml", ["search.ladder.rungs=[]", "search.ladder.finalists=1"])

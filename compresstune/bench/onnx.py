@@ -11,27 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ..deploy.edge import vocab_of
 from ..deploy.predictor import make_session
 from ..errors import UserError
+from ..feeds import session_feed
 from ..machine import describe, profile
 from ..measure.compare import interleaved, process_footprint, speedup
 from ..measure.markdown import md_table
-
-
-def _feed(sess, batch: int, seq: int, seed: int = 0, vocab: int | None = None) -> dict:
-    """Full-length random inputs; token ids from [1000, 2000), or the upper half of a smaller ``vocab``."""
-    rng = np.random.default_rng(seed)
-    high = 2000 if vocab is None else min(2000, vocab)
-    ids = rng.integers(min(1000, high // 2), high, (batch, seq)).astype(np.int64)
-    out = {}
-    for i in sess.get_inputs():
-        out[i.name] = ids if i.name == "input_ids" else np.ones((batch, seq), dtype=np.int64)
-        if i.name == "token_type_ids":
-            out[i.name] = np.zeros((batch, seq), dtype=np.int64)
-    return out
 
 
 def _machine() -> dict:
@@ -62,7 +48,7 @@ def bench_onnx(
     for b, s in points:
         runners = {}
         for n, sess in sessions.items():
-            feed = _feed(sess, b, s, vocab=vocabs[n])
+            feed = session_feed(sess, b, s, vocab=vocabs[n], pad_tail=False)  # full-length inputs
             try:
                 sess.run(None, feed)  # once, so a shape the model cannot take is a message, not a traceback
             except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidArgument / RuntimeException

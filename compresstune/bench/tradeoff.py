@@ -10,7 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config.results import Comparison, CompressResult, Engine, ExportResult, StageRecord, shape_key, stage_records
+from ..config.results import (
+    Comparison,
+    CompressResult,
+    Engine,
+    ExportResult,
+    StageRecord,
+    shape_key,
+    stage_records,
+    upstream,
+)
 from ..errors import UserError
 from ..measure.markdown import md_table
 
@@ -24,7 +33,7 @@ def _compared_benchmark(run_dir: Path, records: dict[str, StageRecord]) -> Stage
             "export stage>` to its benchmark stage and run the pipeline."
         )
     brec = with_base[-1]
-    chain = [brec.name, *sorted(_upstream(records, brec.name))]
+    chain = [brec.name, *sorted(upstream(records, brec.name))]
     not_done = [n for n in chain if n not in records or records[n].status != "done"]
     if not_done:
         state = records[not_done[0]].status if not_done[0] in records else "missing"
@@ -53,7 +62,7 @@ def _add_compression(row: dict, comp: CompressResult) -> None:
 
 def _add_finetune(row: dict, records: dict[str, StageRecord], export_name: str, baseline: str) -> None:
     """The fine-tuning behind the timed export that is not also behind the baseline's."""
-    behind, base = _upstream(records, export_name), _upstream(records, baseline) | {baseline}
+    behind, base = upstream(records, export_name), upstream(records, baseline) | {baseline}
     ft = [r.result for n, r in records.items() if r.type == "finetune" and n in behind and n not in base and r.result]
     if ft:
         row["finetune_method"] = ft[-1].method
@@ -65,7 +74,7 @@ def collect_run(run_dir: Path) -> dict:
         raise UserError(f"{run_dir}: no manifest.json; give run folders (for example exported/sst2-prune).")
     records = stage_records(run_dir)
     brec = _compared_benchmark(run_dir, records)
-    up = _upstream(records, brec.name)
+    up = upstream(records, brec.name)
     cmp: Comparison = brec.result.comparison
     export_name = brec.inputs[0]
     exp: ExportResult = records[export_name].result
@@ -87,17 +96,6 @@ def collect_run(run_dir: Path) -> dict:
         _add_compression(row, comp)
     _add_finetune(row, records, export_name, cmp.baseline)
     return row
-
-
-def _upstream(records: dict[str, StageRecord], name: str) -> set[str]:
-    out, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        for i in records[n].inputs if n in records else []:
-            if i not in out:
-                out.add(i)
-                todo.append(i)
-    return out
 
 
 def _describe(comp: CompressResult) -> str:

@@ -287,3 +287,15 @@ def last_of(records: dict[str, StageRecord], stage_type: str) -> StageRecord | N
     """The last stage of ``stage_type`` in ``records`` (stage order)."""
     found = [r for r in records.values() if r.type == stage_type]
     return found[-1] if found else None
+
+
+def upstream(records: dict[str, StageRecord], name: str) -> set[str]:
+    """Every stage whose output ``name`` was computed from (its inputs, their inputs, ...), as recorded."""
+    out, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        for i in records[n].inputs if n in records else []:
+            if i not in out:
+                out.add(i)
+                todo.append(i)
+    return out

@@ -18,19 +18,9 @@ from ..methods import all_methods, registry_version
 from ..methods.learner import AttachOptions
 from ..options import Section
 from ..train.options import TrainOptions
+from .ship_sections import ReportConfig, ShipConfig
+from .stage_base import Batch, SeqLen, StageConfig  # noqa: F401 - part of this module's API
 from .task_config import TaskConfig  # noqa: E402,F401 - part of this module's API
-
-Batch = Annotated[int, Field(gt=0, le=65536)]  # a batch size that fits in memory
-SeqLen = Annotated[int, Field(gt=0, le=4096)]  # a sequence length (also checked against the model's positions)
-
-
-class StageConfig(Section):
-    type: str = Field(..., description="stage type")
-    input: str | None = Field(
-        None,
-        description="name of the stage whose output this stage reads "
-        "(default: the previous stage; 'pretrained': the pipeline's model)",
-    )
 
 
 def _method_fields() -> dict[str, tuple]:
@@ -284,8 +274,6 @@ class BenchmarkConfig(StageConfig):
 
 def stage_types() -> dict[str, type[StageConfig]]:
     """Stage type name -> its settings class."""
-    from .ship_sections import ReportConfig, ShipConfig
-
     return {
         "finetune": finetune_config_class(),
         "attach": AttachConfig,

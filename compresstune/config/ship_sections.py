@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .sections import Batch, SeqLen, StageConfig
+from .stage_base import Batch, SeqLen, StageConfig
 
 
 class ShipConfig(StageConfig):

@@ -27,26 +27,10 @@ ATOL = 1e-3  # logits: fusions done at conversion time reorder float sums
 
 
 def sample_feed(session, batch: int, seq: int, seed: int = 0, vocab: int | None = None) -> dict:
-    """Random BERT-style int64 inputs for ``session``'s inputs; later rows padded to exercise the mask.
+    """Random BERT-style inputs for ``session`` (compresstune/feeds.py), later rows padded to exercise the mask."""
+    from ..feeds import session_feed
 
-    Token ids are drawn from [1000, 2000): present in every BERT/DistilBERT vocabulary; from the upper
-    half of a smaller ``vocab`` (a trimmed bundle's)."""
-    rng = np.random.default_rng(seed)
-    high = 2000 if vocab is None else min(2000, vocab)
-    ids = rng.integers(min(1000, high // 2), high, size=(batch, seq), dtype=np.int64)
-    mask = np.ones((batch, seq), dtype=np.int64)
-    for b in range(1, batch):
-        keep = max(2, seq - (b * seq) // (batch + 1))
-        mask[b, keep:] = 0
-        ids[b, keep:] = 0
-    types = np.zeros((batch, seq), dtype=np.int64)
-    types[:, seq // 2 :] = 1
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
-    names = [i.name for i in session.get_inputs()]
-    unknown = [n for n in names if n not in feed]
-    if unknown:
-        raise UserError(f"model inputs {unknown} are not BERT-style token inputs; cannot build test inputs.")
-    return {n: feed[n] for n in names}
+    return session_feed(session, batch, seq, vocab, seed)
 
 
 def vocab_of(onnx_path) -> int | None:

@@ -183,23 +183,6 @@ def _heads_per_layer(model: onnx.ModelProto, rewritten: dict[str, int]) -> dict[
     return out
 
 
-def _feeds(sess, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random token ids (row 1 padded) for every int64 input of a BERT-like session."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in sess.get_inputs():
-        if "mask" in inp.name:
-            v = np.ones((batch, seq), np.int64)
-            if batch > 1:
-                v[1, seq // 2 :] = 0
-        elif "token_type" in inp.name:
-            v = np.zeros((batch, seq), np.int64)
-        else:
-            v = rng.integers(1000, 2000, (batch, seq), dtype=np.int64)
-        feeds[inp.name] = v
-    return feeds
-
-
 def max_output_diff(a: str | Path, b: str | Path, shape: tuple[int, int] = VERIFY_SHAPE, seed: int = 0) -> float:
     """Max |output_a - output_b| over all outputs of two ONNX models on the same random token input."""
     import onnxruntime as ort
@@ -208,7 +191,10 @@ def max_output_diff(a: str | Path, b: str | Path, shape: tuple[int, int] = VERIF
     so.intra_op_num_threads = 1
     sa = ort.InferenceSession(str(a), so, providers=["CPUExecutionProvider"])
     sb = ort.InferenceSession(str(b), so, providers=["CPUExecutionProvider"])
-    feeds = _feeds(sa, *shape, seed=seed)
+    from ..deploy.edge import vocab_of
+    from ..feeds import session_feed
+
+    feeds = session_feed(sa, *shape, vocab=vocab_of(Path(a)), seed=seed)
     ra, rb = sa.run(None, feeds), sb.run(None, {k: feeds[k] for k in (i.name for i in sb.get_inputs())})
     return max(float(np.abs(x.astype(np.float32) - y.astype(np.float32)).max()) for x, y in zip(ra, rb))
 

@@ -80,19 +80,15 @@ import numpy as np
 t0 = time.perf_counter()
 import onnxruntime as ort
 path, provider, threads, shapes = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
-high = min(2000, int(sys.argv[5]))  # token ids the model takes (a trimmed vocabulary may be small)
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
 t1 = time.perf_counter()
 ep = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
 sess = ort.InferenceSession(path, sess_options=so, providers=[ep])
 t2 = time.perf_counter()
-names = [i.name for i in sess.get_inputs()]
-rng = np.random.default_rng(0)
+from compresstune.feeds import session_feed  # numpy only: the one feed builder (token ids the model has)
 for b, s in shapes:
-    ids = rng.integers(min(1000, high // 2), high, (b, s)).astype(np.int64)
-    feed = {n: ids if n == "input_ids" else np.ones((b, s), dtype=np.int64) for n in names}
-    sess.run(None, feed)
+    sess.run(None, session_feed(sess, b, s, int(sys.argv[5]), pad_tail=False))
 kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # counts the forking parent's pages: VmHWM does not
 try:
     kb = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:")))

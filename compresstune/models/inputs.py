@@ -21,19 +21,7 @@ def model_inputs(model: nn.Module) -> tuple[str, ...]:
 def dummy_inputs(
     names, batch: int, seq: int, vocab: int, seed: int = 0, pad_tail: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Random token ids; when ``pad_tail``, later rows are padded so masking is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    lo = min(1000, vocab // 2)  # a trimmed vocabulary may have fewer than 1000 tokens
-    ids = torch.randint(lo, min(vocab, 30000), (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    if pad_tail and seq > 2:
-        for b in range(1, batch):
-            keep = max(2, seq - (b * seq) // (batch + 1))
-            mask[b, keep:] = 0
-            ids[b, keep:] = 0
-    out = {"input_ids": ids, "attention_mask": mask}
-    if "token_type_ids" in names:
-        tt = torch.zeros(batch, seq, dtype=torch.long)
-        tt[:, seq // 2 :] = 1
-        out["token_type_ids"] = tt * mask
-    return {k: out[k] for k in names}
+    """Random token ids (compresstune/feeds.py) as tensors; when ``pad_tail``, later rows are padded."""
+    from ..feeds import token_feed
+
+    return {k: torch.from_numpy(v) for k, v in token_feed(names, batch, seq, vocab, seed, pad_tail).items()}

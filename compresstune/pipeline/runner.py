@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config.preflight import Checked, preflight
+from ..config.preflight import Checked, preflight, run_dir_of
 from ..config.results import result_of
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
@@ -44,7 +44,8 @@ from .reuse import reuse_stage
 
 def run_dir_for(cfg: PipelineConfig, run_name: str | None = None, output_dir: str | None = None) -> Path:
     """The run folder: a plain name (names.py) inside the output folder."""
-    return Path(output_dir or cfg.output_dir) / check_name(run_name or cfg.name, "--run-name" if run_name else "name")
+    check_name(run_name or cfg.name, "--run-name" if run_name else "name")
+    return run_dir_of(cfg, run_name, output_dir)
 
 
 def fingerprints(cfg: PipelineConfig, run_dir: Path | None = None) -> dict[str, str]:
@@ -132,10 +133,9 @@ def run_pipeline(
         with run_lock(run_dir):
             restore_set_aside(run_dir, log)
             manifest = _start(cfg, run_dir, log)
-            plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force, checked.task)
-            plan.followers = _Followers(procs)
+            plan = _plan(cfg, manifest, run_dir, from_stage, until_stage, force, checked.task, _Followers(procs))
             _quiet_hf()
-            _run_plan(cfg, plan, manifest, run_dir, log, progress, reuse_from)
+            _run_plan(_Run(cfg, manifest, run_dir, plan, log, progress), reuse_from)
     except OSError as exc:
         err = disk_error(exc, f"run {run_dir}")
         if err is None:
@@ -179,7 +179,20 @@ def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
     return manifest
 
 
-def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Path, log, progress, reuse_from) -> None:
+@dataclass
+class _Run:
+    """One invocation's shared state: the config, the run record and folder, the plan, where to log."""
+
+    cfg: PipelineConfig
+    manifest: Manifest
+    run_dir: Path
+    plan: _Plan
+    log: Callable[[str], None]
+    progress: bool
+
+
+def _run_plan(run: _Run, reuse_from) -> None:
+    cfg, plan, manifest, run_dir, log = run.cfg, run.plan, run.manifest, run.run_dir, run.log
     names = plan.names[: plan.last + 1]
     hashes = ContentHashes(run_dir / CACHE_FILE)
     for i, name in enumerate(names):
@@ -199,7 +212,7 @@ def _run_plan(cfg: PipelineConfig, plan: _Plan, manifest: Manifest, run_dir: Pat
             manifest.update_stage(name, output_files=hashes.output_files(final_dir))
             _mark_downstream_stale(cfg, manifest, name)
             continue
-        _run_stage(cfg, name, fp, manifest, run_dir, final_dir, plan, log, progress)
+        _run_stage(run, name, fp, final_dir)
         manifest.update_stage(name, output_files=hashes.output_files(final_dir))
         hashes.save()
     plan.followers.release()
@@ -223,14 +236,16 @@ def _check_flags(cfg: PipelineConfig, from_stage, until_stage, reuse_from, force
         log("note: --force recomputes every stage, so --reuse-from has nothing to do")
 
 
-def _plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, until_stage, force, task=None) -> _Plan:
+def _plan(
+    cfg: PipelineConfig, manifest: Manifest, run_dir: Path, from_stage, until_stage, force, task=None, followers=None
+) -> _Plan:
     names = list(cfg.stages)
     fps = fingerprints(cfg, run_dir)
     forced = set(names if force else [])
     if from_stage:
         forced |= set(names[names.index(from_stage) :])
     last = names.index(until_stage) if until_stage else len(names) - 1
-    plan = _Plan(names, last, forced, fps)
+    plan = _Plan(names, last, forced, fps, followers=followers or _Followers(Processes()))
     todo = [n for n in names[: last + 1] if n in forced or not manifest.is_done(n, fps[n])]
     if any(STAGES[cfg.stages[n].type].uses_model_and_task for n in todo):
         # the task data the preflight read (and checked), else read now, before any stage starts
@@ -248,7 +263,8 @@ def _prepare_tmp(tmp_dir: Path, fp: str, forced: bool) -> None:
     (tmp_dir / FP_FILE).write_text(fp)
 
 
-def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path, plan: _Plan, log, progress) -> None:
+def _run_stage(run: _Run, name: str, fp: str, final_dir: Path) -> None:
+    cfg, manifest, run_dir, plan, log = run.cfg, run.manifest, run.run_dir, run.plan, run.log
     scfg = cfg.stages[name]
     tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
     _prepare_tmp(tmp_dir, fp, name in plan.forced)
@@ -257,7 +273,7 @@ def _run_stage(cfg, name, fp, manifest: Manifest, run_dir: Path, final_dir: Path
         rec = manifest.stages.get(inp, {})
         out = run_dir / stage_dirname(cfg, inp)  # never a folder the run record names elsewhere
         inputs.append(InputRef.of(inp, cfg.stages[inp].type, out, rec.get("summary", {})))
-    ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=progress, extra=plan.shared)
+    ctx = StageContext(name, scfg, cfg, run_dir, tmp_dir, inputs, log=log, progress=run.progress, extra=plan.shared)
     manifest.update_stage(
         name,
         type=scfg.type,

@@ -24,6 +24,7 @@ from ..compress.distill import every_other, keep_layers_student
 from ..compress.prune import PruneSpec, count_params, prune_model
 from ..errors import UserError
 from ..export.onnx import export_onnx, make_session
+from ..feeds import TOKEN_INPUTS, session_feed, token_feed
 from ..manifest import write_json_atomic
 from ..measure.compare import interleaved, speedup
 from ..measure.latency import machine_info
@@ -212,25 +213,11 @@ class LatencyTable:
         torch.set_num_threads(self.budget.threads)
         try:
             sess = make_session(path, self.budget.provider, self.budget.threads)
-            gen = torch.Generator().manual_seed(0)
-            ids = torch.randint(min(1000, vocab - 1), vocab, (b, s), generator=gen)
-            feed = {
-                i.name: (ids if i.name == "input_ids" else torch.ones(b, s, dtype=torch.long)).numpy()
-                for i in sess.get_inputs()
-            }
+            feed = session_feed(sess, b, s, vocab, pad_tail=False)  # ids the candidate's vocabulary has
             dev = "cuda" if self.budget.provider == "cuda" else "cpu"
             reference.to(dev)
-            names = set(model_inputs(reference))
-            tin = {
-                k: v
-                for k, v in {
-                    "input_ids": ids,
-                    "attention_mask": torch.ones(b, s, dtype=torch.long),
-                    "token_type_ids": torch.zeros(b, s, dtype=torch.long),
-                }.items()
-                if k in names
-            }
-
+            names = [n for n in TOKEN_INPUTS if n in set(model_inputs(reference))]
+            tin = {k: torch.from_numpy(v) for k, v in token_feed(names, b, s, vocab, pad_tail=False).items()}
             tin = {k: v.to(dev) for k, v in tin.items()}
             sync = torch.cuda.synchronize if dev == "cuda" else None
 

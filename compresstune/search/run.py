@@ -15,14 +15,17 @@ from ..models.resolve import load_pretrained_for_task, resolve_model_path
 from ..pipeline.atomic import run_lock
 from ..stages.base import load_task_data
 from .candidates import TEACHER_DEPTH, Candidate, candidate_config, enumerate_space, write_pipeline
-from .ladder import Clock, Ladder
+from .halving import Clock, Ladder
 from .latency import LatencyTable, within_budget
 from .report import write_report
 from .spec import load_search, selection_holdout
 
 
 def search_dir_for(pcfg, output_dir: str | None) -> Path:
-    return Path(output_dir or pcfg.output_dir) / pcfg.name
+    """The search's folder: where `pipeline run` would put a run of the searched file."""
+    from ..config.preflight import run_dir_of
+
+    return run_dir_of(pcfg, None, output_dir)
 
 
 def run_search(

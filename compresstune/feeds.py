@@ -1,0 +1,46 @@
+"""Random BERT-style token inputs: the one feed builder for ONNX Runtime sessions, PyTorch models and the
+benchmark's fresh-process probe (numpy only; a PyTorch caller wraps the arrays with ``torch.from_numpy``).
+
+Token ids are drawn from [1000, 2000) (ordinary word pieces in every BERT/DistilBERT vocabulary), or from the
+upper half of a smaller ``vocab`` (a trimmed bundle's, a tiny test model's): never an id the model lacks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UserError
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def id_range(vocab: int | None) -> tuple[int, int]:
+    """[low, high) of the random token ids for a model taking ids below ``vocab``."""
+    high = 2000 if vocab is None else max(2, min(2000, int(vocab)))
+    return min(1000, high // 2), high
+
+
+def token_feed(
+    names, batch: int, seq: int, vocab: int | None = None, seed: int = 0, pad_tail: bool = True
+) -> dict[str, np.ndarray]:
+    """int64 arrays for the inputs ``names`` (a subset of ``TOKEN_INPUTS``); when ``pad_tail``, later rows are
+    padded so masking is exercised; token types mark the second half of each row as a second segment."""
+    unknown = [n for n in names if n not in TOKEN_INPUTS]
+    if unknown:
+        raise UserError(f"model inputs {unknown} are not BERT-style token inputs; cannot build test inputs.")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(*id_range(vocab), size=(batch, seq), dtype=np.int64)
+    mask = np.ones((batch, seq), dtype=np.int64)
+    if pad_tail and seq > 2:
+        for b in range(1, batch):
+            keep = max(2, seq - (b * seq) // (batch + 1))
+            mask[b, keep:] = 0
+            ids[b, keep:] = 0
+    types = np.zeros((batch, seq), dtype=np.int64)
+    types[:, seq // 2 :] = 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
+    return {n: feed[n] for n in names}
+
+
+def session_feed(session, batch: int, seq: int, vocab: int | None = None, seed: int = 0, pad_tail: bool = True):
+    """:func:`token_feed` for every input of an ONNX Runtime ``session``."""
+    return token_feed([i.name for i in session.get_inputs()], batch, seq, vocab, seed, pad_tail)
