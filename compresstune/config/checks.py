@@ -78,7 +78,7 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
     return out
 
 
-def check_model(ref: str, base_dir: Path, where) -> list[str]:
+def model_reference_problems(ref: str, base_dir: Path, where) -> list[str]:
     """The model reference resolves (alias installed, folder with config.json, or a hub id)."""
     try:
         resolve_model_path(ref, base_dir)

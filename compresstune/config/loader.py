@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..names import name_problem
-from .checks import absolutize, check_model, check_task_files
+from .checks import absolutize, check_task_files, model_reference_problems
 from .rules import check_rules
 from .sections import TOP_LEVEL, PipelineConfig, StageConfig, TaskConfig, stage_types
 from .yamlfile import line_map, read_pipeline_file, yaml_load  # noqa: F401 - yaml_load, line_map: re-exported
@@ -130,7 +130,7 @@ def config_from_dict(
         if task is not None:
             problems.items.extend(check_task_files(task, base_dir, problems.where))
         if model:
-            problems.items.extend(check_model(model, base_dir, problems.where))
+            problems.items.extend(model_reference_problems(model, base_dir, problems.where))
     draft = PipelineConfig(
         name=name,
         model=model,

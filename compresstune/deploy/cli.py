@@ -23,7 +23,7 @@ from ..errors import CompresstuneError
 from .files import predict_main
 from .verify import DEFAULT_MIN_AGREEMENT, verify_main
 
-PROVIDERS = ("cpu", "cuda")
+CLI_PROVIDERS = ("cpu", "cuda")  # what the runtime commands offer (Predictor takes more)
 
 
 def _threads(value: str) -> int:
@@ -46,7 +46,7 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """``--provider`` and ``--threads``, as ``compresstune.cli.common.bundle_run_options``."""
-    p.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default: cpu)")
+    p.add_argument("--provider", choices=CLI_PROVIDERS, default="cpu", help="execution provider (default: cpu)")
     p.add_argument(
         "--threads",
         type=_threads,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
+from ..feeds import TOKEN_INPUTS
 from ..names import inside
 from .layout import (  # noqa: F401
     BUNDLE_FORMAT,
@@ -27,7 +28,6 @@ from .layout import (  # noqa: F401
     load_config,
 )
 
-KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -178,9 +178,9 @@ class Predictor:
     def _check_model_io(self, model_path: Path) -> list[str]:
         ins = self.session.get_inputs()
         names = [i.name for i in ins]
-        unknown = [n for n in names if n not in KNOWN_INPUTS]
+        unknown = [n for n in names if n not in TOKEN_INPUTS]
         if unknown or "input_ids" not in names:
-            raise UserError(f"{model_path}: model inputs {names} are not BERT-style token inputs {list(KNOWN_INPUTS)}.")
+            raise UserError(f"{model_path}: model inputs {names} are not BERT-style token inputs {list(TOKEN_INPUTS)}.")
         bad = [i.name for i in ins if i.type != "tensor(int64)"]
         if bad:
             raise UserError(f"{model_path}: inputs {bad} are not int64 tensors; this predictor feeds int64 token ids.")
