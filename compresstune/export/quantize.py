@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from ..errors import CheckFailed
+from .optimize import count_ops
 
 METHODS = ("minmax", "entropy", "percentile")
 _LAYER_RE = re.compile(r"/layer\.(\d+)/")
@@ -52,10 +53,6 @@ QUANT_OPS = (
 
 def _load(path) -> onnx.ModelProto:
     return path if isinstance(path, onnx.ModelProto) else onnx.load(str(path))
-
-
-def _ops(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
 def _size_mb(path) -> float:
@@ -90,7 +87,7 @@ def _qdq_fed(model: onnx.ModelProto) -> tuple[dict[str, int], int]:
 
 def _report(src, dst, extra: dict) -> dict:
     before, after = _load(src), _load(dst)
-    ops_b, ops_a = _ops(before), _ops(after)
+    ops_b, ops_a = count_ops(before), count_ops(after)
     qdq, float_mm = _qdq_fed(after)
     inits = {t.name for t in after.graph.initializer}
     acts = sum(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in after.graph.node)
@@ -211,7 +208,7 @@ def convert_fp16(
         raise CheckFailed(f"fp16: outputs of {dst} are not float32 although keep_io_types was set: {io}")
     return {
         "io_types": io,
-        "casts": _ops(out).get("Cast", 0),
+        "casts": count_ops(out).get("Cast", 0),
         "size_mb_before": _size_mb(src),
         "size_mb_after": _size_mb(dst),
         **_weight_summary(out),

@@ -32,7 +32,8 @@ CACHE_FILE = ".content_hashes.json"
 _RACY_NS = 2_000_000_000
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,7 +70,7 @@ class ContentHashes:
             and rec.get("hashed_at_ns", 0) - st.st_mtime_ns > _RACY_NS
         ):
             return rec["sha256"]
-        digest = _sha256(p)
+        digest = file_sha256(p)
         self.entries[str(p)] = {
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,

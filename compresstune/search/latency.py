@@ -31,6 +31,8 @@ from ..measure.latency import machine_info
 from ..models.arch import arch_for, encoder_layers
 from ..models.artifacts import layer_shapes
 from ..models.inputs import model_inputs
+from ..pipeline.fingerprint import fingerprint
+from ..pipeline.identity import file_sha256
 from .candidates import Candidate
 from .spec import Budget
 
@@ -58,8 +60,7 @@ def reference_id(reference: torch.nn.Module) -> dict:
     }
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+_digest = fingerprint  # the pipeline's stable short hash of JSON-able data
 
 
 def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg) -> str:
@@ -301,11 +302,7 @@ def check_key(path: Path, budget: Budget) -> str | None:
     """What a bundle check depends on: the file's bytes, the budget and this machine (None: no file)."""
     if not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return _digest({"file": h.hexdigest(), "budget": budget.model_dump(), "machine": machine_info()})
+    return _digest({"file": file_sha256(path), "budget": budget.model_dump(), "machine": machine_info()})
 
 
 def retime_bundle(path: Path, table: LatencyTable) -> dict:
