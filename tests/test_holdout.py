@@ -52,8 +52,11 @@ def test_a_run_with_holdout_never_evaluates_on_dev(tmp_path, tiny_bert, glue_dir
     man = json.loads((run / "manifest.json").read_text())["stages"]
     assert man["finetune"]["summary"]["dev_examples"] == 24 and man["finetune"]["summary"]["train_examples"] == 96
     rep = json.loads((run / "report.json").read_text())
-    assert rep["evaluated_on"].startswith("24 training examples held out")
-    assert "held out" in (run / "REPORT.md").read_text() and "held out" in (run / "deploy" / "README.md").read_text()
+    assert rep["evaluated_on"].startswith("24 training examples held out") and rep["split"] == "held-out"
+    md = (run / "REPORT.md").read_text()
+    assert "held out" in md and "held out" in (run / "deploy" / "README.md").read_text()
+    # the split is called what it is in REPORT.md's tables and lines, never "dev"
+    assert "Held-out accuracy: best of" in md and "| held-out accuracy |" in md and "dev accuracy" not in md
     card, cfg = (run / "deploy" / "README.md").read_text(), bundle_config(run / "deploy")
     assert "Held-out set, 24 training examples, task.holdout: accuracy" in card and "Dev set:" not in card
     assert cfg["metric"]["split"] == "held-out (24 training examples, task.holdout)"
