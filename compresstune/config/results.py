@@ -283,9 +283,10 @@ def stage_records(run_dir: Path) -> dict[str, StageRecord]:
     return out
 
 
-def last_of(records: dict[str, StageRecord], stage_type: str) -> StageRecord | None:
-    """The last stage of ``stage_type`` in ``records`` (stage order)."""
-    found = [r for r in records.values() if r.type == stage_type]
+def last_of(records, stage_type: str):
+    """The last stage of ``stage_type`` (stage order) among ``records``: a name -> record dict, or a list of
+    anything with a ``type`` (a stage's inputs)."""
+    found = [r for r in (records.values() if isinstance(records, dict) else records) if r.type == stage_type]
     return found[-1] if found else None
 
 

@@ -7,16 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config.results import BenchmarkResult, ExportResult, ShipDecision
+from ..config.results import BenchmarkResult, ExportResult, ShipDecision, last_of
 from ..errors import UserError
 from ..machine import describe, profile
 from .base import InputRef, Stage, StageContext, register
 from .ship_rule import candidates, choose, paired_text
-
-
-def _last(ctx: StageContext, stage_type: str) -> InputRef | None:
-    found = [r for r in ctx.inputs if r.type == stage_type]
-    return found[-1] if found else None
 
 
 @register
@@ -26,7 +21,7 @@ class ShipStage(Stage):
 
     def run(self, ctx: StageContext) -> dict:
         cfg = ctx.cfg
-        export_ref, bench_ref = _last(ctx, "export"), _last(ctx, "benchmark")
+        export_ref, bench_ref = last_of(ctx.inputs, "export"), last_of(ctx.inputs, "benchmark")
         if export_ref is None:
             raise UserError(f"{ctx.name}: ship needs an export stage before it; put `export` in `stages:`.")
         bench = bench_ref.result if bench_ref is not None else None
