@@ -95,6 +95,20 @@ def test_results_round_trip_and_older_summaries_still_load():
     assert isinstance(rep, ReportResult) and rep.evaluated_metric() == 88.0
 
 
+def test_nan_and_other_numbers_survive_the_summary_file(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from compresstune.manifest import write_json_atomic
+
+    r = result_of("export", {"dev_onnx": {"main": float("nan"), "pearson": float("nan")}, "n": np.int64(3)})
+    write_json_atomic(tmp_path / "s.json", r.dump())
+    back = result_of("export", json.loads((tmp_path / "s.json").read_text()))
+    assert math.isnan(back.dev_onnx.main) and math.isnan(back.dev_onnx.others()["pearson"])
+
+
 def test_a_result_that_breaks_its_contract_is_refused():
     with pytest.raises(ValidationError):
         result_of("benchmark", {"rows": [{"engine": "ort-cpu", "p50_ms": 1.0}]})  # no batch, no seq

@@ -104,11 +104,14 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
     # paths written for another folder still point at the same files; a hub id stays as it is
     (tmp_path / "g").mkdir()
     moved = portable_dict(dataclasses.replace(pcfg, base_dir=tmp_path, model="org/model"), tmp_path / "a" / "b")
-    assert Path(tmp_path / "a" / "b" / moved["task"]["glue_dir"]).resolve() == Path(glue_dir).resolve()
     assert moved["model"] == "org/model"
     (tmp_path / "m").mkdir()
     moved = portable_dict(dataclasses.replace(pcfg, base_dir=tmp_path, model="m"), tmp_path / "a" / "b")
     assert moved["model"] == os.path.join("..", "..", "m")
+    nested = candidate_config(pcfg, s, Candidate(1, 0.5, 0.0, 0.0, "int8_dynamic"), 2, {"export.tolerances.int8": 2.0})
+    assert nested.stages["export"].tolerances.int8 == 2.0 and nested.stages["export"].tolerances.fp16 == 0.3
+    absolute = portable_dict(pcfg, tmp_path / "a" / "b")["task"]["glue_dir"]
+    assert absolute == str(Path(glue_dir).resolve())  # an absolute path stays absolute: it holds from anywhere
     with pytest.raises(ValidationError):  # a rung setting its stage refuses: refused as the loader refuses it
         candidate_config(pcfg, s, Candidate(1, 0.5, 0.0, 0.0, "int8_dynamic"), 2, {"finetune.max_steps": -3})
 

@@ -44,6 +44,10 @@ def test_rules_choose_among_verified_variants_only():
     assert "int8_static" in d.why and "lowest p50" in d.why
     none = choose([_cand("fp32", passed=False)], "fastest", (1, 128))
     assert none.chosen is None and "no variant" in none.why
+    # a variant with no measured metric (an export recorded before variants were) is never shipped, by any rule
+    unmeasured = _cand("fp32", dev=None)
+    for rule in ("fastest", "smallest", "most_accurate"):
+        assert choose([unmeasured], rule, (1, 128)).chosen is None
 
 
 def _run(tmp_path, args):
@@ -191,6 +195,8 @@ def test_ship_shape_must_be_timed(tiny_bert, glue_dir, tmp_path):
         load_config(p, ["ship.shape=[1,128]"])
     with pytest.raises(ConfigError, match=r"report: the ship rule and the deploy bundle moved to their own stage"):
         load_config(p, ["report.ship_shape=[1,16]"])  # a file of the time the report shipped: told where it went
+    with pytest.raises(ConfigError, match=r"put a `ship` stage before it"):
+        load_config(p, ["stages=[finetune, export, benchmark, report]"])  # would silently lose its bundle
 
 
 def test_gpu_selection_rules_on_cpu():

@@ -187,7 +187,7 @@ def test_web_command_errors_name_the_fix(tmp_path, bundles):
         json.dumps({"format": "compresstune-bundle", "problem_type": "regression", "text_fields": ["a"]})
     )
     r = CliRunner().invoke(main, ["web", str(old)])
-    assert r.exit_code == 2 and "format-1 bundle" in r.output and "--from report" in r.output, r.output
+    assert r.exit_code == 2 and "format-1 bundle" in r.output and "--from ship" in r.output, r.output
     bare = tmp_path / "toolchain"  # the pinned files without node_modules, and no npm ci allowed
     bare.mkdir()
     for name in ("package.json", "package-lock.json"):

@@ -263,7 +263,7 @@ def summarize(specs, runs, lrs, args) -> dict:
         target = 0.99 * full_best if full_best is not None and full_best > 0 else None
         t99 = []
         for s in ft:
-            hit = next((h["train_time_s"] for h in s.history if target is not None and h["dev_main"] >= target), None)
+            hit = next((h.train_time_s for h in s.history if target is not None and (h.dev_main or 0) >= target), None)
             t99.append(hit)
         merges = [r["merge"].result.max_abs_diff for r in rs if "merge" in r]
         exp = next((r["export"].result for r in rs if "export" in r), None)
@@ -283,10 +283,8 @@ def summarize(specs, runs, lrs, args) -> dict:
             "peak_rss_mb": _ms([s.resources["peak_rss_mb"] for s in ft]),
             "peak_rss_increase_mb": _ms([s.resources["peak_rss_increase_mb"] for s in ft]),
             "merge_max_abs_diff": max(merges) if merges else None,
-            "export": {"dev_onnx": exp.dev_onnx["main"], "dev_pytorch": exp.dev_pytorch["main"]} if exp else None,
-            "curves": [
-                [(h["train_time_s"], h["epoch"], h["dev_main"], h["train_loss"]) for h in s.history] for s in ft
-            ],
+            "export": {"dev_onnx": exp.dev_onnx.main, "dev_pytorch": exp.dev_pytorch.main} if exp else None,
+            "curves": [[(h.train_time_s, h.epoch, h.dev_main, h.train_loss) for h in s.history] for s in ft],
             "per_seed_best": [s.best_dev_metric for s in ft],
         }
     return {"rows": rows, "full_best_mean": full_best, "metric": ft[0].metric if specs else None}

@@ -84,8 +84,8 @@ def collect_run(run_dir: Path) -> dict:
     row = {
         "run": run_dir.name,
         "metric": metric or (comp.metric if comp else None) or "main",
-        "dev": exp.dev_onnx["main"],
-        "baseline_dev": base.dev_onnx["main"],
+        "dev": exp.dev_onnx.main,
+        "baseline_dev": base.dev_onnx.main,
         "onnx_mb": cmp.onnx_mb,
         "baseline_onnx_mb": cmp.baseline_onnx_mb,
         "export": export_name,
@@ -101,11 +101,11 @@ def collect_run(run_dir: Path) -> dict:
 def _describe(comp: CompressResult) -> str:
     if comp.prune:
         p = comp.prune
-        s = f"prune heads {p['head_ratio']:.0%}, FFN {p['ffn_ratio']:.0%} ({p['mode']}, {p['importance']})"
+        s = f"prune heads {p.head_ratio:.0%}, FFN {p.ffn_ratio:.0%} ({p.mode}, {p.importance})"
         if comp.distill:
-            s += f", healed {comp.distill['steps']} steps"
+            s += f", healed {comp.distill.steps} steps"
         return s
-    return f"distil into teacher layers {comp.keep_layers} ({(comp.distill or {}).get('mode', '')})"
+    return f"distil into teacher layers {comp.keep_layers} ({comp.distill.mode if comp.distill else ''})"
 
 
 def _tradeoff_row(r: dict, pts: list[str]) -> list[str]:

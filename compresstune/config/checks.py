@@ -97,8 +97,8 @@ def portable_dict(cfg, to_dir: Path) -> dict:
     base, to_dir = Path(cfg.base_dir), to_dir.resolve()
 
     def moved(v):
-        if not isinstance(v, str) or not v or "://" in v:
-            return v
+        if not isinstance(v, str) or not v or "://" in v or Path(os.path.expanduser(v)).is_absolute():
+            return v  # absolute paths (the loader makes the task's absolute) hold from anywhere
         p = _resolve(v, base)
         return os.path.relpath(p.resolve(), to_dir) if p.exists() else v  # a hub id stays as it is
 

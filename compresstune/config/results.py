@@ -10,7 +10,6 @@ benchmark's result and its engines live in bench_results.py; the base class in r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +29,30 @@ from .result_base import Result
 # --- training stages --------------------------------------------------------------------------------------
 
 
+class Metrics(BaseModel):
+    """One model's metrics on the evaluation split: ``main`` (the task's metric) decides; the others beside it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    main: float | None = None
+
+    def others(self) -> dict[str, float]:
+        """The task's other metrics (accuracy, f1, mcc, ...), by name."""
+        return dict(self.model_extra or {})
+
+
+class EvalPoint(BaseModel):
+    """One periodic evaluation during training."""
+
+    model_config = ConfigDict(extra="allow")
+
+    step: int | None = None
+    epoch: float = 0.0
+    train_time_s: float = 0.0
+    dev_main: float | None = None  # the main metric on the evaluation split
+    train_loss: float | None = None
+
+
 class TrainResult(Result):
     """``finetune``: the method, the metric of the weights it outputs, and how it trained."""
 
@@ -47,7 +70,7 @@ class TrainResult(Result):
     total_params: int = 0
     trainable_params: int = 0
     resumed_from_step: int | None = None
-    history: list[dict] = Field(default_factory=list)
+    history: list[EvalPoint] = Field(default_factory=list)
 
     def evaluated_metric(self) -> float | None:
         return self.dev_metric
@@ -62,6 +85,29 @@ class ModelFacts(BaseModel):
     dev: float | None = None
 
 
+class PruneRecord(BaseModel):
+    """What structured pruning did: the ratios, how importance was scored, the widths before and after."""
+
+    model_config = ConfigDict(extra="allow")
+
+    head_ratio: float = 0.0
+    ffn_ratio: float = 0.0
+    mode: str | None = None
+    importance: str | None = None
+    layer_shapes_before: list[dict] = Field(default_factory=list)  # per layer: heads, head_dim, ffn
+    layer_shapes_after: list[dict] = Field(default_factory=list)
+
+
+class DistillRecord(BaseModel):
+    """Distillation (or a pruned model's healing against its teacher): how, how long, how well."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mode: str | None = None
+    steps: int | None = None
+    history: list[EvalPoint] = Field(default_factory=list)
+
+
 class CompressResult(Result):
     """``compress``: the model before and after, and what pruning and distillation did."""
 
@@ -70,8 +116,8 @@ class CompressResult(Result):
     before: ModelFacts
     after: ModelFacts
     size_mb: float | None = None
-    prune: dict | None = None
-    distill: dict | None = None
+    prune: PruneRecord | None = None
+    distill: DistillRecord | None = None
     keep_layers: list[int] | None = None  # distillation: the teacher layers the student started from
 
     def evaluated_metric(self) -> float | None:
@@ -136,7 +182,12 @@ class VariantCheck(BaseModel):
     size_mb: float | None = None
     file: str | None = None
     verified_on: str = "cpu"
-    details: dict = Field(default_factory=dict)
+    details: dict = Field(default_factory=dict)  # what the variant's builder recorded (its own keys)
+
+    @property
+    def reduce_range(self) -> bool | None:
+        """int8: whether the weights use 7 bits (None: not an int8 variant, or built before it was recorded)."""
+        return self.details.get("reduce_range")
 
 
 class ExportResult(Result):
@@ -148,14 +199,14 @@ class ExportResult(Result):
     max_abs_diff: dict[str, float] = Field(default_factory=dict)
     atol: float | None = None
     metric: str | None = None
-    dev_pytorch: dict[str, Any] = Field(default_factory=dict)
-    dev_onnx: dict[str, Any] = Field(default_factory=dict)
+    dev_pytorch: Metrics = Field(default_factory=Metrics)
+    dev_onnx: Metrics = Field(default_factory=Metrics)
     dev_gap_points: float | None = None
     model_dir: str | None = None  # the exported checkpoint, relative to the run folder
     variants: dict[str, VariantCheck] = Field(default_factory=lambda: {"fp32": VariantCheck(passed=True)})
 
     def evaluated_metric(self) -> float | None:
-        return self.dev_onnx.get("main")
+        return self.dev_onnx.main
 
 
 # --- ship and report --------------------------------------------------------------------------------------

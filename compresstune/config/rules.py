@@ -93,6 +93,14 @@ def _check_input_kind(cfg: PipelineConfig, name: str, add: Add) -> None:
                 f"{name}: a benchmark times an exported ONNX model, but it {got}; put an export stage "
                 f"before it or set `{name}.input` to one.",
             )
+    elif stype == "report":
+        earlier = [cfg.stages[n].type for n in cfg.stage_inputs(name)]
+        if "benchmark" in earlier and "ship" not in earlier:
+            add(
+                ("stages",),
+                f"{name}: the report no longer chooses the variant nor writes the deploy bundle; put a `ship` stage "
+                f"before it (stages: [..., benchmark, ship, {name}]), with `ship: {{bundle: false}}` to only choose.",
+            )
     elif stype == "ship":
         earlier = [cfg.stages[n].type for n in cfg.stage_inputs(name)]
         if "export" not in earlier or "benchmark" not in earlier:

@@ -82,7 +82,7 @@ def section_of(raw: dict, path) -> dict:
     if "model_type" in raw or "architectures" in raw:
         raise UserError(
             f"{path}: a Hugging Face model config without a `{SECTION}` section: this folder is a model repository, "
-            "not a compresstune bundle. Build a bundle with `compresstune pipeline run FILE` (its report stage writes "
+            "not a compresstune bundle. Build a bundle with `compresstune pipeline run FILE` (its ship stage writes "
             "deploy/) or compresstune.deploy.write_bundle(...)."
         )
     raise UserError(f"{path}: no `{SECTION}` section; this file is not a compresstune bundle config.")

@@ -1,7 +1,7 @@
 """A bundle that checks itself on the machine it is on (``compresstune verify BUNDLE``).
 
 The build machine is rarely the device: int8 kernels differ between CPUs (VNNI or not), between
-ONNX Runtime builds and between execution providers. So the report stage stores, in the bundle's
+ONNX Runtime builds and between execution providers. So the ship stage stores, in the bundle's
 ``verify.json``, a few hundred dev inputs with the labels and logits the bundle gave on the
 machine that built it, and the machine's profile. ``verify`` runs the same inputs through the
 same :class:`Predictor` batching here and compares: label agreement (the share of inputs whose
@@ -91,8 +91,8 @@ def _load(bundle: Path) -> dict:
     if not path.is_file():
         raise UserError(
             f"bundle {bundle}: no {VERIFY_FILE}; bundles written before compresstune stored a verification set have "
-            "none. Rebuild the bundle (rerun the pipeline's report stage: `compresstune pipeline run FILE --from "
-            "report`) or compare `compresstune predict` outputs by hand."
+            "none. Rebuild the bundle (rerun the pipeline's ship stage: `compresstune pipeline run FILE --from "
+            "ship`) or compare `compresstune predict` outputs by hand."
         )
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
@@ -171,7 +171,7 @@ def verify_bundle(
     if problems:
         raise UserError(
             f"{bundle / VERIFY_FILE}: it does not fit this bundle ({'; '.join(problems)}); it was changed after the "
-            "bundle was written, or belongs to another bundle. Rebuild the bundle (`--from report`)."
+            "bundle was written, or belongs to another bundle. Rebuild the bundle (`--from ship`)."
         )
     got = pred.logits(_as_inputs(rec["inputs"]), batch_size=int(rec.get("batch_size") or 32), warn=False)
     want = np.asarray(rec["logits"], dtype=np.float64)

@@ -131,7 +131,7 @@ def page_model(bundle_dir) -> tuple[dict, Path, str]:
         raise UserError(
             f"{bundle / CONFIG_FILE}: a format-1 bundle (model.onnx beside a compresstune-only config.json); "
             "transformers.js needs the Hugging Face layout (format 2: a transformers config.json, onnx/model*.onnx). "
-            "Write the bundle again with this compresstune: `compresstune pipeline run FILE --from report`."
+            "Write the bundle again with this compresstune: `compresstune pipeline run FILE --from ship`."
         )
     load_config(bundle)  # every check compresstune predict makes (labels, lengths, id2label, ...)
     rel = (cfg.get("files") or {}).get("model", "")

@@ -65,9 +65,24 @@ def enumerate_space(spec: SearchConfig, teacher_layers: int) -> list[Candidate]:
     ]
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` (keys may be dotted: ``tolerances.int8``) applied, nested dicts merged."""
+    out = dict(base)
+    for dotted, value in changes.items():
+        key, _, rest = dotted.partition(".")
+        if rest:
+            out[key] = _merged(out.get(key) if isinstance(out.get(key), dict) else {}, {rest: value})
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def updated(section, changes: dict):
-    """``section`` (a typed settings block) with ``changes`` applied and validated as the loader validates them."""
-    return type(section).model_validate({**section.model_dump(), **changes}) if changes else section
+    """``section`` (a typed settings block) with ``changes`` (``key`` or ``nested.key``: value) applied and
+    validated as the loader validates them."""
+    return type(section).model_validate(_merged(section.model_dump(), changes)) if changes else section
 
 
 def _model_input(stages: dict, name: str) -> str | None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..config.checks import portable_dict
+from ..config.results import last_of, stage_records
 from ..errors import CompresstuneError
 from ..manifest import write_json_atomic
 from ..models.arch import encoder_layers
@@ -126,7 +127,7 @@ def _score_on_dev(run: Path, pcfg, log) -> dict:
     from ..deploy.predictor import bundle_predictions
 
     task = load_task(pcfg.task.model_copy(update={"holdout": None}), pcfg.seed)
-    preds = bundle_predictions(run / "deploy", task.dev.inputs(), task.is_regression)
+    preds = bundle_predictions(shipped_bundle(run), task.dev.inputs(), task.is_regression)
     metric = compute_metrics(task, preds, task.dev.labels)["main"]
     log(f"[search] winner's bundle on the dev set (read once, after the choice): {task.metric} {metric:.2f}")
     return {"metric": task.metric, "value": metric, "examples": len(task.dev)}
@@ -194,6 +195,14 @@ def _entrants(cands, measured, spec) -> tuple[list[Candidate], dict[str, str]]:
     return under[:n], skipped
 
 
+def shipped_bundle(run: Path) -> Path:
+    """The deploy bundle a candidate run shipped: its ship stage's ``deploy/`` (runs made before the ship stage
+    existed: the one published at the top of the run folder)."""
+    ship = last_of(stage_records(run), "ship")
+    folder = run / ship.output / "deploy" if ship is not None and ship.output else None
+    return folder if folder is not None and folder.is_dir() else run / "deploy"
+
+
 def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None, list[dict]]:
     """The best finalist whose shipped bundle meets the budget when timed again on its own. A check already
     made on the same bundle file for the same budget (an earlier invocation's, in state.json) is not redone:
@@ -204,7 +213,7 @@ def _pick(finished, ladder, table, cached: dict, log) -> tuple[Candidate | None,
     checks = []
     for cand in finished:
         run = ladder.runs / ladder.run_name(cand, len(ladder.rungs()) - 1)
-        bundle = model_path(run / "deploy")
+        bundle = model_path(shipped_bundle(run))
         key = check_key(bundle, table.budget)
         old = cached.get(cand.id)
         if old is not None and key is not None and old.get("key") == key:

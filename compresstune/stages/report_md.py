@@ -63,7 +63,8 @@ def finetune(n: str, sm: TrainResult, split: str, select: str) -> list[str]:
 
 def export(n: str, sm: ExportResult, split: str) -> list[str]:
     diffs = ", ".join(f"{k}: {v:.2e}" for k, v in sm.max_abs_diff.items())
-    rows = [[k, f"{sm.dev_pytorch[k]:.2f}", f"{sm.dev_onnx[k]:.2f}"] for k in sm.dev_pytorch if k != "main"]
+    onnx = sm.dev_onnx.others()
+    rows = [[k, fmt(v), fmt(onnx.get(k))] for k, v in sm.dev_pytorch.others().items()]
     return [
         "",
         f"## Export: {n}",
@@ -135,7 +136,7 @@ def compress(n: str, sm: CompressResult, split: str) -> list[str]:
     rows.append(["weights on disk (MB)", "", sm.size_mb])
     L = ["", f"## Compression: {n} ({sm.method})", "", md_table(["", "before", "after"], rows)]
     if sm.prune:
-        shapes = ", ".join(f"({x['heads']}, {x['ffn']})" for x in sm.prune["layer_shapes_after"])
+        shapes = ", ".join(f"({x['heads']}, {x['ffn']})" for x in sm.prune.layer_shapes_after)
         L += ["", "Per-layer (heads, FFN) after pruning: " + shapes]
     return L
 

@@ -23,7 +23,7 @@ def training_curve(histories: dict[str, list], ylabel: str, path: Path) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, h in pts.items():
-        ax.plot([r["epoch"] for r in h], [r["dev_main"] for r in h], marker="o", label=name)
+        ax.plot([r.epoch for r in h], [r.dev_main for r in h], marker="o", label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -56,9 +56,9 @@ def decision_plots(
         ("uncompressed fp32 ONNX", refs.onnx_fp32, reference.dev_onnx),
     ):
         p = bench.p50(engine, shape)
-        if p is not None and dev.get("main") is not None and (refs.of == "baseline" or "PyTorch" in label):
-            ax.scatter(p, dev["main"], marker="s", s=40, color="grey")
-            ax.annotate(label, (p, dev["main"]), textcoords="offset points", xytext=(-10, -14), fontsize=8, ha="right")
+        if p is not None and dev.main is not None and (refs.of == "baseline" or "PyTorch" in label):
+            ax.scatter(p, dev.main, marker="s", s=40, color="grey")
+            ax.annotate(label, (p, dev.main), textcoords="offset points", xytext=(-10, -14), fontsize=8, ha="right")
     ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {shape[0]} x seq {shape[1]} (ms, log)")
     ax.set_ylabel(ylabel)

@@ -43,7 +43,7 @@ def bundle_config(export_ref: InputRef, decision: ShipDecision, run_dir: Path) -
     export: ExportResult = export_ref.result
     v = export.variants[decision.chosen]
     labels = json.loads((export_ref.dir / "labels.json").read_text())
-    metric = {"name": export.metric, "dev": v.dev.main, "dev_pytorch": export.dev_pytorch.get("main")}
+    metric = {"name": export.metric, "dev": v.dev.main, "dev_pytorch": export.dev_pytorch.main}
     if v.dev.by_batching is not None:
         metric["by_batching"] = v.dev.by_batching
     if v.dev.paired_vs_pytorch is not None:
@@ -64,8 +64,8 @@ def bundle_config(export_ref: InputRef, decision: ShipDecision, run_dir: Path) -
 
 def int8_settings(export: ExportResult, chosen: str) -> dict:
     """How the shipped variant was quantised where that depends on the target CPU (``reduce_range``)."""
-    details = export.variants[chosen].details
-    return {"int8_reduce_range": details["reduce_range"]} if "reduce_range" in details else {}
+    reduce_range = export.variants[chosen].reduce_range
+    return {"int8_reduce_range": reduce_range} if reduce_range is not None else {}
 
 
 def verified_on_line(variant: str, built: dict) -> str:

@@ -39,9 +39,12 @@ def candidates(export: ExportResult, bench: BenchmarkResult | None, shape: tuple
 
 def choose(cands: list[Candidate], rule: str, shape) -> ShipDecision:
     """The shipped variant and the reason, in words; ``chosen`` is None when nothing qualifies."""
-    ok = [c for c in cands if c.passed and c.p50_ms is not None]
+    ok = [c for c in cands if c.passed and c.p50_ms is not None and c.dev is not None and c.size_mb is not None]
     if not ok:
-        why = f"no variant both passed verification and was timed at {shape[0]} x {shape[1]}"
+        why = (
+            f"no variant both passed verification (with a measured metric and size) and was timed at "
+            f"{shape[0]} x {shape[1]}"
+        )
         return ShipDecision(rule=rule, shape=list(shape), chosen=None, why=why, candidates=cands)
     key = {
         "fastest": lambda c: (c.p50_ms, c.size_mb),
@@ -52,11 +55,14 @@ def choose(cands: list[Candidate], rule: str, shape) -> ShipDecision:
     failed = [c.variant for c in cands if not c.passed]
     where = f" on the {best.provider} provider" if best.provider else ""
     what = {
-        "fastest": f"the lowest p50 at batch {shape[0]} x seq {shape[1]}{where} ({best.p50_ms:.2f} ms; "
-        f"{best.size_mb} MB)",
-        "smallest": f"the smallest file ({best.size_mb} MB; p50 {best.p50_ms:.2f} ms at {shape[0]} x {shape[1]})",
-        "most_accurate": f"the highest metric ({best.dev:.2f}; {best.p50_ms:.2f} ms, {best.size_mb} MB)",
-    }[rule]
+        "fastest": lambda: (
+            f"the lowest p50 at batch {shape[0]} x seq {shape[1]}{where} ({best.p50_ms:.2f} ms; {best.size_mb} MB)"
+        ),
+        "smallest": lambda: (
+            f"the smallest file ({best.size_mb} MB; p50 {best.p50_ms:.2f} ms at {shape[0]} x {shape[1]})"
+        ),
+        "most_accurate": lambda: f"the highest metric ({best.dev:.2f}; {best.p50_ms:.2f} ms, {best.size_mb} MB)",
+    }[rule]()
     why = (
         f"rule `{rule}`: among the {len(ok)} variants whose metric is within tolerance of PyTorch, "
         f"{best.variant} has {what}" + (f"; not eligible (failed verification): {', '.join(failed)}" if failed else "")
