@@ -235,3 +235,38 @@ BF16_COST = (
     "on a CPU without native bf16 (AVX-512 BF16 or AMX) PyTorch's bf16 autocast falls back to a scalar path: "
     "measured 35-36 s per training step against 1.1-1.5 s in fp32 (MiniLM-L6, batch 32 x 64, AVX2 CPU)"
 )
+
+
+# distribution names per library (the GPU build of ONNX Runtime is another distribution)
+_DISTRIBUTIONS = {
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnx": ("onnx",),
+    "torch_pruning": ("torch-pruning",),
+    "tokenizers": ("tokenizers",),
+    "numpy": ("numpy",),
+}
+RUNTIME_LIBRARIES = ("onnxruntime", "onnx", "tokenizers", "numpy")  # what a deploy bundle is written and run with
+RESULT_LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "torch_pruning")  # what can change a run's numbers
+
+
+def versions(libraries=RESULT_LIBRARIES) -> dict[str, str | None]:
+    """compresstune's, each library's (None where it is not installed) and Python's version, read from the
+    installed distributions' metadata (nothing is imported): the one record of versions that manifest.json,
+    report.json, model artifacts and deploy bundles keep."""
+    import importlib.metadata
+
+    from . import __version__
+
+    out: dict[str, str | None] = {"compresstune": __version__}
+    for key in libraries:
+        out[key] = None
+        for dist in _DISTRIBUTIONS[key]:
+            try:
+                out[key] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    out["python"] = platform.python_version()
+    return out

@@ -149,3 +149,21 @@ class Manifest:
             and is_inside(self.run_dir / rec["output"], self.run_dir)
             and (self.run_dir / rec["output"]).is_dir()
         )
+
+
+SET_ASIDE = ".old"  # a folder set aside while its replacement is renamed into place
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Rename ``new`` to ``final``; an existing ``final`` is set aside first and deleted only afterwards."""
+    aside = final.with_name(final.name + SET_ASIDE)
+    for link in (aside, final):  # a link is removed itself, never what it points at
+        if link.is_symlink():
+            link.unlink()
+    if aside.exists():  # a leftover from an interrupted replacement
+        shutil.rmtree(aside)
+    if final.exists():
+        final.rename(aside)
+    new.rename(final)
+    if aside.exists():
+        shutil.rmtree(aside)

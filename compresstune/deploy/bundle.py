@@ -18,8 +18,6 @@ It runs with :class:`compresstune.deploy.predictor.Predictor`, plain onnxruntime
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..machine import RUNTIME_LIBRARIES, versions
+from ..manifest import replace_dir
 from .hf import hf_config, tokenizer_files
 from .layout import BUNDLE_FORMAT, CARD_FILE, CONFIG_FILE, TOKENIZER_FILE, _config_problems, model_file_for, save_config
 
@@ -48,25 +48,6 @@ _CONSUMED = {
     "variant",
     "num_labels",
 }
-
-
-def versions() -> dict:
-    """Versions of the runtime libraries a bundle is written with (no torch/transformers)."""
-    import numpy
-    import onnx
-    import onnxruntime
-    import tokenizers
-
-    import compresstune
-
-    return {
-        "compresstune": compresstune.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnx": onnx.__version__,
-        "tokenizers": tokenizers.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _labels(config: dict, problem_type: str) -> list[str]:
@@ -141,7 +122,7 @@ def bundle_config(config: dict, input_names: list[str], output_names: list[str],
         "output": "logits" if "logits" in output_names else output_names[0],
         "pad_id": pad_id,
         "files": {"model": model_file_for(task["variant"]), "tokenizer": TOKENIZER_FILE, "card": CARD_FILE},
-        "versions": versions(),
+        "versions": versions(RUNTIME_LIBRARIES),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out.update({k: v for k, v in config.items() if k not in _CONSUMED and k not in out})
@@ -296,12 +277,7 @@ def write_bundle(
 
             card = model_card(full, bundle_name=dst.name)
         (tmp / CARD_FILE).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
-        old = dst.with_name(dst.name + ".old")
-        if dst.exists():  # set the old bundle aside first: a kill here never leaves a half-deleted bundle in place
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, dst)  # the old bundle set aside first: a kill never leaves a half-deleted one in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 
-from .bundle import normalize_config, versions
+from ..machine import RUNTIME_LIBRARIES, versions
+from .bundle import normalize_config
 from .layout import CARD_FILE, CONFIG_FILE, SECTION, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, model_file_for
 
 
@@ -191,7 +192,7 @@ def model_card(
     ``verified_on``: where the shipped file was verified (machine, ONNX Runtime, provider) and what that means;
     ``how_made``: base model, compression and fine-tuning steps; ``limits``: extra caveats (defaults added);
     ``meta``: the YAML header's facts (:func:`front_matter`)."""
-    config = {**normalize_config(config), "versions": config.get("versions") or versions()}
+    config = {**normalize_config(config), "versions": config.get("versions") or versions(RUNTIME_LIBRARIES)}
     task, variant = config.get("task") or "a text classification task", config.get("variant")
     kind = (
         "regression (one score)"

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..manifest import replace_dir
 from ..names import inside, is_inside
 from .layout import (
     CONFIG_FILE,
@@ -242,11 +243,7 @@ def write_page(bundle_dir, out_dir=None, *, toolchain=None, install: bool = True
         title = f"{cfg.get('task') or 'classifier'} ({cfg.get('variant') or dtype})"
         (tmp / "index.html").write_text(INDEX_HTML.replace("{title}", _html(title)), encoding="utf-8")
         (tmp / "app.js").write_text(APP_JS, encoding="utf-8")
-        old = out.with_name(out.name + ".old")
-        if out.exists():  # the previous page is set aside first, and deleted only once the new one is in place
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)  # the previous page set aside first, deleted only once the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

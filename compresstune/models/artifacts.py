@@ -16,38 +16,15 @@ compresstune code. Whole models are never pickled.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
+from ..machine import versions
 from .arch import SkippedAttention, arch_for, base_linear, encoder_layers, get_module, set_module, skip_attention
 
 META_FILE = "compresstune.json"
 FORMAT_VERSION = 1
-
-
-def versions() -> dict:
-    import onnx
-    import transformers
-
-    import compresstune
-
-    out = {
-        "compresstune": compresstune.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return out
 
 
 def layer_shapes(model: nn.Module) -> list[dict]:

@@ -23,11 +23,10 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import UserError
-from ..manifest import write_json_atomic
+from ..manifest import SET_ASIDE, replace_dir, write_json_atomic  # noqa: F401 - part of this module's API
 
 LOCK_FILE = ".lock"
 OWNER_FILE = ".lock.owner"
-SET_ASIDE = ".old"
 
 
 @contextmanager
@@ -62,21 +61,6 @@ def _locked_message(run_dir: Path) -> str:
         "another folder (--run-name NAME or --output-dir DIR). The lock is released as soon as that process "
         "ends, even if it is killed, so nothing needs deleting by hand."
     )
-
-
-def replace_dir(new: Path, final: Path) -> None:
-    """Rename ``new`` to ``final``; an existing ``final`` is set aside first and deleted only afterwards."""
-    aside = final.with_name(final.name + SET_ASIDE)
-    for link in (aside, final):  # a link is removed itself, never what it points at
-        if link.is_symlink():
-            link.unlink()
-    if aside.exists():  # a leftover from an interrupted replacement
-        shutil.rmtree(aside)
-    if final.exists():
-        final.rename(aside)
-    new.rename(final)
-    if aside.exists():
-        shutil.rmtree(aside)
 
 
 def restore_set_aside(run_dir: Path, log: Callable[[str], None] = print) -> None:

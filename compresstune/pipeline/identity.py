@@ -13,14 +13,11 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
-from .. import __version__
 from ..config.sections import PipelineConfig, TaskConfig
 from ..data.glue import GLUE_DIR_ENV, GLUE_TASKS, find_glue_dir
 from ..manifest import write_json_atomic
@@ -137,28 +134,3 @@ def device_kind(device: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device.split(":")[0]
-
-
-_LIBRARIES = {
-    "torch": ("torch",),
-    "transformers": ("transformers",),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "onnx": ("onnx",),
-    "torch_pruning": ("torch-pruning",),
-}
-
-
-def library_versions() -> dict[str, str | None]:
-    """The versions that can change a run's numbers, as recorded in manifest.json."""
-    out: dict[str, str | None] = {}
-    for key, dists in _LIBRARIES.items():
-        out[key] = None
-        for dist in dists:
-            try:
-                out[key] = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    out["compresstune"] = __version__
-    out["python"] = platform.python_version()
-    return out

@@ -28,6 +28,7 @@ from ..config.preflight import Checked, preflight, run_dir_of
 from ..config.results import result_of
 from ..config.sections import PipelineConfig
 from ..errors import CompresstuneError, UserError
+from ..machine import versions
 from ..manifest import Manifest, disk_error, write_json_atomic
 from ..measure.monitor import ResourceMonitor
 from ..names import check_name
@@ -37,7 +38,7 @@ from ..train.distributed import Processes, setup_processes, single_process_note
 from ..train.faults import fault_point
 from .atomic import restore_set_aside, run_lock
 from .fingerprint import stage_fingerprints
-from .identity import CACHE_FILE, ContentHashes, library_versions
+from .identity import CACHE_FILE, ContentHashes
 from .outputs import FP_FILE, adopt_committed, commit, intact
 from .reuse import reuse_stage
 
@@ -167,7 +168,7 @@ def _start(cfg: PipelineConfig, run_dir: Path, log) -> Manifest:
     """The run's manifest, with this run's config and library versions recorded."""
     manifest = Manifest.load(run_dir)
     write_json_atomic(run_dir / "config.resolved.json", cfg.to_dict())
-    changed = manifest.record_versions(library_versions())
+    changed = manifest.record_versions(versions())
     if changed:
         log(
             f"library versions changed since this run folder was last run: {', '.join(changed)}; finished stages "

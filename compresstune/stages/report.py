@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 from ..config.results import ExportResult, StageRecord, last_of, stage_records
-from ..machine import profile
+from ..machine import profile, versions
 from ..manifest import write_json_atomic
-from ..models.artifacts import versions
 from . import report_md as md
 from .base import Stage, StageContext, register
 from .report_plots import decision_plots, training_curve

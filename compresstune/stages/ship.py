@@ -219,13 +219,13 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
     the special tokens (deploy/vocab.py), then verified: training-text tokenization and scores unchanged, dev
     labels agreeing with the untrimmed bundle on at least ``min_agreement``, and the dev metric of the trimmed
     bundle measured. A failed check keeps the untrimmed bundle and records why."""
-    import os
     import shutil
 
     from ..deploy.vocab import trim_vocab
     from ..errors import CheckFailed, UserError
+    from ..manifest import replace_dir
 
-    tmp, old = bundle_dir.with_name(bundle_dir.name + ".trim"), bundle_dir.with_name(bundle_dir.name + ".old")
+    tmp = bundle_dir.with_name(bundle_dir.name + ".trim")
     shutil.rmtree(tmp, ignore_errors=True)
     dev = task.dev.inputs()
     try:
@@ -236,14 +236,11 @@ def trim_bundle(bundle_dir: Path, task, min_agreement: float, log) -> dict:
         return {"trimmed": False, "error": str(exc)}
     res["dev_metric"] = bundle_metric(tmp, task)
     _record_trimmed_metric(tmp, res["dev_metric"])
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(bundle_dir, old)  # the untrimmed bundle set aside until the trimmed one is in place
-    os.replace(tmp, bundle_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, bundle_dir)  # the untrimmed bundle set aside until the trimmed one is in place
     chk = res.get("check", {})
     log(
         f"  vocabulary trimmed {res['vocab_before']} -> {res['vocab_after']} tokens, bundle "
-        f"{res['bytes_before'] / 2**20:.2f} -> {res['bytes_after'] / 2**20:.2f} MB; dev: labels agree "
+        f"{res['bytes_before'] / 2**20:.2f} -> {res['bytes_after'] / 2**20:.2f} MB; labels agree "
         f"{chk.get('label_agreement', 0):.2%} with the untrimmed bundle, [UNK] rate {chk.get('unk_rate', 0):.3%}, "
         f"metric {res['dev_metric']:.2f}"
     )
