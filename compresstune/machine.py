@@ -257,9 +257,9 @@ def versions(libraries=RESULT_LIBRARIES) -> dict[str, str | None]:
     report.json, model artifacts and deploy bundles keep."""
     import importlib.metadata
 
-    from . import __version__
+    import compresstune
 
-    out: dict[str, str | None] = {"compresstune": __version__}
+    out: dict[str, str | None] = {"compresstune": compresstune.__version__}
     for key in libraries:
         out[key] = None
         for dist in _DISTRIBUTIONS[key]:
