@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_pipeline
+from conftest import run_pipeline_in, write_pipeline
 
 from compresstune.cli import main
 from compresstune.config import load_config
@@ -50,15 +50,6 @@ def test_rules_choose_among_verified_variants_only():
         assert choose([unmeasured], rule, (1, 128)).chosen is None
 
 
-def _run(tmp_path, args):
-    old = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        return CliRunner().invoke(main, ["pipeline", "run", "p.yaml", "--no-progress", *args], catch_exceptions=False)
-    finally:
-        os.chdir(old)
-
-
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, tiny_bert, glue_dir):
     """A tiny run whose int8_dynamic variant cannot be built: it is reported failed, the rest go on."""
@@ -75,7 +66,7 @@ def shipped(tmp_path_factory, tiny_bert, glue_dir):
 
     register_variant(replace(real, build=broken))
     try:
-        r = _run(d, [])
+        r = run_pipeline_in(d)
     finally:
         register_variant(real)
     assert r.exit_code == 0, r.output
@@ -213,7 +204,7 @@ def test_gpu_selection_rules_on_cpu():
 
 def test_cuda_asked_without_a_gpu_is_a_clear_error(shipped, tiny_bert, glue_dir, tmp_path):
     write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
-    r = _run(tmp_path, ["benchmark.providers=[cuda]"])
+    r = run_pipeline_in(tmp_path, "benchmark.providers=[cuda]")
     assert r.exit_code == 2
     assert "no CUDA GPU is visible" in r.output and "Traceback" not in r.output
 

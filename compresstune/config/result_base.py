@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 class Result(BaseModel):
     """A stage's result: typed where others read it, extra keys kept as recorded."""
 
-    model_config = ConfigDict(extra="allow", frozen=False)
+    model_config = ConfigDict(extra="allow")
 
     resources: dict | None = None  # wall time and peak memory, added by the runner
 

@@ -60,14 +60,11 @@ def reference_id(reference: torch.nn.Module) -> dict:
     }
 
 
-_digest = fingerprint  # the pipeline's stable short hash of JSON-able data
-
-
 def shape_key(model: torch.nn.Module, cand: Candidate, export_cfg) -> str:
     """What the candidate's file is: layer shapes, hidden size, vocabulary, variant and its settings (the name
     of the file `--export-candidates` writes, and of its row in a target's table)."""
     spec = arch_for(model)
-    return _digest(
+    return fingerprint(
         {
             "v": TABLE_VERSION,
             "layers": layer_shapes(model),
@@ -93,7 +90,7 @@ def timing_key(
     where = {"source": source, "shape": list(budget.shape), "provider": budget.provider, "threads": budget.threads}
     if source == "here" and iters is not None:
         where["iters"] = iters  # search.timing_iters: a timing of 10 calls is not one of 60
-    return _digest({"file": file_key, "reference": reference if source == "here" else None, **where})
+    return fingerprint({"file": file_key, "reference": reference if source == "here" else None, **where})
 
 
 def build_variant(fp32: Path, dst: Path, variant: str, model: torch.nn.Module, export_cfg) -> Path:
@@ -302,7 +299,7 @@ def check_key(path: Path, budget: Budget) -> str | None:
     """What a bundle check depends on: the file's bytes, the budget and this machine (None: no file)."""
     if not path.is_file():
         return None
-    return _digest({"file": file_sha256(path), "budget": budget.model_dump(), "machine": machine_info()})
+    return fingerprint({"file": file_sha256(path), "budget": budget.model_dump(), "machine": machine_info()})
 
 
 def retime_bundle(path: Path, table: LatencyTable) -> dict:
