@@ -6,12 +6,14 @@ is printed by machines with AVX2 only and by machines with AVX-512 VNNI and BF16
 * bf16 autocast is fast only where the CPU has native bf16 dot products (AVX-512 BF16, AMX); elsewhere
   PyTorch falls back to a scalar path that is 20-30x slower than fp32 (measured: issue 17);
 * ONNX Runtime's u8s8 int8 kernels are exact with VNNI (AVX-512 VNNI, AVX-VNNI); without it they use
-  ``vpmaddubsw``, whose int16 sums can saturate, so int8 weights are quantised to 7 bits there
-  (``reduce_range``).
+  ``vpmaddubsw``, whose int16 sums can saturate, so int8 weights are quantised to 7 bits by default
+  (``reduce_range``), which makes one file exact on both (and in WebAssembly).
 
 The flags come from the kernel (``/proc/cpuinfo``) or, elsewhere, from ``py-cpuinfo`` when it is
-installed; ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``, which cap what PyTorch uses, cap what
-the profile says of PyTorch (``native_bf16``, ``torch_isa``), not of ONNX Runtime (``isa``, ``vnni``).
+installed, corrected by what this process's CPUID says (NumPy's runtime dispatch: under QEMU or
+Rosetta the OS describes the host, not the CPU the kernels run on). ``ONEDNN_MAX_CPU_ISA`` and
+``ATEN_CPU_CAPABILITY``, which cap what PyTorch uses, cap what the profile says of PyTorch
+(``native_bf16``, ``torch_isa``), not of ONNX Runtime (``isa``, ``vnni``).
 Nothing here imports torch: GPU facts are read only when torch is already imported (the torch-free
 ``compresstune verify`` runs on machines without it)."""
 
@@ -66,12 +68,59 @@ def _cpuinfo_library() -> dict[str, str]:
 
 
 def raw_cpu() -> tuple[str, str, set[str]]:
-    """(vendor, model name, flags) as the operating system reports them."""
+    """(vendor, model name, flags): the flags this process can execute (:func:`process_flags` of what the
+    operating system reports)."""
     info = _read_cpuinfo() or _cpuinfo_library()
     model = info.get("model name") or info.get("hardware") or info.get("cpu model") or platform.processor() or ""
     vendor = info.get("vendor_id") or info.get("cpu implementer") or ""
     flags = set((info.get("flags") or info.get("features") or "").lower().split())
-    return vendor, model, flags
+    return vendor, model, process_flags(flags, _runtime_features())
+
+
+# NumPy's runtime-dispatch feature names -> the kernel's flag names
+_NUMPY_FLAGS = {
+    "AVX2": "avx2",
+    "FMA3": "fma",
+    "AVX512F": "avx512f",
+    "AVX512VNNI": "avx512_vnni",
+    "AVX512BF16": "avx512_bf16",
+    "ASIMD": "asimd",
+    "ASIMDDP": "asimddp",
+    "SVE": "sve",
+}
+
+
+def _runtime_features() -> dict[str, bool]:
+    """The CPU features this process can execute, as NumPy's runtime dispatch reads them (CPUID and the
+    OS-enabled register state on x86): what ONNX Runtime's and PyTorch's kernel dispatch see too. {} where
+    NumPy does not say."""
+    try:
+        import numpy
+
+        core = getattr(numpy, "_core", None) or numpy.core
+        feats = core._multiarray_umath.__cpu_features__
+    except Exception:  # noqa: BLE001 - a NumPy without it: the operating system's list stands
+        return {}
+    return {k: bool(v) for k, v in feats.items() if isinstance(k, str)}
+
+
+def process_flags(os_flags: set[str], runtime: dict[str, bool]) -> set[str]:
+    """The OS's flag list, corrected by what the process sees. They differ under emulation and translation
+    (QEMU user mode, Rosetta 2: /proc/cpuinfo or sysctl describe the host, CPUID the emulated CPU) and
+    where the OS leaves AVX-512 state off: kernels dispatch on CPUID, so that view decides. Features NumPy
+    does not name (AMX, AVX-VNNI, Arm BF16/I8MM) keep the OS's word unless their family is gone."""
+    out = set(os_flags)
+    for np_name, flag in _NUMPY_FLAGS.items():
+        if np_name in runtime:
+            if runtime[np_name]:
+                out.add(flag)
+            else:
+                out.discard(flag)
+    if "AVX512F" in runtime and not runtime["AVX512F"]:
+        out -= {f for f in out if f.startswith(("avx512", "amx"))}
+    if "AVX2" in runtime and not runtime["AVX2"]:
+        out -= {"avx_vnni", "avx_vnni_int8"}
+    return out
 
 
 def arch() -> str:
@@ -224,7 +273,8 @@ def resolve_bf16(setting, device: str, cpu: dict | None = None) -> bool:
 
 
 def int8_reduce_range(setting, cpu: dict | None = None) -> bool:
-    """``reduce_range: auto`` -> 7-bit int8 weights on x86 CPUs without VNNI (where u8s8 sums can saturate)."""
+    """``reduce_range``: 7-bit int8 weights or not. ``true`` (the default: a bundle may run on any CPU) and
+    ``false`` as given; ``auto`` -> this CPU decides: 7 bits on x86 without VNNI, where u8s8 sums can saturate."""
     if setting == "auto":
         c = cpu or cpu_profile()
         return c["arch"] == "x86_64" and not c["vnni"]

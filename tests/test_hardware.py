@@ -56,6 +56,25 @@ def test_arm_classes_and_env_caps():
     assert machine.effective_flags(AMX, {"ONEDNN_MAX_CPU_ISA": "ALL"}) == AMX
 
 
+def test_the_process_cpuid_view_corrects_the_os_list():
+    """Under QEMU user mode (or Rosetta) /proc/cpuinfo describes the host while the kernels dispatch on the
+    emulated CPUID: NumPy's runtime view of the process decides what it names."""
+    qemu_avx2 = {"AVX2": True, "FMA3": True, "AVX512F": False, "AVX512VNNI": False, "AVX512BF16": False}
+    seen = machine.process_flags(AMX, qemu_avx2)
+    assert machine.isa_class("x86_64", seen) == "x86-64 AVX2"
+    assert not machine.has_vnni("x86_64", seen) and not machine.cpu_native_bf16("x86_64", seen)
+    # nothing from the OS (Windows without py-cpuinfo): NumPy's view alone
+    alone = machine.process_flags(set(), {"AVX2": True, "FMA3": True, "AVX512F": True, "AVX512VNNI": True})
+    assert machine.isa_class("x86_64", alone) == "x86-64 AVX-512 VNNI"
+    # features NumPy does not name keep the OS's word while their family stands
+    assert machine.process_flags(AVX2 | {"avx_vnni"}, {"AVX2": True, "AVX512F": False}) >= {"avx_vnni", "avx2"}
+    assert "avx_vnni" not in machine.process_flags(AVX2 | {"avx_vnni"}, {"AVX2": False})
+    assert machine.process_flags(AMX, {}) == AMX  # NumPy says nothing: the OS's list stands
+    # this machine's NumPy names the features the profile's classes are made of
+    if machine.arch() == "x86_64":
+        assert {"AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16"} <= set(machine._runtime_features())
+
+
 def test_profile_of_this_machine_describes_it():
     p = machine.profile()
     assert p["isa"] and p["logical_cores"] and p["onnxruntime"]["providers"]
@@ -100,15 +119,19 @@ def test_bf16_auto_resolves_into_the_fingerprint(monkeypatch, tiny_bert, glue_di
     assert fp(AVX2, "finetune.bf16=auto") == fp(AVX2, "finetune.bf16=false")
     assert fp(AVX2, "finetune.bf16=auto") != fp(AVX512_VNNI_BF16, "finetune.bf16=auto")
 
-    # int8 reduce_range: on only where the CPU lacks VNNI; off leaves the fingerprint of exports made before it
+    # int8 reduce_range: on by default on every CPU (the same file everywhere); auto resolves on this CPU, on only
+    # where it lacks VNNI; off leaves the fingerprint of exports made before the setting existed
     # (both CPUs without bf16, so the finetune stage under the export is the same)
     def export_fp(flags, *over):
         _fake_cpu(monkeypatch, flags)
         return stage_fingerprints(load_config(p, ["device=cpu", *over]), lambda t: STAGES[t])["export"]
 
     vnni = AVX2 | {"avx_vnni"}
-    assert export_fp(AVX2) != export_fp(vnni) == export_fp(vnni, "export.reduce_range=false")
-    assert export_fp(AVX2) == export_fp(vnni, "export.reduce_range=true")
+    assert export_fp(AVX2) == export_fp(vnni) == export_fp(vnni, "export.reduce_range=true")
+    assert export_fp(AVX2, "export.reduce_range=auto") == export_fp(AVX2)
+    assert (
+        export_fp(vnni, "export.reduce_range=auto") == export_fp(vnni, "export.reduce_range=false") != export_fp(vnni)
+    )
 
 
 # --- GPU decisions on the GPU, with CUDA timings faked --------------------------------------------------------

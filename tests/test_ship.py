@@ -158,6 +158,19 @@ def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
     (other / "verify.json").write_text(json.dumps(rec))
     r = CliRunner().invoke(main, ["verify", str(other)])
     assert r.exit_code == 3 and "FAILED" in r.output and "label agreement 0.00%" in r.output, r.output
+    # the same labels with every input's logits moved (8-bit int8 weights on an x86 CPU without VNNI move them all,
+    # median 0.06 on SST-2): exit 3 unless the user widens --max-median-diff
+    rec["labels"] = [1 - x for x in rec["labels"]]
+    rec["logits"] = [
+        [v + (0.05 if i == k else 0.0) for i, v in enumerate(row[::-1])] for row, k in zip(rec["logits"], rec["labels"])
+    ]
+    (other / "verify.json").write_text(json.dumps(rec))
+    r = CliRunner().invoke(main, ["verify", str(other)])
+    assert r.exit_code == 3 and "label agreement 100.00%" in r.output and "computes the model differently" in r.output
+    assert "reduce_range=true" in r.output, r.output
+    r = CliRunner().invoke(main, ["verify", str(other), "--max-median-diff", "0.1", "--json"])
+    res = json.loads(r.output)
+    assert r.exit_code == 0 and res["passed"] and abs(res["median_abs_logit_diff"] - 0.05) < 1e-3
     (other / "verify.json").unlink()
     r = CliRunner().invoke(main, ["verify", str(other)])
     assert r.exit_code == 2 and "no verify.json" in r.output and "Traceback" not in r.output

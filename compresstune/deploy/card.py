@@ -155,8 +155,9 @@ def _check_on_device(name: str) -> list[str]:
         f"compresstune verify {name}",
         "```",
         "",
-        "It prints both machines, the label agreement and the largest logit difference, and exits 3 when fewer "
-        "than 99% of the labels agree (`--min-agreement` to change it).",
+        "It prints both machines, the label agreement and the median and largest logit difference, and exits 3 "
+        "when fewer than 99% of the labels agree or the typical input's logits moved by more than 0.01 "
+        "(`--min-agreement`, `--max-median-diff` to change them).",
     ]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import CompresstuneError
 from .files import predict_main
-from .verify import DEFAULT_MIN_AGREEMENT, verify_main
+from .verify import DEFAULT_MAX_MEDIAN_DIFF, DEFAULT_MIN_AGREEMENT, Tolerance, verify_main
 
 CLI_PROVIDERS = ("cpu", "cuda")  # what the runtime commands offer (Predictor takes more)
 
@@ -90,8 +90,9 @@ def verify_parser() -> argparse.ArgumentParser:
     p = _parser(
         "compresstune-verify",
         "Check a deploy bundle on the machine it is on: its stored dev inputs are run here and compared with the "
-        "labels and logits of the machine that built it. Exits 0 when agreement reaches --min-agreement, 3 below "
-        "it. Needs only onnxruntime, tokenizers and numpy.",
+        "labels and logits of the machine that built it. Exits 0 when agreement reaches --min-agreement and the "
+        "median logit difference is within --max-median-diff, 3 otherwise. Needs only onnxruntime, tokenizers and "
+        "numpy.",
     )
     p.add_argument(
         "--min-agreement",
@@ -100,6 +101,14 @@ def verify_parser() -> argparse.ArgumentParser:
         metavar="X",
         help="least share of the verification inputs whose label must equal the build machine's (default: "
         f"{DEFAULT_MIN_AGREEMENT})",
+    )
+    p.add_argument(
+        "--max-median-diff",
+        type=float,
+        default=DEFAULT_MAX_MEDIAN_DIFF,
+        metavar="X",
+        help="largest allowed median, over the verification inputs, of an input's largest logit difference "
+        f"(default: {DEFAULT_MAX_MEDIAN_DIFF})",
     )
     _run_options(p)
     p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
@@ -116,9 +125,10 @@ def predict(argv: list[str] | None = None) -> int:
 
 
 def verify(argv: list[str] | None = None) -> int:
-    """``compresstune-verify BUNDLE`` (the console script): returns the exit code (0 passed, 3 below
-    --min-agreement)."""
+    """``compresstune-verify BUNDLE`` (the console script): returns the exit code (0 passed, 3 outside the
+    tolerances)."""
     p = verify_parser()
     a = p.parse_args(argv)
     _check_bundle_arg(p, a.bundle)
-    return _run(verify_main, a.bundle, a.min_agreement, a.provider, a.threads, a.as_json, echo=print)
+    tol = Tolerance(a.min_agreement, a.max_median_diff)
+    return _run(verify_main, a.bundle, tol, a.provider, a.threads, a.as_json, echo=print)

@@ -87,8 +87,8 @@ def stage_fingerprints(cfg: PipelineConfig, stage_class, hashes: ContentHashes |
 
 def _resolve_machine_settings(settings: dict, device: str) -> None:
     """Settings whose ``auto`` depends on the machine enter as what they resolve to here (machine.py): ``bf16``
-    as the precision used; ``reduce_range`` only when on, so that exports made before it existed, and exports on
-    CPUs with VNNI, keep their fingerprints."""
+    as the precision used; ``reduce_range`` only when on (7-bit weights, the default), so that off names the 8-bit
+    files that exports made before the setting existed wrote, with their fingerprints."""
     if "bf16" in settings:
         settings["bf16"] = resolve_bf16(settings["bf16"], device)
     if "reduce_range" in settings:
