@@ -7,7 +7,7 @@ is printed by machines with AVX2 only and by machines with AVX-512 VNNI and BF16
   PyTorch falls back to a scalar path that is 20-30x slower than fp32 (measured: issue 17);
 * ONNX Runtime's u8s8 int8 kernels are exact with VNNI (AVX-512 VNNI, AVX-VNNI); without it they use
   ``vpmaddubsw``, whose int16 sums can saturate, so int8 weights are quantised to 7 bits by default
-  (``reduce_range``), which makes one file exact on both (and in WebAssembly).
+  (``reduce_range``), which makes one file exact on both.
 
 The flags come from the kernel (``/proc/cpuinfo``) or, elsewhere, from ``py-cpuinfo`` when it is
 installed, corrected by what this process's CPUID says (NumPy's runtime dispatch: under QEMU or

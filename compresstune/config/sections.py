@@ -203,7 +203,7 @@ class ExportConfig(StageConfig):
     reduce_range: bool | Literal["auto"] = Field(
         True,
         description="int8: 7-bit weights, so that ONNX Runtime's u8s8 kernels cannot saturate on x86 CPUs without "
-        "VNNI or in WebAssembly: the same file gives the build machine's results on every CPU class (8-bit weights "
+        "VNNI: the same file gives the build machine's results on every x86 CPU class (8-bit weights "
         "built on a VNNI CPU flipped 0.7-1.0% of SST-2 dev labels on an AVX2 one; 7 bits cost no measurable "
         "accuracy). false: 8-bit weights, for a bundle that runs only on CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, "
         "AMX) or Arm; auto: as the exporting CPU decides (7 bits where it lacks VNNI), for a bundle run where built",

@@ -250,7 +250,7 @@ def verify_main(bundle, tol: Tolerance, provider: str, threads, as_json: bool, e
 
 def _failed(res: dict, tol: Tolerance) -> str:
     fix = (
-        "do not deploy this bundle here as it is: for int8 on an x86 CPU without VNNI (or in a browser), rebuild "
+        "do not deploy this bundle here as it is: for int8 on an x86 CPU without VNNI, rebuild "
         "it with export.reduce_range=true (the default since 2026-12-06), or ship the fp32 / optimized variant."
     )
     if res["max_abs_logit_diff"] is not None and res["median_abs_logit_diff"] > tol.max_median_diff:
