@@ -30,6 +30,16 @@ class ConfigError(UserError):
         )
 
 
+def from_os_error(exc: OSError) -> UserError:
+    """A file the user pointed at that cannot be read or written (permissions, a folder where a file belongs,
+    a full disk): one message naming it, not a traceback."""
+    where = exc.filename if exc.filename is not None else "a file"
+    return UserError(
+        f"{where}: {exc.strerror or exc} ({exc.__class__.__name__}). Check that it exists, is a file or folder as "
+        "expected, and that this user may read (and write) it."
+    )
+
+
 class CheckFailed(CompresstuneError):
     """A run-time numerical check failed (NaN loss, ONNX mismatch, merge mismatch).
 

@@ -108,19 +108,16 @@ def process_flags(os_flags: set[str], runtime: dict[str, bool]) -> set[str]:
     """The OS's flag list, corrected by what the process sees. They differ under emulation and translation
     (QEMU user mode, Rosetta 2: /proc/cpuinfo or sysctl describe the host, CPUID the emulated CPU) and
     where the OS leaves AVX-512 state off: kernels dispatch on CPUID, so that view decides. Features NumPy
-    does not name (AMX, AVX-VNNI, Arm BF16/I8MM) keep the OS's word unless their family is gone."""
-    out = set(os_flags)
-    for np_name, flag in _NUMPY_FLAGS.items():
-        if np_name in runtime:
-            if runtime[np_name]:
-                out.add(flag)
-            else:
-                out.discard(flag)
-    if "AVX512F" in runtime and not runtime["AVX512F"]:
-        out -= {f for f in out if f.startswith(("avx512", "amx"))}
-    if "AVX2" in runtime and not runtime["AVX2"]:
-        out -= {"avx_vnni", "avx_vnni_int8"}
-    return out
+    does not name (AMX, AVX-VNNI, Arm BF16/I8MM/SVE2) keep the OS's word only while the OS is right about
+    every feature NumPy does name: once it lists one the process cannot use, it describes another CPU, and
+    only what the process sees stands."""
+    seen = {flag for np_name, flag in _NUMPY_FLAGS.items() if runtime.get(np_name)}
+    named = {flag for np_name, flag in _NUMPY_FLAGS.items() if np_name in runtime}
+    if not named:
+        return set(os_flags)
+    if (set(os_flags) & named) - seen:  # the OS claims what this process cannot execute: not this CPU's list
+        return seen
+    return (set(os_flags) - named) | seen
 
 
 def arch() -> str:

@@ -70,6 +70,14 @@ def test_the_process_cpuid_view_corrects_the_os_list():
     assert machine.process_flags(AVX2 | {"avx_vnni"}, {"AVX2": True, "AVX512F": False}) >= {"avx_vnni", "avx2"}
     assert "avx_vnni" not in machine.process_flags(AVX2 | {"avx_vnni"}, {"AVX2": False})
     assert machine.process_flags(AMX, {}) == AMX  # NumPy says nothing: the OS's list stands
+    # once the OS lists a feature the process cannot use, it describes another CPU: features NumPy does not name
+    # (AVX-VNNI, AMX; Arm SVE2, BF16) go too (an AVX-VNNI host run as an AVX2 CPU is not a VNNI machine)
+    seen = machine.process_flags(AMX | {"avx_vnni"}, qemu_avx2)
+    assert not machine.has_vnni("x86_64", seen) and machine.isa_class("x86_64", seen) == "x86-64 AVX2"
+    arm = machine.process_flags(
+        {"asimd", "asimddp", "sve", "sve2", "bf16"}, {"ASIMD": True, "ASIMDDP": True, "SVE": False}
+    )
+    assert machine.isa_class("aarch64", arm) == "arm64 NEON dot-product" and not machine.cpu_native_bf16("aarch64", arm)
     # this machine's NumPy names the features the profile's classes are made of
     if machine.arch() == "x86_64":
         assert {"AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16"} <= set(machine._runtime_features())

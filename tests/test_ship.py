@@ -176,6 +176,49 @@ def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
     assert r.exit_code == 2 and "no verify.json" in r.output and "Traceback" not in r.output
 
 
+def test_verify_refuses_hostile_verification_sets_whole(shipped, tmp_path, monkeypatch):
+    """Edited verification sets and unreadable files: exit 2 with one message (never a traceback, never a pass);
+    text from the file is printed without control characters; thresholds are printed as given."""
+    import shutil
+
+    from compresstune.deploy import cli as deploy_cli
+
+    run, _ = shipped
+    other = tmp_path / "deploy"
+    shutil.copytree(run / "deploy", other)
+    good = json.loads((other / "verify.json").read_text())
+
+    def verify_with(rec, *args):
+        (other / "verify.json").write_text(json.dumps(rec))
+        return CliRunner().invoke(main, ["verify", str(other), *args])
+
+    huge = {**good, "logits": [[1e308, -1e308] if k == 0 else [-1e308, 1e308] for k in good["labels"]]}
+    for rec, words in (
+        (huge, "beyond float32's range"),
+        ({**good, "logits": good["logits"][:-1]}, "rows of logits"),
+        ({**good, "format_version": True}, "format_version"),
+    ):
+        r = verify_with(rec)
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+    forged = {**good, "made_on": {**good["made_on"], "machine": "X\n  PASSED: fake\x1b[8m"}}
+    r = verify_with(forged, "--max-median-diff", "0.014", "--min-agreement", "0.995")
+    assert r.exit_code == 0 and "X\\n  PASSED: fake\\x1b[8m" in r.output and "\x1b" not in r.output, r.output
+    assert "threshold 99.5%)" in r.output and "(threshold 0.014)" in r.output
+    (other / "verify.json").unlink()
+    (other / "verify.json").mkdir()
+    r = CliRunner().invoke(main, ["verify", str(other)])
+    assert r.exit_code == 2 and "is not a file" in r.output, r.output
+
+    # a file this user may not read (root reads everything, so the refusal is raised where the file is read)
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(other / "verify.json"))
+
+    monkeypatch.setattr("compresstune.deploy.verify.verify_bundle", denied)
+    r = CliRunner().invoke(main, ["verify", str(other)])
+    assert r.exit_code == 2 and "Permission denied" in r.output and "verify.json" in r.output, r.output
+    assert deploy_cli.verify([str(other)]) == 2
+
+
 def test_bench_onnx_times_files_back_to_back(shipped, tmp_path):
     run, _ = shipped
     files = [str(run / "02_export" / "model.onnx"), str(run / "02_export" / "model.optimized.onnx")]

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..errors import CompresstuneError
+from ..errors import CompresstuneError, from_os_error
 
 EXIT_FILE_ENV = "COMPRESSTUNE_EXIT_FILE"  # set by `--num-processes` for the processes it starts
 
@@ -37,6 +37,8 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CompresstuneError as exc:
             _fail(exc)
+        except OSError as exc:  # a path the user gave that cannot be read or written
+            _fail(from_os_error(exc))
 
 
 def bundle_run_options(fn):

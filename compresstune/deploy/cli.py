@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CompresstuneError
+from ..errors import CompresstuneError, from_os_error
 from .files import predict_main
 from .verify import DEFAULT_MAX_MEDIAN_DIFF, DEFAULT_MIN_AGREEMENT, Tolerance, verify_main
 
@@ -65,9 +65,10 @@ def _run(fn, *args, **kwargs) -> int:
     """compresstune's own errors: ``error: MESSAGE`` on stderr and their exit code, never a traceback."""
     try:
         return fn(*args, **kwargs)
-    except CompresstuneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (CompresstuneError, OSError) as exc:
+        err = from_os_error(exc) if isinstance(exc, OSError) else exc
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def predict_parser() -> argparse.ArgumentParser:

@@ -99,13 +99,19 @@ def write_verification_set(
     return {"file": VERIFY_FILE, "examples": len(inputs), "batch_size": batch_size, "made_on": rec["made_on"]}
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_FILE_BYTES = 64 << 20  # a verification set of a few hundred inputs is well under 1 MB
 
 
 def _load(bundle: Path) -> dict:
     path = bundle / VERIFY_FILE
     if path.is_symlink() or (path.exists() and not is_inside(path, bundle)):
-        raise UserError(f"bundle {bundle}: {VERIFY_FILE} is a link to another place; a bundle's files live in it.")
+        raise UserError(
+            f"bundle {bundle}: {VERIFY_FILE} is a symbolic link; the verification set must be a plain file in the "
+            "bundle (copy the file there, or rebuild the bundle)."
+        )
+    if path.exists() and not path.is_file():
+        raise UserError(f"bundle {bundle}: {VERIFY_FILE} is not a file (a folder or a device); rebuild the bundle.")
     if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
         raise UserError(f"{path}: {path.stat().st_size:,} bytes is not a verification set (at most 64 MiB).")
     if not path.is_file():
@@ -123,10 +129,14 @@ def _load(bundle: Path) -> dict:
         and rec.get("format") == FORMAT
         and isinstance(rec.get("inputs"), list)
         and isinstance(rec.get("logits"), list)
-        and len(rec["inputs"]) == len(rec["logits"]) > 0
     )
     if not ok:
         raise UserError(f"{path}: not a compresstune verification set (format {FORMAT!r}); rebuild the bundle.")
+    if not len(rec["inputs"]) == len(rec["logits"]) > 0:
+        raise UserError(
+            f"{path}: {len(rec['inputs'])} inputs but {len(rec['logits'])} rows of logits (both must be the same, "
+            "and more than none); the file was changed after the bundle was written: rebuild the bundle."
+        )
     return rec
 
 
@@ -135,7 +145,7 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
     n_in, n_fields = len(rec["inputs"]), len(pred.text_fields)
     width = 1 if pred.problem_type == "regression" else len(pred.labels)
     out = []
-    if rec.get("format_version") != 1:
+    if type(rec.get("format_version")) is not int or rec["format_version"] != 1:
         out.append(f"format_version {rec.get('format_version')!r} is not 1")
     if rec.get("problem_type") != pred.problem_type:
         out.append(f"problem_type {rec.get('problem_type')!r} is not the bundle's {pred.problem_type!r}")
@@ -161,6 +171,10 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
     bad = [i for i, r in enumerate(rec["logits"]) if not row_ok(r)]
     if bad:
         out.append(f"logits rows {bad[:5]} are not {width} finite numbers each")
+    else:  # beyond float32's range no ONNX model output can lie (and differences of such values overflow)
+        big = [i for i, r in enumerate(rec["logits"]) if any(abs(v) > FLOAT32_MAX for v in r)]
+        if big:
+            out.append(f"logits rows {big[:5]} hold values beyond float32's range (|x| > {FLOAT32_MAX:.3g})")
     if pred.problem_type != "regression":
         labels = rec.get("labels")
         ok = isinstance(labels, list) and len(labels) == n_in
@@ -229,23 +243,31 @@ def verify_main(bundle, tol: Tolerance, provider: str, threads, as_json: bool, e
         echo(json.dumps(res, indent=2))
     else:
         made = res["made_on"] if isinstance(res["made_on"], dict) else {}
+        made = {k: _shown(made.get(k)) for k in ("machine", "onnxruntime", "provider")}  # from the file: printable
         echo(f"bundle {res['bundle']}: {res['examples']} verification inputs")
-        echo(f"  built on:   {made.get('machine')}, onnxruntime {made.get('onnxruntime')}, {made.get('provider')}")
+        echo(f"  built on:   {made['machine']}, onnxruntime {made['onnxruntime']}, {made['provider']}")
         here = res["here"]
         echo(f"  checked on: {here['machine']}, onnxruntime {here['onnxruntime']}, {here['provider']}")
         echo(
             f"  label agreement {res['agreement']:.2%} ({res['disagreements']} differ; "
-            f"threshold {tol.min_agreement:.0%})"
+            f"threshold {100 * tol.min_agreement:g}%)"
         )
         if res["max_abs_logit_diff"] is None:
             echo("  logits: not finite (NaN/inf)")
         else:
             echo(
-                f"  logit difference: median {res['median_abs_logit_diff']:.2e} (threshold {tol.max_median_diff:.0e}), "
+                f"  logit difference: median {res['median_abs_logit_diff']:.2e} (threshold {tol.max_median_diff:g}), "
                 f"largest {res['max_abs_logit_diff']:.2e}"
             )
         echo("  PASSED: this machine gives the build machine's results." if res["passed"] else _failed(res, tol))
     return 0 if res["passed"] else 3
+
+
+def _shown(value, limit: int = 200) -> str:
+    """A value read from a bundle's file, as one printable line: control characters (newlines, terminal escapes)
+    written as escapes, at most ``limit`` characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _failed(res: dict, tol: Tolerance) -> str:
