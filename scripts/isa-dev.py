@@ -23,20 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from compresstune.config.results import ExportResult
 from compresstune.data.glue import load_glue
 from compresstune.deploy import Predictor
 from compresstune.deploy.bundle import write_bundle
 from compresstune.machine import describe, profile
 
-FILES = {
-    "fp32": "model.onnx",
-    "optimized": "model.optimized.onnx",
-    "int8_dynamic": "model.int8_dynamic.onnx",
-    "int8_static": "model.int8_static.onnx",
-}
-
 
 def run(args) -> None:
+    export = ExportResult.model_validate(json.loads((args.export / "summary.json").read_text()))
+    unknown = set(args.variants or ()) - set(export.variants)
+    if unknown:
+        raise SystemExit(f"{args.export}: no variant {sorted(unknown)} (it has {', '.join(export.variants)})")
     task = load_glue(args.task, "local", args.glue_dir)
     texts = [t if len(t) > 1 else t[0] for t in task.dev.texts]
     gold = np.array(task.dev.labels)
@@ -44,9 +42,10 @@ def run(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out = {"export": str(args.export), "machine": describe(profile()), "accuracy": {}}
     with tempfile.TemporaryDirectory() as td:
-        for name in args.variants:
+        for name in args.variants or list(export.variants):
             bundle = Path(td) / name
-            write_bundle(bundle, args.export / FILES[name], args.export / "tokenizer", labels, "card", compress=False)
+            model = args.export / export.variants[name].file
+            write_bundle(bundle, model, args.export / "tokenizer", labels, "card", compress=False)
             pred = Predictor(bundle, threads=args.threads)
             for bs in args.batch:
                 logits = pred.logits(texts, batch_size=bs, warn=False)
@@ -83,7 +82,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("export", type=Path)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--variants", nargs="+", default=list(FILES), choices=list(FILES))
+    r.add_argument("--variants", nargs="+", help="the export's variants to run (default: all it verified)")
     r.add_argument("--batch", nargs="+", type=int, default=[1, 32])
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--task", default="sst2")
