@@ -6,15 +6,20 @@
 #   bash scripts/gpu-check.sh             the real run; exits 3, loudly, where no CUDA GPU is visible
 #   bash scripts/gpu-check.sh --dry-run   anywhere (CI): checks the pipeline, the data and the model on the
 #                                         CPU and prints what the real run would do; runs no stage
-# COMPRESSTUNE_SKIP_SETUP=1 uses the environment as it is (torch with CUDA and onnxruntime-gpu already there).
+#   bash scripts/gpu-check.sh [--dry-run] KEY=VALUE ...   overrides for the pipeline (e.g. task.glue_dir=PATH)
+# COMPRESSTUNE_SKIP_SETUP=1 uses the environment as it is (torch with CUDA and onnxruntime-gpu already there):
+# ./.venv if there is one, else $PYTHON (default python3) with compresstune importable (PYTHONPATH). A GPU
+# machine with no package index: scripts/gpu-kit.sh carries what it lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
-case "${1:-}" in
-  --dry-run) DRY=1 ;;
-  "") ;;
-  *) echo "usage: bash scripts/gpu-check.sh [--dry-run]" >&2; exit 2 ;;
-esac
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+for a in "$@"; do
+  case "$a" in
+    *=*) ;;
+    *) echo "usage: bash scripts/gpu-check.sh [--dry-run] [KEY=VALUE ...] (not: $a)" >&2; exit 2 ;;
+  esac
+done
 PIPE=pipelines/gpu-check.yaml
 fail() { echo "gpu-check: FAILED: $*" >&2; exit 3; }
 
@@ -24,12 +29,12 @@ fi
 if [ "${COMPRESSTUNE_SKIP_SETUP:-0}" != 1 ]; then
   if [ "$DRY" = 1 ]; then bash scripts/setup.sh; else COMPRESSTUNE_GPU=1 COMPRESSTUNE_WEB=0 bash scripts/setup.sh; fi
 fi
-PY=python; CT=(compresstune)
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; CT=(.venv/bin/compresstune); fi
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; CT=(.venv/bin/compresstune)
+else PY=${PYTHON:-python3}; CT=("$PY" -m compresstune.cli); fi
 
 if [ "$DRY" = 1 ]; then
   echo "gpu-check: dry run: checking $PIPE on the CPU (device=cpu); no stage runs"
-  "${CT[@]}" pipeline validate "$PIPE" device=cpu --run-name gpu-check-dry
+  "${CT[@]}" pipeline validate "$PIPE" device=cpu "$@" --run-name gpu-check-dry
   echo "gpu-check: dry run ok. On a GPU the real run trains on cuda, builds fp32/optimized/fp16, verifies each on"
   echo "  the CUDA provider, times them on CUDA (I/O binding) and on the CPU, and ships by the CUDA timings."
   exit 0
@@ -42,7 +47,7 @@ print("gpu-check:", torch.__version__, "cuda", torch.version.cuda, "|", ort.__ve
 sys.exit(0 if ok else 1)
 PYCHECK
 start=$(date +%s)
-"${CT[@]}" pipeline run "$PIPE" device=cuda --no-progress
+"${CT[@]}" pipeline run "$PIPE" device=cuda "$@" --no-progress
 echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
 "$PY" - <<'PYTABLE'
 import json

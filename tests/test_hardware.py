@@ -5,6 +5,7 @@ check script failing loudly where there is no GPU."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,89 @@ def test_gpu_check_dry_run_validates_and_real_run_fails_loudly_without_a_gpu():
     real = _gpu_check()
     assert real.returncode != 0
     assert "no CUDA GPU" in real.stderr
+
+
+def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypatch, capsys):
+    """onnxruntime-gpu finds pip's CUDA/cuDNN only through preload_dlls when torch has not loaded them; that
+    call prints, and `predict` writes results to stdout, so it must stay silent, and a failure must not raise."""
+    import sys
+    import types
+
+    from compresstune.deploy.predictor import _preload_cuda_libraries
+
+    calls = []
+
+    def preload():
+        calls.append(1)
+        print("Failed to load libcublasLt.so.13")
+        raise RuntimeError("no such directory")
+
+    fake = types.SimpleNamespace(preload_dlls=preload)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    _preload_cuda_libraries(fake)
+    assert calls == [1] and capsys.readouterr().out == ""
+    _preload_cuda_libraries(types.SimpleNamespace())  # onnxruntime older than 1.21: nothing to call
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    _preload_cuda_libraries(fake)  # torch imported: it loaded CUDA already
+    assert calls == [1]
+
+
+# --- scripts/gpu-kit.sh: the parts join into the packed kit, or it says which fix --------------------------
+
+
+def _kit_checkout(tmp_path):
+    """A scratch checkout with scripts/gpu-kit.sh and a packed kit in parts of 1 KiB (as `pack` writes it)."""
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu-kit.sh", root / "scripts")
+    stage = tmp_path / "stage"
+    (stage / "site" / "kitpkg").mkdir(parents=True)
+    (stage / "site" / "kitpkg" / "__init__.py").write_text("X = 1\n")
+    (stage / "site" / "kitpkg" / "blob").write_bytes(os.urandom(5000))  # incompressible: several parts
+    (stage / "glue" / "SST-2").mkdir(parents=True)
+    (stage / "CONTENTS").write_text("kitpkg==1\n")
+    kit = root / ".gpukit"
+    kit.mkdir()
+    subprocess.run(f"tar -C {stage} -cf - . | xz > {kit}/kit.tar.xz", shell=True, check=True)
+    subprocess.run(["split", "-b", "1K", "-d", "-a", "2", "kit.tar.xz", "part-"], cwd=kit, check=True)
+    subprocess.run("sha256sum kit.tar.xz > SHA256 && rm kit.tar.xz", shell=True, cwd=kit, check=True)
+    return root
+
+
+def _kit(root, *args):
+    return subprocess.run(["bash", "scripts/gpu-kit.sh", *args], cwd=root, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
+def test_gpu_kit_installs_only_a_whole_kit(tmp_path):
+    root = _kit_checkout(tmp_path)
+    parts = sorted((root / ".gpukit").glob("part-*"))
+    assert len(parts) >= 4
+    ok = _kit(root, "install")
+    assert ok.returncode == 0, ok.stderr
+    assert (root / ".gpukit" / "site" / "kitpkg" / "__init__.py").read_text() == "X = 1\n"
+    assert "kitpkg==1" in ok.stdout and not (root / ".gpukit" / "kit.tar.xz").exists()
+    parts[2].unlink()  # one part lost on the way
+    lost = _kit(root, "install")
+    assert lost.returncode == 2 and "do not join" in lost.stderr and "send them again" in lost.stderr
+    (root / ".gpukit" / "SHA256").unlink()
+    assert "send the whole .gpukit" in _kit(root, "install").stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="bash script")
+def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "gpu-kit.sh", root / "scripts")
+    for args, says in (
+        (["pack", "0"], "whole number of MiB"),
+        (["pack", "lots"], "whole number of MiB"),
+        (["run"], "install' first"),
+        (["unpack"], "usage"),
+    ):
+        r = _kit(root, *args)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+    bad = _gpu_check("--dry-run", "not-an-override")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+    override = _gpu_check("--dry-run", "task.max_length=64")
+    assert override.returncode == 0, override.stdout + override.stderr
