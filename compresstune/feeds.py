@@ -1,5 +1,6 @@
 """Random BERT-style token inputs: the one feed builder for ONNX Runtime sessions, PyTorch models and the
-benchmark's fresh-process probe (numpy only; a PyTorch caller wraps the arrays with ``torch.from_numpy``).
+benchmark's fresh-process probe (numpy only; a PyTorch caller wraps the arrays with ``torch.from_numpy``);
+and the providers (with their options) every ONNX Runtime session of the package is created with.
 
 Token ids are drawn from [1000, 2000) (ordinary word pieces in every BERT/DistilBERT vocabulary), or from the
 upper half of a smaller ``vocab`` (a trimmed bundle's, a tiny test model's): never an id the model lacks."""
@@ -44,3 +45,16 @@ def token_feed(
 def session_feed(session, batch: int, seq: int, vocab: int | None = None, seed: int = 0, pad_tail: bool = True):
     """:func:`token_feed` for every input of an ONNX Runtime ``session``."""
     return token_feed([i.name for i in session.get_inputs()], batch, seq, vocab, seed, pad_tail)
+
+
+# ONNX Runtime's CUDA provider runs fp32 MatMul/Gemm in TF32 unless told not to, which moves logits by ~5e-4
+# against PyTorch's fp32: off, so that a variant verified on CUDA computes as it is timed and shipped (fp16 is
+# the fast GPU variant)
+PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+
+
+def session_providers(ep: str) -> list:
+    """The ``providers`` argument of an InferenceSession meant to run on ``ep`` (with its options), with the
+    CPU provider after it for any node ``ep`` lacks."""
+    first = (ep, dict(PROVIDER_OPTIONS[ep])) if ep in PROVIDER_OPTIONS else ep
+    return [first] if ep == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 # x86 flags (Linux names) that change results or speed, highest first within each family
 X86_FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2", "fma")
@@ -212,7 +213,7 @@ def gpu_profile() -> dict | None:
         "name": p.name,
         "compute_capability": f"{p.major}.{p.minor}",
         "memory_gb": round(p.total_memory / 2**30, 1),
-        "bf16": bool(torch.cuda.is_bf16_supported()),
+        "bf16": _cuda_native_bf16(torch, 0),
         "fp16": (p.major, p.minor) >= (5, 3),
         "count": torch.cuda.device_count(),
     }
@@ -258,8 +259,17 @@ def native_bf16(device: str, cpu: dict | None = None) -> bool:
     """Whether ``device`` ('cpu', 'cuda', 'cuda:1') runs bf16 autocast natively."""
     if device.startswith("cuda"):
         torch = sys.modules.get("torch")
-        return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        _, _, idx = device.partition(":")
+        index = int(idx) if idx.isdigit() else 0
+        return bool(torch is not None and torch.cuda.is_available() and _cuda_native_bf16(torch, index))
     return bool((cpu or cpu_profile())["native_bf16"])
+
+
+def _cuda_native_bf16(torch, index: int) -> bool:
+    """bf16 in hardware (Ampere and newer): torch's default also counts the emulated bf16 of a T4 or V100,
+    which runs slower than fp32 there."""
+    with torch.cuda.device(index):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def resolve_bf16(setting, device: str, cpu: dict | None = None) -> bool:
@@ -300,20 +310,32 @@ RESULT_LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "torch_pruni
 
 def versions(libraries=RESULT_LIBRARIES) -> dict[str, str | None]:
     """compresstune's, each library's (None where it is not installed) and Python's version, read from the
-    installed distributions' metadata (nothing is imported): the one record of versions that manifest.json,
+    installed distributions' metadata (nothing is imported). The one record of versions that manifest.json,
     report.json, model artifacts and deploy bundles keep."""
-    import importlib.metadata
-
     import compresstune
 
     out: dict[str, str | None] = {"compresstune": compresstune.__version__}
     for key in libraries:
-        out[key] = None
-        for dist in _DISTRIBUTIONS[key]:
-            try:
-                out[key] = importlib.metadata.version(dist)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
+        out[key] = _installed_version(key)
     out["python"] = platform.python_version()
     return out
+
+
+def _installed_version(key: str) -> str | None:
+    """The version of the distribution that holds the module ``key`` as imported, where it is imported: two
+    distributions can hold one module (onnxruntime and onnxruntime-gpu, in two folders on the path), and a
+    module's own ``__version__`` can lag its release (torch_pruning 1.6.1 says 1.6.0)."""
+    import importlib.metadata
+
+    module_file = getattr(sys.modules.get(key), "__file__", None)
+    where = Path(module_file).resolve().parent.parent if module_file else None
+    first = None
+    for dist in _DISTRIBUTIONS[key]:
+        try:
+            d = importlib.metadata.distribution(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if where is None or Path(str(d.locate_file(""))).resolve() == where:
+            return d.version
+        first = first or d.version
+    return first

@@ -40,11 +40,41 @@ if [ "$DRY" = 1 ]; then
   exit 0
 fi
 
-"$PY" - <<'PYCHECK' || fail "torch sees no CUDA GPU or onnxruntime has no CUDAExecutionProvider (set up with COMPRESSTUNE_GPU=1)"
-import sys, torch, onnxruntime as ort
-ok = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+# a smoke test of the whole CUDA path in seconds, before any training: a bf16 matmul in torch, a one-node ONNX model
+# through the package's own session builder on the CUDA provider with I/O binding, and the imports of every stage
+"$PY" - <<'PYCHECK' || fail "the CUDA path does not work here (above: what failed); set up with COMPRESSTUNE_GPU=1 (or scripts/gpu-kit.sh)"
+import sys, tempfile
+from pathlib import Path
+import numpy as np, onnx, torch, onnxruntime as ort
+from onnx import TensorProto, helper
 print("gpu-check:", torch.__version__, "cuda", torch.version.cuda, "|", ort.__version__, ort.get_available_providers())
-sys.exit(0 if ok else 1)
+if not torch.cuda.is_available():
+    sys.exit("gpu-check: torch sees no CUDA GPU")
+x = torch.randn(256, 256, device="cuda")
+with torch.autocast("cuda", dtype=torch.bfloat16):
+    y = (x @ x).float()
+torch.cuda.synchronize()
+print("gpu-check: torch", torch.cuda.get_device_name(0), "bf16 matmul ok:", bool(torch.isfinite(y).all()))
+from compresstune.deploy.predictor import make_session  # raises when ONNX Runtime falls back to the CPU
+t = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in "abc"]
+g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "smoke", t[:2], t[2:])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+m.ir_version = 8
+with tempfile.TemporaryDirectory() as d:
+    onnx.save(m, str(Path(d) / "smoke.onnx"))
+    sess = make_session(Path(d) / "smoke.onnx", "cuda")
+    a = ort.OrtValue.ortvalue_from_numpy(np.array([[1, 2], [3, 4]], np.float32), "cuda", 0)
+    io = sess.io_binding()
+    io.bind_ortvalue_input("a", a)
+    io.bind_ortvalue_input("b", a)
+    io.bind_output("c", "cuda")
+    sess.run_with_iobinding(io)
+    c = io.copy_outputs_to_cpu()[0]
+assert np.allclose(c, [[7, 10], [15, 22]]), c
+print("gpu-check: onnxruntime", sess.get_providers()[0], "with I/O binding ok")
+import datasets, pydantic, torch_pruning  # noqa: F401 - every stage's imports, before the run needs them
+from transformers import AutoModelForSequenceClassification  # noqa: F401 - pulls in huggingface_hub
+print("gpu-check: imports ok")
 PYCHECK
 start=$(date +%s)
 "${CT[@]}" pipeline run "$PIPE" device=cuda "$@" --no-progress

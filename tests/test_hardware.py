@@ -273,8 +273,9 @@ def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypat
 # --- scripts/gpu-kit.sh: the parts join into the packed kit, or it says which fix --------------------------
 
 
-def _kit_checkout(tmp_path):
-    """A scratch checkout with scripts/gpu-kit.sh and a packed kit in parts of 1 KiB (as `pack` writes it)."""
+def _kit_checkout(tmp_path, python=None):
+    """A scratch checkout with scripts/gpu-kit.sh and a packed kit in parts of 1 KiB (as `pack` writes it), packed
+    for this Python unless ``python`` names another."""
     root = tmp_path / "checkout"
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "gpu-kit.sh", root / "scripts")
@@ -283,7 +284,8 @@ def _kit_checkout(tmp_path):
     (stage / "site" / "kitpkg" / "__init__.py").write_text("X = 1\n")
     (stage / "site" / "kitpkg" / "blob").write_bytes(os.urandom(5000))  # incompressible: several parts
     (stage / "glue" / "SST-2").mkdir(parents=True)
-    (stage / "CONTENTS").write_text("kitpkg==1\n")
+    here = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True)
+    (stage / "CONTENTS").write_text(f"python {python or here.stdout.decode().strip()}\nkitpkg==1\n")
     kit = root / ".gpukit"
     kit.mkdir()
     subprocess.run(f"tar -C {stage} -cf - . | xz > {kit}/kit.tar.xz", shell=True, check=True)
@@ -312,6 +314,14 @@ def test_gpu_kit_installs_only_a_whole_kit(tmp_path):
     assert "send the whole .gpukit" in _kit(root, "install").stderr
 
 
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
+def test_gpu_kit_refuses_a_kit_packed_for_another_python(tmp_path):
+    root = _kit_checkout(tmp_path, python="2.7")
+    r = _kit(root, "install")
+    assert r.returncode == 2 and "packed for Python 2.7" in r.stderr and "KIT_PY=" in r.stderr
+    assert not (root / ".gpukit" / "site").exists()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
 def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
     root = tmp_path / "checkout"
@@ -329,3 +339,55 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     override = _gpu_check("--dry-run", "task.max_length=64")
     assert override.returncode == 0, override.stdout + override.stderr
+
+
+def test_cuda_bf16_counts_only_hardware_bf16_and_versions_name_the_running_module(monkeypatch, tmp_path):
+    """A T4 or V100 'supports' bf16 by emulation, slower than fp32 there: `bf16: auto` must not pick it. And
+    with onnxruntime (CPU) and onnxruntime-gpu both installed, the version recorded is the module's that runs."""
+    import contextlib
+    import importlib.metadata
+    import types
+
+    import torch_pruning
+
+    def fake_torch(hardware_bf16):
+        cuda = types.SimpleNamespace(
+            is_available=lambda: True,
+            device=lambda index: contextlib.nullcontext(),
+            is_bf16_supported=lambda including_emulation=True: including_emulation or hardware_bf16,
+        )
+        return types.SimpleNamespace(cuda=cuda)
+
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(hardware_bf16=False))
+    assert not machine.native_bf16("cuda") and not machine.native_bf16("cuda:1")
+    monkeypatch.setitem(sys.modules, "torch", fake_torch(hardware_bf16=True))
+    assert machine.native_bf16("cuda:0")
+    installed = machine.versions(("onnxruntime",))["onnxruntime"]
+    # onnxruntime-gpu unpacked in a folder first on the path, the CPU onnxruntime still installed behind it
+    site = tmp_path / "kit-site"
+    (site / "onnxruntime").mkdir(parents=True)
+    (site / "onnxruntime" / "__init__.py").write_text("__version__ = '9.9.9'\n")
+    (site / "onnxruntime_gpu-9.9.9.dist-info").mkdir()
+    (site / "onnxruntime_gpu-9.9.9.dist-info" / "METADATA").write_text("Name: onnxruntime-gpu\nVersion: 9.9.9\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(__file__=str(site / "onnxruntime" / "x.py")))
+    assert installed != "9.9.9" and machine.versions(("onnxruntime",))["onnxruntime"] == "9.9.9"
+    monkeypatch.setitem(sys.modules, "torch_pruning", torch_pruning)  # its __version__ lags: the metadata counts
+    assert machine.versions(("torch_pruning",))["torch_pruning"] == importlib.metadata.version("torch-pruning")
+
+
+def test_a_bundle_verified_on_cuda_names_the_gpu(monkeypatch):
+    from compresstune.deploy import verify
+    from compresstune.stages.ship import verified_on_line
+
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_gb": 79.1, "bf16": True}
+    prof = {"cpu": "AMD EPYC", "logical_cores": 16, "isa": "x86-64 AVX-512 VNNI+BF16", "features": [], "gpu": gpu}
+    monkeypatch.setattr(verify, "profile", lambda: prof)
+    cuda, cpu = verify.machine_record("cuda"), verify.machine_record("cpu")
+    assert cuda["gpu"] == "NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB)" and "gpu" not in cpu
+    line = verified_on_line("fp16", {**cuda, "onnxruntime": "1.31.1"})
+    assert line.startswith("fp16 verified on: NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB), onnxruntime 1.31.1, CUDA")
+    assert "AMD EPYC, 16 logical cores, x86-64 AVX-512 VNNI+BF16" in line
+    assert verified_on_line("fp32", {**cpu, "onnxruntime": "1.32.0"}).startswith(
+        "fp32 verified on: x86-64 AVX-512 VNNI+BF16, onnxruntime 1.32.0, CPU provider (AMD EPYC, 16 logical cores)."
+    )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..feeds import TOKEN_INPUTS
+from ..feeds import TOKEN_INPUTS, session_providers
 from ..names import inside
 from .layout import (  # noqa: F401
     BUNDLE_FORMAT,
@@ -84,7 +84,7 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    providers = session_providers(ep)
     if ep in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
         _preload_cuda_libraries(ort)
     try:

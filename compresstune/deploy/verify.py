@@ -68,7 +68,13 @@ def machine_record(provider: str = "cpu") -> dict:
         "features": p["features"],
         "onnxruntime": ort.get("version"),
         "provider": provider,
+        **({"gpu": _gpu_words(p.get("gpu"))} if provider != "cpu" and p.get("gpu") else {}),
     }
+
+
+def _gpu_words(g) -> str:
+    """'NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB)' from the profile's GPU record."""
+    return f"{g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GB)" if isinstance(g, dict) else str(g)
 
 
 def _as_inputs(texts: list) -> list:

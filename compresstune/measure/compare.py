@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..feeds import session_providers
+
 
 def _timed_calls(fn: Callable, n: int, min_s: float, sync=None) -> list[float]:
     times, start = [], time.perf_counter()
@@ -52,6 +54,8 @@ def interleaved(
             fn, sync = runners[n]
             for _ in range(warmup):
                 fn()
+            if sync:  # queued warm-up kernels must not land in the first timed call
+                sync()
             t = _timed_calls(fn, per_round, min_time_s / rounds, sync)
             times[n] += t
             rounds_p50[n].append(float(np.percentile(t, 50)))
@@ -79,13 +83,20 @@ import json, resource, sys, time
 import numpy as np
 t0 = time.perf_counter()
 import onnxruntime as ort
-path, provider, threads, shapes = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+path, threads, shapes = sys.argv[1], int(sys.argv[3]), json.loads(sys.argv[4])
+providers = [p if isinstance(p, str) else tuple(p) for p in json.loads(sys.argv[2])]
+ep = providers[0] if isinstance(providers[0], str) else providers[0][0]
+if ep == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):  # no torch here to have loaded CUDA
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+        ort.preload_dlls()
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
 t1 = time.perf_counter()
-ep = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
-sess = ort.InferenceSession(path, sess_options=so, providers=[ep])
+sess = ort.InferenceSession(path, sess_options=so, providers=providers)
 t2 = time.perf_counter()
+if sess.get_providers()[0] != ep:
+    sys.exit(f"{ep} did not activate in a fresh process (active: {sess.get_providers()})")
 from compresstune.feeds import session_feed  # numpy only: the one feed builder (token ids the model has)
 for b, s in shapes:
     sess.run(None, session_feed(sess, b, s, int(sys.argv[5]), pad_tail=False))
@@ -101,7 +112,8 @@ print(json.dumps({"load_s": t2 - t1, "import_s": t1 - t0, "peak_rss_mb": kb / 10
 def process_footprint(path, shapes, provider: str = "cpu", threads: int = 2, vocab: int | None = None) -> dict:
     """Load ``path`` in a fresh process (cold session creation time) and run it once at every shape (token ids
     below ``vocab`` when given); returns load_s, import_s and the process's peak RSS in MB."""
-    args = [str(path), provider, str(threads), json.dumps(list(shapes)), str(vocab or 2000)]
+    providers = session_providers({"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider])
+    args = [str(path), json.dumps(providers), str(threads), json.dumps(list(shapes)), str(vocab or 2000)]
     r = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1][:300] if (r.stderr or r.stdout) else "failed"}

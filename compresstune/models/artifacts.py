@@ -147,7 +147,7 @@ def load_model(folder: str | Path, rebuild=None):
     meta = read_meta(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if meta.get("plain_hf", True):
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_kernels=False)  # as models.resolve
     else:
         config = AutoConfig.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_config(config)

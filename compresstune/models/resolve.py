@@ -162,7 +162,11 @@ def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(ref, config=config, output_loading_info=True)
+        # use_kernels=False: transformers 5.2x would otherwise swap layers for Hub kernels on CUDA at model.eval()
+        # (a download, refused offline; and evaluation would run other code than training and the ONNX export)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            ref, config=config, output_loading_info=True, use_kernels=False
+        )
     except Exception as exc:  # noqa: BLE001 - a cut-short safetensors file, a refused pickle, shapes that do not fit
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(

@@ -158,7 +158,7 @@ class ExportStage(Stage):
     @staticmethod
     def _check_cuda(path, check, torch_metrics, cfg, ctx) -> dict:
         """Where a GPU and onnxruntime-gpu are present, the CUDA provider's dev metric is checked too
-        (TF32 and fused kernels change the numbers)."""
+        (other kernels, other summation order; TF32 is off there, see ``feeds.PROVIDER_OPTIONS``)."""
         if not check.cuda_usable():
             return {}
         m = check.dev_metric_of_session(make_session(path, "cuda"))

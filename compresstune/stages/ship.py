@@ -71,9 +71,11 @@ def int8_settings(export: ExportResult, chosen: str) -> dict:
 def verified_on_line(variant: str, built: dict) -> str:
     """'int8_dynamic verified on: x86-64 AVX-512 VNNI (AMD EPYC, ...), onnxruntime 1.32.0, CPU provider', with
     what that means for other CPUs when the variant is int8."""
+    host = f"{built.get('cpu') or 'unknown CPU'}, {built.get('logical_cores')} logical cores"
+    where = f"{built['gpu']}" if built.get("gpu") else built["isa"]
     line = (
-        f"{variant} verified on: {built['isa']}, onnxruntime {built['onnxruntime']}, {built['provider'].upper()} "
-        f"provider ({built.get('cpu') or 'unknown CPU'}, {built.get('logical_cores')} logical cores)."
+        f"{variant} verified on: {where}, onnxruntime {built['onnxruntime']}, {built['provider'].upper()} "
+        f"provider ({host}{', ' + built['isa'] if built.get('gpu') else ''})."
     )
     if "int8_reduce_range" in built:
         line += (
@@ -134,7 +136,9 @@ def _bundle(ctx: StageContext, export_ref: InputRef, bench: BenchmarkResult | No
     rep["mobile_usability"] = mobile
     if ctx.cfg.trim_vocab:
         rep["vocab"] = _trim(ctx)
-    rep["verification"] = write_verification_set(ctx.out_dir / "deploy", ctx.task.dev.inputs(), seed=ctx.pipeline.seed)
+    rep["verification"] = write_verification_set(  # on the provider it ships for: its labels and logits
+        ctx.out_dir / "deploy", ctx.task.dev.inputs(), seed=ctx.pipeline.seed, provider=decision.provider or "cpu"
+    )
     ctx.log(
         f"[{ctx.name}] verification set: {rep['verification']['examples']} inputs with this machine's labels and "
         "logits in deploy/verify.json (`compresstune verify deploy` checks the bundle on another machine)"
