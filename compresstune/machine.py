@@ -266,10 +266,11 @@ def native_bf16(device: str, cpu: dict | None = None) -> bool:
 
 
 def _cuda_native_bf16(torch, index: int) -> bool:
-    """bf16 in hardware (Ampere and newer): torch's default also counts the emulated bf16 of a T4 or V100,
-    which runs slower than fp32 there."""
-    with torch.cuda.device(index):
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    """bf16 in hardware: NVIDIA compute capability 8.0 (Ampere) and newer, or ROCm. ``is_bf16_supported()``
+    also counts the emulated bf16 of a T4 or V100, which runs slower than fp32 there."""
+    if getattr(torch.version, "hip", None):
+        return True
+    return tuple(torch.cuda.get_device_capability(index)) >= (8, 0)
 
 
 def resolve_bf16(setting, device: str, cpu: dict | None = None) -> bool:

@@ -82,7 +82,10 @@ echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
 "$PY" - <<'PYTABLE'
 import json
 r = json.load(open("exported/gpu-check/report.json"))
-print("machine:", r["machine"].get("cpu"), "|", r["machine"].get("isa"), "| GPU:", r["machine"].get("gpu"))
+g = r["machine"].get("gpu") or {}
+gpu = f"{g.get('name')} (cc {g.get('compute_capability')}, {g.get('memory_gb')} GB)" if isinstance(g, dict) else g
+print("machine:", r["machine"].get("cpu"), "|", r["machine"].get("isa"), "| GPU:", gpu or None)
+print("versions:", ", ".join(f"{k} {v}" for k, v in (r.get("versions") or {}).items()))
 st = r["stages"]
 ft = next(s["summary"] for s in st.values() if s["type"] == "finetune")
 print(f"training: {ft['steps']} steps in {ft['train_time_s']} s, precision {ft.get('precision')}, dev {ft['dev_metric']:.2f}")

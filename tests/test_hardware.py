@@ -344,24 +344,23 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
 def test_cuda_bf16_counts_only_hardware_bf16_and_versions_name_the_running_module(monkeypatch, tmp_path):
     """A T4 or V100 'supports' bf16 by emulation, slower than fp32 there: `bf16: auto` must not pick it. And
     with onnxruntime (CPU) and onnxruntime-gpu both installed, the version recorded is the module's that runs."""
-    import contextlib
     import importlib.metadata
     import types
 
     import torch_pruning
 
-    def fake_torch(hardware_bf16):
+    def fake_torch(*capabilities):  # one GPU per capability; is_bf16_supported() says yes for all, as torch does
         cuda = types.SimpleNamespace(
             is_available=lambda: True,
-            device=lambda index: contextlib.nullcontext(),
-            is_bf16_supported=lambda including_emulation=True: including_emulation or hardware_bf16,
+            get_device_capability=lambda index=0: capabilities[index],
+            is_bf16_supported=lambda including_emulation=True: True,
         )
-        return types.SimpleNamespace(cuda=cuda)
+        return types.SimpleNamespace(cuda=cuda, version=types.SimpleNamespace(hip=None))
 
-    monkeypatch.setitem(sys.modules, "torch", fake_torch(hardware_bf16=False))
-    assert not machine.native_bf16("cuda") and not machine.native_bf16("cuda:1")
-    monkeypatch.setitem(sys.modules, "torch", fake_torch(hardware_bf16=True))
-    assert machine.native_bf16("cuda:0")
+    monkeypatch.setitem(sys.modules, "torch", fake_torch((7, 5), (8, 0)))  # a T4, then an A100
+    assert not machine.native_bf16("cuda") and not machine.native_bf16("cuda:0") and machine.native_bf16("cuda:1")
+    monkeypatch.setitem(sys.modules, "torch", fake_torch((9, 0)))
+    assert machine.native_bf16("cuda")
     installed = machine.versions(("onnxruntime",))["onnxruntime"]
     # onnxruntime-gpu unpacked in a folder first on the path, the CPU onnxruntime still installed behind it
     site = tmp_path / "kit-site"
