@@ -39,6 +39,8 @@ for n in sys.argv[1:]:
     print(f"{n}=={version(n)}")
 PY
 )
+  [ "${#pins[@]}" = "${#names[@]}" ] ||
+    die "the .venv here lacks ${names[${#pins[@]}]} (bash scripts/setup.sh installs it), so its version is unknown."
   local ort="onnxruntime-gpu${KIT_ORT_GPU:+==$KIT_ORT_GPU}"
   rm -rf "$KIT" && mkdir -p "$KIT/stage/glue/SST-2"
   echo "gpu-kit: fetching for Python ${KIT_PY:-3.12}: $ort ${pins[*]}"

@@ -335,6 +335,15 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
     ):
         r = _kit(root, *args)
         assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+    # pack takes every version from the .venv: one that lacks a package is named before anything is fetched
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "python").write_text('#!/bin/sh\nexec python3 -S "$@"\n')  # no site-packages
+    (root / ".venv" / "bin" / "python").chmod(0o755)
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    (tmp_path / "glue" / "SST-2" / "train.tsv").write_text("sentence\tlabel\n")
+    env = {**os.environ, "COMPRESSTUNE_GLUE_DIR": str(tmp_path / "glue")}
+    r = subprocess.run(["bash", "scripts/gpu-kit.sh", "pack"], cwd=root, capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "lacks transformers" in r.stderr and not (root / ".gpukit").exists(), r.stderr
     bad = _gpu_check("--dry-run", "not-an-override")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     override = _gpu_check("--dry-run", "task.max_length=64")
