@@ -399,3 +399,52 @@ def test_a_bundle_verified_on_cuda_names_the_gpu(monkeypatch):
     assert verified_on_line("fp32", {**cpu, "onnxruntime": "1.32.0"}).startswith(
         "fp32 verified on: x86-64 AVX-512 VNNI+BF16, onnxruntime 1.32.0, CPU provider (AMD EPYC, 16 logical cores)."
     )
+
+
+def test_every_onnx_timing_on_cuda_keeps_inputs_and_outputs_on_the_gpu(monkeypatch):
+    """The benchmark stage, `bench onnx` and the search time ONNX Runtime through one runner: on CUDA with
+    I/O binding (no host-device copies, like PyTorch's timing there), every output bound on the device."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from compresstune.measure.compare import ort_timed_runner
+
+    calls = []
+
+    class Binding:
+        def bind_ortvalue_input(self, name, value):
+            calls.append(("in", name, value[1]))
+
+        def bind_output(self, name, device):
+            calls.append(("out", name, device))
+
+    class Session:
+        def get_inputs(self):
+            return [SimpleNamespace(name="input_ids"), SimpleNamespace(name="attention_mask")]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="logits"), SimpleNamespace(name="pooled")]
+
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            calls.append(("bound run",))
+
+        def run(self, names, feed):
+            calls.append(("run", sorted(feed)))
+
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda v, device, index: (v, device)))
+    feed = {k: np.zeros((1, 4), np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    fn = ort_timed_runner(Session(), feed, "cuda")
+    fn()
+    assert sorted(calls[:-1]) == [
+        ("in", "attention_mask", "cuda"),
+        ("in", "input_ids", "cuda"),
+        ("out", "logits", "cuda"),
+        ("out", "pooled", "cuda"),
+    ]
+    assert calls[-1] == ("bound run",) and len(fn.keep) == 2
+    calls.clear()
+    ort_timed_runner(Session(), feed, "cpu")()
+    assert calls == [("run", ["attention_mask", "input_ids"])]  # only the inputs the model takes

@@ -16,7 +16,7 @@ from ..deploy.predictor import make_session
 from ..errors import UserError
 from ..feeds import session_feed
 from ..machine import describe, profile
-from ..measure.compare import interleaved, process_footprint, speedup
+from ..measure.compare import interleaved, ort_timed_runner, process_footprint, speedup
 from ..measure.markdown import md_table
 
 
@@ -57,7 +57,7 @@ def bench_onnx(
                     "a sequence longer than the model's position embeddings (512 for BERT-base-like models) or a "
                     "fixed-shape model is the usual cause. Use shapes the model takes."
                 ) from None
-            runners[n] = ((lambda sess=sess, feed=feed: sess.run(None, feed)), None)
+            runners[n] = (ort_timed_runner(sess, feed, provider), None)  # I/O binding on CUDA
         stats = interleaved(runners, warmup, iters, rounds)
         for n, r in stats.items():
             rows.append(

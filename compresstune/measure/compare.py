@@ -73,6 +73,32 @@ def interleaved(
     return out
 
 
+def ort_timed_runner(sess, feed: dict, provider: str = "cpu") -> Callable:
+    """A call of ``sess`` on ``feed`` to time. On CUDA the inputs and outputs stay on the GPU (I/O binding), so
+    its timing, like PyTorch's on CUDA, excludes host-device copies (the run is synchronous); on the CPU it is
+    a plain ``run``. Every timing of an ONNX Runtime session (benchmark stage, ``bench onnx``, the search) uses it."""
+    names = {i.name for i in sess.get_inputs()}
+    feed = {k: v for k, v in feed.items() if k in names}  # the inputs this model takes
+    if provider != "cuda":
+        return lambda: sess.run(None, feed)
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    keep = []
+    for k, v in feed.items():
+        val = ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
+        keep.append(val)
+        binding.bind_ortvalue_input(k, val)
+    for out in sess.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def fn():
+        sess.run_with_iobinding(binding)
+
+    fn.keep = keep  # the bound device buffers must outlive the runner
+    return fn
+
+
 def speedup(stats: dict[str, dict], engine: str, reference: str) -> float:
     """Median over rounds of reference p50 / engine p50."""
     return statistics.median(r / e for r, e in zip(stats[reference]["rounds_p50_ms"], stats[engine]["rounds_p50_ms"]))

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..export.onnx import export_onnx, make_session
 from ..feeds import TOKEN_INPUTS, session_feed, token_feed
 from ..manifest import write_json_atomic
-from ..measure.compare import interleaved, speedup
+from ..measure.compare import interleaved, ort_timed_runner, speedup
 from ..measure.latency import machine_info
 from ..models.arch import arch_for, encoder_layers
 from ..models.artifacts import layer_shapes
@@ -224,7 +224,7 @@ class LatencyTable:
                     reference(**tin)
 
             stats = interleaved(
-                {"candidate": (lambda: sess.run(None, feed), None), "eager": (eager, sync)},
+                {"candidate": (ort_timed_runner(sess, feed, self.budget.provider), None), "eager": (eager, sync)},
                 warmup=3,
                 iters=self.iters * scale,
                 rounds=4 * scale,

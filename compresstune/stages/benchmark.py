@@ -17,9 +17,9 @@ import torch
 
 from ..config.results import Engine, ExportResult, References, shape_key
 from ..errors import UserError
-from ..export.onnx import make_session, ort_run
+from ..export.onnx import make_session
 from ..export.variants import runs_on, variant_file
-from ..measure.compare import interleaved, process_footprint, speedup
+from ..measure.compare import interleaved, ort_timed_runner, process_footprint, speedup
 from ..measure.latency import machine_info
 from ..methods import load_artifact
 from ..models.inputs import dummy_inputs, model_inputs
@@ -41,28 +41,6 @@ def ship_provider(providers: list[str]) -> str:
     """The provider whose timings decide (the variant table, the speed-up references, the ship rule): CUDA when
     the run times on it, since that is where the model would be served; the CPU rows are kept beside it."""
     return "cuda" if "cuda" in providers else providers[0]
-
-
-def _cuda_iobinding_runner(sess, feed: dict):
-    """ORT on CUDA with inputs and output already on the GPU (I/O binding), so its timing,
-    like PyTorch's on CUDA, excludes host-device copies; the run is synchronous."""
-    import onnxruntime as ort
-
-    names = {i.name for i in sess.get_inputs()}
-    binding = sess.io_binding()
-    keep = []
-    for k, v in feed.items():
-        if k in names:
-            val = ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0)
-            keep.append(val)
-            binding.bind_ortvalue_input(k, val)
-    binding.bind_output("logits", "cuda")
-
-    def fn():
-        sess.run_with_iobinding(binding)
-
-    fn.keep = keep  # the bound device buffers must outlive the runner
-    return fn
 
 
 def _vocab_size(export_ref) -> int:
@@ -104,9 +82,7 @@ class _Engine:
         if self.session is not None:
             names = {i.name for i in self.session.get_inputs()}
             feed = {k: v.numpy() for k, v in inp.items() if k in names}
-            if self.provider == "cuda":
-                return _cuda_iobinding_runner(self.session, feed), None
-            return (lambda: ort_run(self.session, feed)), None
+            return ort_timed_runner(self.session, feed, self.provider), None
         dev = "cuda" if self.provider == "cuda" else "cpu"
         m = self.model.to(dev).eval()
         names = set(model_inputs(m))
