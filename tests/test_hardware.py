@@ -448,3 +448,21 @@ def test_every_onnx_timing_on_cuda_keeps_inputs_and_outputs_on_the_gpu(monkeypat
     calls.clear()
     ort_timed_runner(Session(), feed, "cpu")()
     assert calls == [("run", ["attention_mask", "input_ids"])]  # only the inputs the model takes
+
+
+def test_report_stage_table_shows_gpu_memory_only_on_a_gpu_run():
+    from compresstune.stages.report_md import stage_table
+
+    def rec(stage_type, resources):
+        result = SimpleNamespace(resources=resources) if resources is not None else None
+        return SimpleNamespace(
+            type=stage_type, wall_time_s=1.0, reused_from=None, peak_rss_mb=900.0, fingerprint="f", result=result
+        )
+
+    gpu_run = "\n".join(
+        stage_table({"train": rec("finetune", {"cuda_peak_allocated_mb": 512.4}), "ship": rec("ship", None)})
+    )
+    assert "| peak RSS, host (MB) | GPU peak allocated (MB) |" in gpu_run
+    assert "| 900 | 512 |" in gpu_run and "| 900 | - |" in gpu_run
+    cpu_run = "\n".join(stage_table({"train": rec("finetune", {"peak_rss_mb": 900.0})}))
+    assert "GPU peak" not in cpu_run and "| 900 | `f` |" in cpu_run

@@ -36,11 +36,17 @@ def head(r: dict) -> list[str]:
 
 
 def stage_table(records: dict[str, StageRecord]) -> list[str]:
+    """Wall time and host memory per stage; on a GPU run also the GPU memory torch allocated at its peak (peak RSS
+    is host memory only)."""
+    gpu = {n: ((s.result and s.result.resources) or {}).get("cuda_peak_allocated_mb") for n, s in records.items()}
+    on_gpu = any(v is not None for v in gpu.values())
     rows = []
     for n, s in records.items():
         reused = f" (reused from {s.reused_from})" if s.reused_from else ""
-        rows.append([n, s.type, fmt(s.wall_time_s, 1) + reused, fmt(s.peak_rss_mb, 0), f"`{s.fingerprint}`"])
-    headers = ["stage", "type", "wall time (s)", "peak RSS (MB)", "fingerprint"]
+        gpu_cell = [fmt(gpu[n], 0)] if on_gpu else []
+        rows.append([n, s.type, fmt(s.wall_time_s, 1) + reused, fmt(s.peak_rss_mb, 0), *gpu_cell, f"`{s.fingerprint}`"])
+    gpu_head = ["GPU peak allocated (MB)"] if on_gpu else []
+    headers = ["stage", "type", "wall time (s)", "peak RSS, host (MB)", *gpu_head, "fingerprint"]
     return ["", "## Stages", "", md_table(headers, rows)]
 
 
