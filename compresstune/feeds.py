@@ -1,6 +1,7 @@
 """Random BERT-style token inputs: the one feed builder for ONNX Runtime sessions, PyTorch models and the
 benchmark's fresh-process probe (numpy only; a PyTorch caller wraps the arrays with ``torch.from_numpy``);
-and the providers (with their options) every ONNX Runtime session of the package is created with.
+and the providers (with their options) every ONNX Runtime session of the package is created with, and what
+such a session needs loaded first.
 
 Token ids are drawn from [1000, 2000) (ordinary word pieces in every BERT/DistilBERT vocabulary), or from the
 upper half of a smaller ``vocab`` (a trimmed bundle's, a tiny test model's): never an id the model lacks."""
@@ -58,3 +59,19 @@ def session_providers(ep: str) -> list:
     CPU provider after it for any node ``ep`` lacks."""
     first = (ep, dict(PROVIDER_OPTIONS[ep])) if ep in PROVIDER_OPTIONS else ep
     return [first] if ep == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
+
+
+def preload_cuda_libraries(ort, ep: str) -> None:
+    """Before a session on ``ep``: let onnxruntime-gpu find CUDA and cuDNN from pip's ``nvidia-*`` wheels where no
+    torch has loaded them (the torch-free predictor, the footprint probe): ``onnxruntime.preload_dlls`` (1.21+).
+    Best effort and silent (it prints, and ``predict`` writes its results to stdout): if the libraries are still
+    missing, the provider does not activate, which the session's creator checks."""
+    import contextlib
+    import io
+    import sys
+
+    preload = getattr(ort, "preload_dlls", None)
+    if ep not in ("CUDAExecutionProvider", "TensorrtExecutionProvider") or preload is None or "torch" in sys.modules:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+        preload()

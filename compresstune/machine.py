@@ -247,12 +247,14 @@ def describe(p: dict | None = None) -> str:
     """One line: 'AMD EPYC, x86-64 AVX-512 VNNI+BF16, 2 logical cores[, GPU NVIDIA H100 (cc 9.0, 79.1 GB)]'."""
     p = p or profile()
     s = f"{p.get('cpu') or 'unknown CPU'}, {p.get('isa')}, {p.get('logical_cores')} logical cores"
-    g = p.get("gpu")
-    if isinstance(g, dict):
-        s += f", GPU {g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GB)"
-    elif g:
-        s += f", GPU {g}"
+    if p.get("gpu"):
+        s += f", GPU {gpu_words(p['gpu'])}"
     return s
+
+
+def gpu_words(g) -> str:
+    """'NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB)' from a profile's GPU record."""
+    return f"{g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GB)" if isinstance(g, dict) else str(g)
 
 
 def native_bf16(device: str, cpu: dict | None = None) -> bool:

@@ -251,7 +251,7 @@ def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypat
     import sys
     import types
 
-    from compresstune.deploy.predictor import _preload_cuda_libraries
+    from compresstune.feeds import preload_cuda_libraries
 
     calls = []
 
@@ -262,11 +262,13 @@ def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypat
 
     fake = types.SimpleNamespace(preload_dlls=preload)
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    _preload_cuda_libraries(fake)
+    preload_cuda_libraries(fake, "CUDAExecutionProvider")
     assert calls == [1] and capsys.readouterr().out == ""
-    _preload_cuda_libraries(types.SimpleNamespace())  # onnxruntime older than 1.21: nothing to call
+    preload_cuda_libraries(
+        types.SimpleNamespace(), "CUDAExecutionProvider"
+    )  # onnxruntime older than 1.21: nothing to call
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
-    _preload_cuda_libraries(fake)  # torch imported: it loaded CUDA already
+    preload_cuda_libraries(fake, "CUDAExecutionProvider")  # torch imported: it loaded CUDA already
     assert calls == [1]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..feeds import TOKEN_INPUTS, session_providers
+from ..feeds import TOKEN_INPUTS, preload_cuda_libraries, session_providers
 from ..names import inside
 from .layout import (  # noqa: F401
     BUNDLE_FORMAT,
@@ -85,8 +85,7 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     providers = session_providers(ep)
-    if ep in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-        _preload_cuda_libraries(ort)
+    preload_cuda_libraries(ort, ep)
     try:
         sess = ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile, ...)
@@ -98,22 +97,6 @@ def make_session(model_path: str | Path, provider: str = "cpu", threads: int | N
             "silently, usually because the libraries that provider needs (CUDA/cuDNN, ...) are missing."
         )
     return sess
-
-
-def _preload_cuda_libraries(ort) -> None:
-    """Let onnxruntime-gpu find CUDA and cuDNN from pip's ``nvidia-*`` wheels when no torch has loaded them (the
-    torch-free predictor): ``onnxruntime.preload_dlls`` (1.21+). In a process that imported torch, torch has
-    loaded them already. Best effort and silent (it prints, and ``predict`` writes its results to stdout): if
-    the libraries are still missing, the provider does not activate and ``make_session`` says so."""
-    import contextlib
-    import io
-    import sys
-
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is None or "torch" in sys.modules:
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
-        preload()
 
 
 def _load_failure(model_path, exc: Exception) -> str:

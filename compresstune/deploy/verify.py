@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..machine import describe, profile
+from ..machine import describe, gpu_words, profile
 from ..names import is_inside
 from .predictor import Predictor
 
@@ -68,13 +68,8 @@ def machine_record(provider: str = "cpu") -> dict:
         "features": p["features"],
         "onnxruntime": ort.get("version"),
         "provider": provider,
-        **({"gpu": _gpu_words(p.get("gpu"))} if provider != "cpu" and p.get("gpu") else {}),
+        **({"gpu": gpu_words(p["gpu"])} if provider != "cpu" and p.get("gpu") else {}),
     }
-
-
-def _gpu_words(g) -> str:
-    """'NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB)' from the profile's GPU record."""
-    return f"{g['name']} (cc {g['compute_capability']}, {g['memory_gb']} GB)" if isinstance(g, dict) else str(g)
 
 
 def _as_inputs(texts: list) -> list:

@@ -107,15 +107,13 @@ def speedup(stats: dict[str, dict], engine: str, reference: str) -> float:
 _PROBE = r"""
 import json, resource, sys, time
 import numpy as np
+from compresstune.feeds import preload_cuda_libraries, session_feed  # numpy only
 t0 = time.perf_counter()
 import onnxruntime as ort
 path, threads, shapes = sys.argv[1], int(sys.argv[3]), json.loads(sys.argv[4])
 providers = [p if isinstance(p, str) else tuple(p) for p in json.loads(sys.argv[2])]
 ep = providers[0] if isinstance(providers[0], str) else providers[0][0]
-if ep == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):  # no torch here to have loaded CUDA
-    import contextlib, io
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
-        ort.preload_dlls()
+preload_cuda_libraries(ort, ep)  # no torch here to have loaded CUDA
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
 t1 = time.perf_counter()
@@ -123,7 +121,6 @@ sess = ort.InferenceSession(path, sess_options=so, providers=providers)
 t2 = time.perf_counter()
 if sess.get_providers()[0] != ep:
     sys.exit(f"{ep} did not activate in a fresh process (active: {sess.get_providers()})")
-from compresstune.feeds import session_feed  # numpy only: the one feed builder (token ids the model has)
 for b, s in shapes:
     sess.run(None, session_feed(sess, b, s, int(sys.argv[5]), pad_tail=False))
 kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # counts the forking parent's pages: VmHWM does not

@@ -72,7 +72,7 @@ def verified_on_line(variant: str, built: dict) -> str:
     """'int8_dynamic verified on: x86-64 AVX-512 VNNI (AMD EPYC, ...), onnxruntime 1.32.0, CPU provider', with
     what that means for other CPUs when the variant is int8."""
     host = f"{built.get('cpu') or 'unknown CPU'}, {built.get('logical_cores')} logical cores"
-    where = f"{built['gpu']}" if built.get("gpu") else built["isa"]
+    where = built.get("gpu") or built["isa"]
     line = (
         f"{variant} verified on: {where}, onnxruntime {built['onnxruntime']}, {built['provider'].upper()} "
         f"provider ({host}{', ' + built['isa'] if built.get('gpu') else ''})."
