@@ -75,3 +75,29 @@ def preload_cuda_libraries(ort, ep: str) -> None:
         return
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
         preload()
+
+
+def cuda_device_used_mb(lib=None) -> float | None:
+    """Memory in use on CUDA device 0 (total - free, device-wide, in MB) through the driver's own library
+    (``libcuda.so.1``, there wherever a CUDA provider can run; no torch, no CUDA runtime), retaining the primary
+    context that CUDA runtimes (ONNX Runtime's provider, torch) share. The footprint probe reads it before the
+    session and after its runs: the difference is what the session took on the GPU (weights, arena, cuBLAS/cuDNN
+    workspaces), its CUDA context excluded. None where there is no driver or device. ``lib`` stands in for the
+    driver in tests."""
+    import ctypes
+
+    try:
+        cu = lib if lib is not None else ctypes.CDLL("libcuda.so.1")
+        dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        if cu.cuInit(0) != 0 or cu.cuDeviceGet(ctypes.byref(dev), 0) != 0:
+            return None
+        if cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) != 0 or cu.cuCtxPushCurrent_v2(ctx) != 0:
+            return None
+        try:
+            ok = cu.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0
+        finally:
+            cu.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+        return round((total.value - free.value) / 2**20, 1) if ok else None
+    except (OSError, AttributeError):
+        return None

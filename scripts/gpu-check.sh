@@ -83,20 +83,25 @@ echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
 import json
 r = json.load(open("exported/gpu-check/report.json"))
 g = r["machine"].get("gpu") or {}
-gpu = f"{g.get('name')} (cc {g.get('compute_capability')}, {g.get('memory_gb')} GB)" if isinstance(g, dict) else g
+gpu = f"{g.get('name')} (cc {g.get('compute_capability')}, {g.get('memory_gb')} GB)" if isinstance(g, dict) and g else g
 print("machine:", r["machine"].get("cpu"), "|", r["machine"].get("isa"), "| GPU:", gpu or None)
 print("versions:", ", ".join(f"{k} {v}" for k, v in (r.get("versions") or {}).items()))
 st = r["stages"]
 ft = next(s["summary"] for s in st.values() if s["type"] == "finetune")
-print(f"training: {ft['steps']} steps in {ft['train_time_s']} s, precision {ft.get('precision')}, dev {ft['dev_metric']:.2f}")
+gpu_peak = (ft.get("resources") or {}).get("cuda_peak_allocated_mb")
+print(f"training: {ft['steps']} steps in {ft['train_time_s']} s, precision {ft.get('precision')}, "
+      f"dev {ft['dev_metric']:.2f}, GPU peak allocated {gpu_peak} MB")
 ex = next(s["summary"] for s in st.values() if s["type"] == "export")
 bench = next(s["summary"] for s in st.values() if s["type"] == "benchmark")
-print(f"{'variant':14s} {'verified on':11s} {'dev':>6s} {'passed':>6s} {'p50 1x128 (ms)':>15s} {'x eager':>8s}")
+print(f"{'variant':14s} {'verified on':11s} {'dev':>6s} {'passed':>6s} {'p50 1x128 (ms)':>15s} {'x eager':>8s} "
+      f"{'GPU MB':>7s}")
 for v, res in ex["variants"].items():
-    t = (bench["variants"].get(v) or {}).get("points", {}).get("1x128") or {}
+    timing = bench["variants"].get(v) or {}
+    t = timing.get("points", {}).get("1x128") or {}
     dev = (res.get("dev") or {}).get("main", float("nan"))
+    mem = (timing.get("footprint") or {}).get("gpu_mb", "-")  # the fresh-process probe's, over its CUDA context
     print(f"{v:14s} {res.get('verified_on', '?'):11s} {dev:6.2f} {str(res.get('passed')):>6s} "
-          f"{t.get('p50_ms', float('nan')):15.3f} {t.get('speedup_vs_pytorch_eager', float('nan')):8.2f}")
+          f"{t.get('p50_ms', float('nan')):15.3f} {t.get('speedup_vs_pytorch_eager', float('nan')):8.2f} {mem!s:>7s}")
 ship = r.get("ship") or {}
 print(f"shipped: {ship.get('chosen')} on the {ship.get('provider')} provider ({ship.get('why')})")
 if ship.get("provider") != "cuda":

@@ -15,7 +15,7 @@ def test_parse_method_labels():
         parse_method("learner")
 
 
-def _run(best, curve, t, rss, merge=None):
+def _run(best, curve, t, rss, merge=None, gpu=None):
     hist = [{"train_time_s": tt, "epoch": e, "dev_main": d, "train_loss": 0.5} for tt, e, d in curve]
     ft = {
         "method": "full",
@@ -29,6 +29,8 @@ def _run(best, curve, t, rss, merge=None):
         "metric": "mcc",
         "resources": {"peak_rss_mb": rss, "peak_rss_increase_mb": rss / 2},
     }
+    if gpu is not None:
+        ft["resources"]["cuda_peak_allocated_mb"] = gpu
     st = {"finetune": StageRecord(name="finetune", type="finetune", result=result_of("finetune", ft))}
     if merge is not None:
         mg = result_of("merge", {"how": "folded", "max_abs_diff": merge})
@@ -61,6 +63,26 @@ def test_summary_time_to_99_and_relative_table():
     assert "| learner64-p2 | 0.001 | 10 | 49.50 ± 0.71 |" in md
     assert "| learner64-p2 | -1.50 | -40.0% | -40.0% |" in md
     assert "| reached by 1/2 seeds: -, 10 |" in md and "| reached by 0/2 seeds |" in md
+    assert "GPU" not in md and "peak RSS, host (MB)" in md  # a CPU run: host memory only, and said so
+
+
+def test_study_on_cuda_reports_gpu_memory_beside_host_rss():
+    """On a CUDA run RSS is host memory, not the training state: torch's peak CUDA allocation gets its own column."""
+    specs = [parse_method("full"), parse_method("bitfit")]
+    curve = [(10, 1, 40.0), (20, 2, 50.0)]
+    runs = {
+        "full": [_run(50.0, curve, 20, 3000, gpu=900.0), _run(50.0, curve, 20, 3000, gpu=1100.0)],
+        "bitfit": [_run(45.0, curve, 12, 2900, gpu=300.0), _run(45.0, curve, 12, 2900, gpu=300.0)],
+    }
+    res = summarize(specs, runs, {"full": 1e-4, "bitfit": 1e-3}, {})
+    assert res["rows"]["full"]["cuda_peak_allocated_mb"] == pytest.approx((1000.0, 141.42), rel=1e-4)
+    res.update(task="cola", model="m", seeds=[1, 2], epochs=2, batch_size=32, train_examples=100)
+    md = to_markdown(res)
+    header = next(ln for ln in md.splitlines() if ln.startswith("| method | lr"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[8:11] == ["peak RSS, host (MB)", "RSS increase, host (MB)", "GPU peak allocated (MB)"]
+    row = next(ln for ln in md.splitlines() if ln.startswith("| bitfit | 0.001"))
+    assert [c.strip() for c in row.strip("|").split("|")][10] == "300"
 
 
 def test_speed_and_memory_bench_on_tiny_model(tiny_bert, glue_dir):

@@ -468,3 +468,63 @@ def test_report_stage_table_shows_gpu_memory_only_on_a_gpu_run():
     assert "| 900 | 512 |" in gpu_run and "| 900 | - |" in gpu_run
     cpu_run = "\n".join(stage_table({"train": rec("finetune", {"peak_rss_mb": 900.0})}))
     assert "GPU peak" not in cpu_run and "| 900 | `f` |" in cpu_run
+
+
+class _FakeDriver:
+    """Stands in for libcuda.so.1: 80 GiB device with ``used`` MiB taken; records the context push/pop."""
+
+    def __init__(self, used_mib, fail=None):
+        self.used, self.fail, self.calls = used_mib, fail, []
+
+    def _rc(self, name):
+        self.calls.append(name)
+        return 100 if name == self.fail else 0
+
+    def cuInit(self, flags):
+        return self._rc("cuInit")
+
+    def cuDeviceGet(self, dev, ordinal):
+        dev._obj.value = ordinal
+        return self._rc("cuDeviceGet")
+
+    def cuDevicePrimaryCtxRetain(self, ctx, dev):
+        ctx._obj.value = 1234
+        return self._rc("cuDevicePrimaryCtxRetain")
+
+    def cuCtxPushCurrent_v2(self, ctx):
+        return self._rc("cuCtxPushCurrent_v2")
+
+    def cuCtxPopCurrent_v2(self, ctx):
+        return self._rc("cuCtxPopCurrent_v2")
+
+    def cuMemGetInfo_v2(self, free, total):
+        total._obj.value = 80 * 2**30
+        free._obj.value = 80 * 2**30 - self.used * 2**20
+        return self._rc("cuMemGetInfo_v2")
+
+
+def test_gpu_memory_of_the_footprint_probe_from_the_driver():
+    """The probe's GPU figure (torch-free: the driver library through ctypes) is total - free of device 0 in the
+    primary context, popped again after; None, not a number, where the driver or a call fails, and None on this
+    CPU machine. CI has no GPU: the real driver is exercised by scripts/gpu-check.sh's footprint on a GPU."""
+    from compresstune.feeds import cuda_device_used_mb
+
+    drv = _FakeDriver(used_mib=1536)
+    assert cuda_device_used_mb(drv) == 1536.0
+    assert drv.calls[-1] == "cuCtxPopCurrent_v2" and drv.calls.count("cuCtxPushCurrent_v2") == 1
+    for step in ("cuInit", "cuDevicePrimaryCtxRetain", "cuMemGetInfo_v2"):
+        drv = _FakeDriver(used_mib=10, fail=step)
+        assert cuda_device_used_mb(drv) is None
+        assert ("cuCtxPushCurrent_v2" in drv.calls) == ("cuCtxPopCurrent_v2" in drv.calls)  # never left pushed
+    assert cuda_device_used_mb(SimpleNamespace()) is None  # a library without the symbols
+    if not Path("/dev/nvidia0").exists():
+        assert cuda_device_used_mb() is None
+
+
+def test_footprint_tables_add_gpu_memory_only_for_cuda_footprints():
+    from compresstune.measure.compare import footprint_table
+
+    cpu = [{"load_s": 0.2, "peak_rss_mb": 150.0}, None]
+    assert footprint_table(cpu) == (["cold load (s)", "peak RSS, host (MB)"], [[0.2, 150.0], ["-", "-"]])
+    heads, cells = footprint_table([{"load_s": 0.5, "peak_rss_mb": 900.0, "gpu_mb": 96.0}, None])
+    assert heads[-1] == "GPU memory (MB)" and cells == [[0.5, 900.0, 96.0], ["-", "-", "-"]]

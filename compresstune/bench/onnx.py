@@ -16,7 +16,7 @@ from ..deploy.predictor import make_session
 from ..errors import UserError
 from ..feeds import session_feed
 from ..machine import describe, profile
-from ..measure.compare import interleaved, ort_timed_runner, process_footprint, speedup
+from ..measure.compare import footprint_table, interleaved, ort_timed_runner, process_footprint, speedup
 from ..measure.markdown import md_table
 
 
@@ -106,10 +106,8 @@ def to_markdown(res: dict) -> str:
         ]
         for r in res["rows"]
     ]
-    files = [
-        [n, f["size_mb"], (f["footprint"] or {}).get("load_s", "-"), (f["footprint"] or {}).get("peak_rss_mb", "-")]
-        for n, f in res["files"].items()
-    ]
+    fp_headers, fp_cells = footprint_table([f["footprint"] for f in res["files"].values()])
+    files = [[n, f["size_mb"], *cells] for (n, f), cells in zip(res["files"].items(), fp_cells)]
     return (
         "\n".join(
             [
@@ -117,7 +115,7 @@ def to_markdown(res: dict) -> str:
                 "",
                 md_table(["file", "batch x seq", "p50 (ms)", "p90", "p99", "calls", "speed-up"], rows),
                 "",
-                md_table(["file", "size (MB)", "cold load (s)", "peak RSS (MB)"], files),
+                md_table(["file", "size (MB)", *fp_headers], files),
             ]
         )
         + "\n"

@@ -245,6 +245,12 @@ def run_bench(
     return result
 
 
+def _gpu_peak(ft):
+    """Mean ± std of torch's peak CUDA allocation over the seeds' fine-tuning, None on a CPU run."""
+    peaks = [s.resources.get("cuda_peak_allocated_mb") for s in ft]
+    return _ms(peaks) if peaks and all(p is not None for p in peaks) else None
+
+
 def _ms(xs):
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -282,6 +288,7 @@ def summarize(specs, runs, lrs, args) -> dict:
             "time_to_99_per_seed_s": t99,
             "peak_rss_mb": _ms([s.resources["peak_rss_mb"] for s in ft]),
             "peak_rss_increase_mb": _ms([s.resources["peak_rss_increase_mb"] for s in ft]),
+            "cuda_peak_allocated_mb": _gpu_peak(ft),
             "merge_max_abs_diff": max(merges) if merges else None,
             "export": {"dev_onnx": exp.dev_onnx.main, "dev_pytorch": exp.dev_pytorch.main} if exp else None,
             "curves": [[(h.train_time_s, h.epoch, h.dev_main, h.train_loss) for h in s.history] for s in ft],

@@ -34,14 +34,14 @@ _STUDY_HEADERS = [
     "train time (s)",
     "s/epoch",
     "time to 99% of full (s)",
-    "peak RSS (MB)",
-    "RSS increase (MB)",
+    "peak RSS, host (MB)",
+    "RSS increase, host (MB)",
     "merge max diff",
     "ONNX dev (PyTorch)",
 ]
 
 
-def _study_row(label: str, r: dict) -> list[str]:
+def _study_row(label: str, r: dict, gpu: bool = False) -> list[str]:
     t99 = _f(r["time_to_99_s"], 0) if r["time_to_99_s"][0] is not None else _partial_t99(r)
     exp = f"{r['export']['dev_onnx']:.2f} ({r['export']['dev_pytorch']:.2f})" if r["export"] else "-"
     merge = "-" if r["merge_max_abs_diff"] is None else f"{r['merge_max_abs_diff']:.1e}"
@@ -56,6 +56,7 @@ def _study_row(label: str, r: dict) -> list[str]:
         t99,
         _f(r["peak_rss_mb"], 0),
         _f(r["peak_rss_increase_mb"], 0),
+        *([_f(r["cuda_peak_allocated_mb"], 0) if r.get("cuda_peak_allocated_mb") else "-"] if gpu else []),
         merge,
         exp,
     ]
@@ -84,7 +85,9 @@ def to_markdown(res: dict) -> str:
     ]
     if res.get("methods_pending"):
         L.append(f"Not run yet: {', '.join(res['methods_pending'])}.")
-    L += ["", md_table(_STUDY_HEADERS, [_study_row(label, r) for label, r in res["rows"].items()])]
+    gpu = any(r.get("cuda_peak_allocated_mb") for r in res["rows"].values())  # a CUDA run: torch's peak beside RSS
+    headers = _STUDY_HEADERS[:10] + ["GPU peak allocated (MB)"] * gpu + _STUDY_HEADERS[10:]
+    L += ["", md_table(headers, [_study_row(label, r, gpu) for label, r in res["rows"].items()])]
     if full:
         L += _relative_to_full(res, full)
     return "\n".join(L) + "\n"

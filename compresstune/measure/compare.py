@@ -107,13 +107,14 @@ def speedup(stats: dict[str, dict], engine: str, reference: str) -> float:
 _PROBE = r"""
 import json, resource, sys, time
 import numpy as np
-from compresstune.feeds import preload_cuda_libraries, session_feed  # numpy only
+from compresstune.feeds import cuda_device_used_mb, preload_cuda_libraries, session_feed  # numpy only
 t0 = time.perf_counter()
 import onnxruntime as ort
 path, threads, shapes = sys.argv[1], int(sys.argv[3]), json.loads(sys.argv[4])
 providers = [p if isinstance(p, str) else tuple(p) for p in json.loads(sys.argv[2])]
 ep = providers[0] if isinstance(providers[0], str) else providers[0][0]
 preload_cuda_libraries(ort, ep)  # no torch here to have loaded CUDA
+gpu0 = cuda_device_used_mb() if ep == "CUDAExecutionProvider" else None  # context made, nothing of ours on it
 so = ort.SessionOptions()
 so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
 t1 = time.perf_counter()
@@ -128,16 +129,31 @@ try:
     kb = int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM:")))
 except (OSError, StopIteration):
     pass
-print(json.dumps({"load_s": t2 - t1, "import_s": t1 - t0, "peak_rss_mb": kb / 1024}))
+out = {"load_s": t2 - t1, "import_s": t1 - t0, "peak_rss_mb": kb / 1024}
+gpu1 = cuda_device_used_mb() if gpu0 is not None else None
+if gpu1 is not None:
+    out["gpu_mb"] = gpu1 - gpu0  # device-wide: the benchmark's own process waits meanwhile
+print(json.dumps(out))
 """
 
 
 def process_footprint(path, shapes, provider: str = "cpu", threads: int = 2, vocab: int | None = None) -> dict:
     """Load ``path`` in a fresh process (cold session creation time) and run it once at every shape (token ids
-    below ``vocab`` when given); returns load_s, import_s and the process's peak RSS in MB."""
+    below ``vocab`` when given); returns load_s, import_s and the process's peak RSS (host memory) in MB, and on
+    CUDA gpu_mb, the GPU memory the session took over its CUDA context (:func:`feeds.cuda_device_used_mb`)."""
     providers = session_providers({"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider])
     args = [str(path), json.dumps(providers), str(threads), json.dumps(list(shapes)), str(vocab or 2000)]
     r = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         return {"error": (r.stderr or r.stdout).strip().splitlines()[-1][:300] if (r.stderr or r.stdout) else "failed"}
     return {k: round(v, 3) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+
+
+def footprint_table(footprints: list[dict | None]) -> tuple[list[str], list[list]]:
+    """Headers and one row of cells per footprint (None: not measured) for a report table: cold load, host peak
+    RSS, and the GPU memory column only when some footprint was taken on CUDA."""
+    fps = [fp or {} for fp in footprints]
+    gpu = any("gpu_mb" in fp for fp in fps)
+    headers = ["cold load (s)", "peak RSS, host (MB)"] + (["GPU memory (MB)"] if gpu else [])
+    keys = ["load_s", "peak_rss_mb"] + (["gpu_mb"] if gpu else [])
+    return headers, [[fp.get(k, "-") for k in keys] for fp in fps]

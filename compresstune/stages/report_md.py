@@ -12,6 +12,7 @@ from ..config.results import (
     TrainResult,
 )
 from ..machine import describe
+from ..measure.compare import footprint_table
 from ..measure.markdown import md_table
 from .ship_rule import paired_text
 
@@ -177,9 +178,9 @@ def latency_across(records: dict[str, StageRecord]) -> list[str]:
 def variants(decision: ShipDecision, bench: BenchmarkResult | None, metric: str, split: str) -> list[str]:
     """The shipped variant among all, with verification, size, footprint and latency against the references."""
     rows = []
-    for c in decision.candidates:
-        t = bench.variants.get(c.variant) if bench is not None else None
-        fp = (t.footprint if t is not None else None) or {}
+    timings = [bench.variants.get(c.variant) if bench is not None else None for c in decision.candidates]
+    fp_headers, fp_cells = footprint_table([t.footprint if t is not None else None for t in timings])
+    for c, t, fp in zip(decision.candidates, timings, fp_cells):
         lat = "; ".join(
             f"{k}: {p.p50_ms:.2f} ms ({fmt(p.speedup_vs_pytorch_eager)}x eager, {fmt(p.speedup_vs_onnx_fp32)}x fp32)"
             for k, p in (t.points.items() if t is not None else [])
@@ -192,8 +193,7 @@ def variants(decision: ShipDecision, bench: BenchmarkResult | None, metric: str,
                 paired_text(c.paired),
                 verdict,
                 c.size_mb,
-                fp.get("load_s", "-"),
-                fp.get("peak_rss_mb", "-"),
+                *fp,
                 lat or "not timed",
             ]
         )
@@ -203,8 +203,7 @@ def variants(decision: ShipDecision, bench: BenchmarkResult | None, metric: str,
         "vs PyTorch, same examples",
         "verification",
         "size (MB)",
-        "load (s)",
-        "peak RSS (MB)",
+        *fp_headers,
         "p50 per batch x seq (speed-up vs the uncompressed model's PyTorch eager, fp32 ONNX)",
     ]
     refs = bench.references if bench is not None else None
