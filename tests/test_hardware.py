@@ -53,8 +53,36 @@ def test_arm_classes_and_env_caps():
     # what PyTorch is told to use caps the profile (an AVX-512 machine run as an AVX2 one)
     capped = machine.effective_flags(AMX, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert machine.isa_class("x86_64", capped) == "x86-64 AVX2"
-    assert machine.isa_class("x86_64", machine.effective_flags(AMX, {"ATEN_CPU_CAPABILITY": "avx2"})) == "x86-64 AVX2"
     assert machine.effective_flags(AMX, {"ONEDNN_MAX_CPU_ISA": "ALL"}) == AMX
+
+
+@pytest.mark.parametrize(
+    "env, isa, bf16",
+    [
+        ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "x86-64 AVX2", False),  # any case, as oneDNN reads it
+        ({"ONEDNN_MAX_CPU_ISA": " Avx2_Vnni "}, "x86-64 AVX-VNNI", False),
+        ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "x86-64 AVX-512 VNNI", False),  # the older name
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "x86-64 AVX-512 VNNI+BF16", True),
+        # whole values only: these keep bf16 (oneDNN's fp16 and AVX10 levels include it) or are ignored by oneDNN
+        ({"ONEDNN_MAX_CPU_ISA": "AVX10_1_512"}, "x86-64 AVX-512 VNNI+BF16", True),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core_fp16"}, "x86-64 AVX-512 VNNI+BF16", True),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}, "x86-64 AMX", True),
+        ({"ONEDNN_MAX_CPU_ISA": "avx2_foo"}, "x86-64 AMX", True),
+        ({"ONEDNN_MAX_CPU_ISA": "avxfoo"}, "x86-64 AMX", True),
+        ({"ONEDNN_MAX_CPU_ISA": "DEFAULT"}, "x86-64 AMX", True),
+        ({"ONEDNN_MAX_CPU_ISA": ""}, "x86-64 AMX", True),
+        ({"ONEDNN_MAX_CPU_ISA": "garbage", "DNNL_MAX_CPU_ISA": "avx2"}, "x86-64 AMX", True),  # ONEDNN_ wins
+        # ATen's capability caps only ATen's kernels: bf16 autocast stays native (measured), whatever its case
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, "x86-64 AMX", True),
+        ({"ATEN_CPU_CAPABILITY": "default"}, "x86-64 AMX", True),
+        ({"ATEN_CPU_CAPABILITY": "AVX2"}, "x86-64 AMX", True),
+    ],
+)
+def test_onednn_isa_caps_are_read_as_onednn_reads_them(env, isa, bf16):
+    sapphire_rapids = AMX | {"avx_vnni"}
+    flags = machine.effective_flags(sapphire_rapids, env)
+    assert (machine.isa_class("x86_64", flags), machine.cpu_native_bf16("x86_64", flags)) == (isa, bf16)
+    assert (machine.onednn_cap(env) is None) == (flags == sapphire_rapids)
 
 
 def test_the_process_cpuid_view_corrects_the_os_list():
@@ -109,6 +137,33 @@ def test_bf16_true_refused_on_a_cpu_without_native_bf16(monkeypatch, tiny_bert, 
     assert not (tmp_path / "exported").exists() or not any((tmp_path / "exported").rglob("model"))
     r = CliRunner().invoke(main, ["pipeline", "validate", str(p), "finetune.bf16=auto"])
     assert r.exit_code == 0, r.output
+
+
+def test_bf16_refusal_names_the_cap_and_only_real_caps_refuse(monkeypatch, tiny_bert, glue_dir, tmp_path):
+    """On a bf16 CPU run with oneDNN capped to AVX2, `bf16: true` is refused naming the variable to unset (not
+    "this AMX CPU has no bf16"); caps that keep bf16, ATen's capability and values oneDNN ignores refuse nothing.
+    With device=cuda and no GPU, only the device is named, not a GPU's bf16."""
+    monkeypatch.setattr(machine, "raw_cpu", lambda: ("GenuineIntel", "Intel Xeon", AMX | {"avx_vnni"}))
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(var, raising=False)
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)
+
+    def validate(*args):
+        return CliRunner().invoke(main, ["pipeline", "validate", str(p), *args])
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    r = validate("finetune.bf16=true", "device=cpu")
+    assert r.exit_code == 2 and "ONEDNN_MAX_CPU_ISA=avx2" in r.output and "unset" in r.output, r.output
+    assert "x86-64 AMX" in r.output and "capped to x86-64 AVX2" in r.output
+    for var, value in (("ONEDNN_MAX_CPU_ISA", "AVX10_1_512"), ("ONEDNN_MAX_CPU_ISA", "avx2_foo")):
+        monkeypatch.setenv(var, value)
+        assert validate("finetune.bf16=true", "device=cpu").exit_code == 0
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert validate("finetune.bf16=true", "device=cpu").exit_code == 0
+    if not __import__("torch").cuda.is_available():
+        r = validate("finetune.bf16=true", "device=cuda")
+        assert r.exit_code == 2 and "no CUDA GPU is visible" in r.output and "1 problem found" in r.output, r.output
 
 
 def test_bf16_auto_resolves_into_the_fingerprint(monkeypatch, tiny_bert, glue_dir, tmp_path):

@@ -198,8 +198,21 @@ def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
     for name, c in cfg.stages.items():
         if getattr(c, "bf16", None) is not True or native_bf16(device):
             continue
-        cpu = describe(cpu_profile())
-        where = "this GPU has no bf16" if device == "cuda" else f"this CPU ({cpu}) has no native bf16"
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                continue  # no GPU at all: the device check says so, not a bf16 one
+            where = f"this GPU ({torch.cuda.get_device_name(0)}) has no native bf16 (compute capability 8.0+)"
+        else:
+            p = cpu_profile()
+            where = f"this CPU ({describe(p)}) has no native bf16"
+            if p.get("torch_isa_capped_by"):
+                (var, value), *_ = p["torch_isa_capped_by"].items()
+                where = (
+                    f"PyTorch is capped to {p['torch_isa']} by {var}={value}, so on this CPU ({describe(p)}) it "
+                    f"runs no native bf16 (unset {var} for the CPU's own bf16)"
+                )
         add(
             (name, "bf16"),
             f"{name}.bf16: true, but {where}; {BF16_COST}. Use {name}.bf16=auto (bf16 where the device runs it "

@@ -94,7 +94,8 @@ class StageContext:
         p = profile()
         where = self.device if self.device.startswith("cuda") else describe(p)
         if p.get("torch_isa") and not self.device.startswith("cuda"):
-            where += f" (PyTorch capped to {p['torch_isa']} by {p['torch_isa_capped_by']})"
+            cap = ", ".join(f"{k}={v}" for k, v in p["torch_isa_capped_by"].items())
+            where += f" (PyTorch capped to {p['torch_isa']} by {cap})"
         why = "" if setting != "auto" else (" (native on this device)" if bf16 else " (this device has no native bf16)")
         self.log(f"[{self.name}] precision: {'bf16 autocast' if bf16 else 'fp32'}{why}; bf16: {setting}; {where}")
         return {"bf16_setting": setting, "bf16": bf16, "precision": "bf16-autocast" if bf16 else "fp32"}
