@@ -291,3 +291,26 @@ def test_int8_dynamic_keeps_the_most_sensitive_layers_float_until_labels_agree(t
     assert fb["passed"] and len(fb["float_nodes"]) == 2 and all("layer.1/" in n for n in fb["float_nodes"])
     assert [t["agreement"] for t in fb["tries"]] == [0.9, 0.95, 1.0] and fb["layer_rank"][0] == "layer.1"
     assert agreement(tmp_path / "model.int8_dynamic.onnx") == 1.0  # the file left is the passing one
+
+
+def test_a_rerun_that_publishes_less_sets_the_earlier_results_aside(tmp_path):
+    """A rerun that ships nothing (or no longer exports, or has no curve) must not leave the earlier run's deploy/
+    and model.onnx at the top of the run folder as if they were its own; they move to superseded/, not lost."""
+    from types import SimpleNamespace
+
+    from compresstune.stages.report import _set_aside_superseded
+
+    run = tmp_path / "run"
+    (run / "deploy" / "onnx").mkdir(parents=True)
+    (run / "deploy" / "onnx" / "model.onnx").write_text("old bundle")
+    (run / "model.onnx").write_text("old model")
+    (run / "REPORT.md").write_text("this run's")
+    (run / "superseded" / "deploy").mkdir(parents=True)  # an older superseded one is replaced
+    (run / "superseded" / "deploy" / "older").write_text("x")
+    logs = []
+    ctx = SimpleNamespace(run_dir=run, name="report", log=logs.append)
+    _set_aside_superseded(ctx, ["REPORT.md", "report.json", "model.onnx"])
+    assert not (run / "deploy").exists() and (run / "model.onnx").read_text() == "old model"
+    assert (run / "superseded" / "deploy" / "onnx" / "model.onnx").read_text() == "old bundle"
+    assert not (run / "superseded" / "deploy" / "older").exists() and (run / "REPORT.md").exists()
+    assert len(logs) == 1 and "deploy" in logs[0] and "earlier run's" in logs[0]

@@ -113,7 +113,40 @@ class ReportStage(Stage):
                 if (src / name).exists():
                     _publish(src / name, ctx.run_dir / name)
                     out.append(name)
+        _set_aside_superseded(ctx, out)
         return out
+
+
+# every name the report publishes at the top of the run folder
+PUBLISHED = (
+    "REPORT.md",
+    "report.json",
+    "training_curve.png",
+    "accuracy_vs_latency.png",
+    "latency_vs_batch.png",
+    "deploy",
+    "model.onnx",
+    "tokenizer",
+    "labels.json",
+)
+
+
+def _set_aside_superseded(ctx: StageContext, published: list[str]) -> None:
+    """A published name this run did not publish again (a rerun that shipped nothing, no longer exports, or has
+    no training curve) is an earlier run's result: it moves to ``superseded/`` (replacing an older one there),
+    where it is neither lost nor taken for this run's."""
+    for name in PUBLISHED:
+        old = ctx.run_dir / name
+        if name in published or not (old.exists() or old.is_symlink()):
+            continue
+        dst = ctx.run_dir / "superseded" / name
+        dst.parent.mkdir(exist_ok=True)
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)
+        elif dst.exists() or dst.is_symlink():
+            dst.unlink()
+        os.replace(old, dst)
+        ctx.log(f"[{ctx.name}] {name} at the top of the run folder was an earlier run's result: moved to {dst}")
 
 
 def _stage_json(r: StageRecord) -> dict:
