@@ -42,6 +42,7 @@ ship: {shape: [1, 16], edge: false}
 """
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 COMPRESS = "stages=[compress, finetune, export]"
+BENCH = "stages=[finetune, export, benchmark, ship, report]"
 
 
 def _cli(args: list[str], cwd: Path):
@@ -387,6 +388,21 @@ CASES = [
         ("task.name=sst2", "task.glue_dir=glue_blank"),
         ("glue_blank/SST-2/train.tsv line 21: empty text",),
     ),
+    # --- lists of choices: at least one, each once; one message per key, not one per union member --------------
+    Case(
+        "providers_empty", (BENCH, "benchmark.providers=[]"), ("benchmark.providers: List should have at least 1 item",)
+    ),
+    Case(
+        "providers_twice",
+        (BENCH, "benchmark.providers=[cpu,cpu]"),
+        ("benchmark.providers: 'cpu' listed more than once",),
+    ),
+    Case("shapes_empty", (BENCH, "benchmark.shapes=[]"), ("benchmark.shapes: List should have at least 1 item",)),
+    Case("shapes_twice", (BENCH, "benchmark.shapes=[[1,16],[1,16]]"), ("(1, 16) listed more than once",)),
+    Case("variants_empty", ("export.variants=[]",), ("export.variants: List should have at least 1 item", "or 'auto'")),
+    Case("bench_variants_empty", (BENCH, "benchmark.variants=[]"), ("benchmark.variants:", "or 'all'")),
+    Case("bf16_word", ("finetune.bf16=maybe",), ("finetune.bf16: Input should be a valid boolean", "or 'auto'")),
+    Case("nested_unknown_key", ("export.tolerances.fp32=1",), ("export.tolerances.fp32: unknown key", "logits_fp16")),
     # --- malformed or oversized pipeline files ------------------------------------------------------------------
     Case("yaml_billion_laughs", (), ("laughs.yaml", "aliases expand to more than 100,000 values"), file="laughs.yaml"),
     Case("yaml_deep_nesting", (), ("deep.yaml", "nested more than 32 levels deep"), file="deep.yaml"),

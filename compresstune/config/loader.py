@@ -241,12 +241,12 @@ def _validate_section(model_cls, data, path: tuple, problems: Problems):
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        fields = set(model_cls.model_fields)
-        for err in exc.errors():
+        for err in _fold_unions(exc.errors()):
             loc = tuple(err["loc"])
             dotted = ".".join(map(str, path + loc))
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
+                fields = _keys_at(model_cls, loc[:-1])
                 close = difflib.get_close_matches(str(loc[-1]), sorted(fields), n=1)
                 msg = "unknown key." + (
                     f" Did you mean {close[0]!r}?" if close else f" Known keys: {', '.join(sorted(fields))}."
@@ -255,6 +255,47 @@ def _validate_section(model_cls, data, path: tuple, problems: Problems):
                 msg = f"{msg} (got {err['input']!r})"
             problems.add(path + loc, f"{dotted or '.'.join(map(str, path))}: {msg.removeprefix('Value error, ')}")
         return None
+
+
+def _keys_at(model_cls, loc: tuple) -> set[str]:
+    """The settings keys of the (nested) section at ``loc`` inside ``model_cls`` (``tolerances`` in export)."""
+    for key in loc:
+        field = model_cls.model_fields.get(key) if isinstance(key, str) else None
+        nested = getattr(field, "annotation", None)
+        if not (isinstance(nested, type) and hasattr(nested, "model_fields")):
+            break
+        model_cls = nested
+    return set(model_cls.model_fields)
+
+
+_TYPE_TAGS = {"bool", "int", "float", "str", "bytes", "list", "dict", "tuple", "set", "none", "decimal", "path"}
+
+
+def _member_tag(x) -> bool:
+    """A union member's tag in a pydantic error location (``list[int]``, ``bool``, ``function-after[...]``),
+    not a settings key or a list index."""
+    return isinstance(x, str) and ("[" in x or x in _TYPE_TAGS or x.startswith(("function-", "constrained-")))
+
+
+def _fold_unions(errors: list[dict]) -> list[dict]:
+    """pydantic reports a value that fits no member of a union (``list[...] | Literal["auto"]``) once per member,
+    each under the member's tag (``function-after[...]``, ``literal['auto']``) in its location: one error per
+    place instead, the tags dropped, with the literal members as the alternative (``..., or 'auto'``)."""
+    out: list[dict] = []
+    alternatives: dict[tuple, list[str]] = {}
+    for err in errors:
+        loc = tuple(x for x in err["loc"] if not _member_tag(x))
+        tagged = len(loc) != len(err["loc"])
+        if tagged and err["type"] == "literal_error" and len(loc) == 1:
+            alternatives.setdefault(loc, []).append(str((err.get("ctx") or {}).get("expected", "")))
+            continue
+        out.append({**err, "loc": loc})
+    for err in out:
+        if err["loc"][:1] in alternatives:
+            err["msg"] = f"{err['msg']}, or {' or '.join(alternatives.pop(err['loc'][:1]))}"
+    for loc, expected in alternatives.items():  # a literal member was the only one to object
+        out.append({"loc": loc, "msg": f"Input should be {' or '.join(expected)}", "type": "literal_error"})
+    return out
 
 
 def _validate_stages(raw: dict, stage_list: list[str], problems: Problems) -> dict[str, StageConfig]:

@@ -19,7 +19,7 @@ from ..methods.learner import AttachOptions
 from ..options import Section
 from ..train.options import TrainOptions
 from .ship_sections import ReportConfig, ShipConfig
-from .stage_base import Batch, SeqLen, StageConfig  # noqa: F401 - part of this module's API
+from .stage_base import Batch, Choices, SeqLen, StageConfig  # noqa: F401 - part of this module's API
 from .task_config import TaskConfig  # noqa: E402,F401 - part of this module's API
 
 
@@ -172,13 +172,13 @@ class ExportConfig(StageConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
     atol: float = Field(1e-4, gt=0, le=1, description="max abs logit difference ONNX vs PyTorch")
-    verify_shapes: list[tuple[Batch, SeqLen]] = Field(
+    verify_shapes: Choices[tuple[Batch, SeqLen]] = Field(
         default_factory=lambda: [(1, 7), (3, 41)], description="(batch, seq) shapes checked; never the export shape"
     )
     metric_tolerance: float = Field(
         0.1, ge=0, le=100, description="max dev-metric difference ONNX vs PyTorch, in points"
     )
-    variants: list[str] | Literal["auto"] = Field(
+    variants: Choices[str] | Literal["auto"] = Field(
         "auto",
         description="variants built from the fp32 export and verified (export/variants.py registers them); auto: "
         "cpu -> fp32, optimized, int8_dynamic, int8_static; cuda -> fp32, optimized, fp16",
@@ -234,13 +234,13 @@ class ExportConfig(StageConfig):
 
 class BenchmarkConfig(StageConfig):
     type: Literal["benchmark"] = "benchmark"
-    providers: list[Literal["cpu", "cuda"]] | Literal["auto"] = Field(
+    providers: Choices[Literal["cpu", "cuda"]] | Literal["auto"] = Field(
         "auto", description="'auto' = cpu, plus cuda when a GPU is present"
     )
     threads: int = Field(2, gt=0, le=1024, description="ONNX Runtime intra-op threads and torch threads on CPU")
-    batch_sizes: list[Batch] = Field(default_factory=lambda: [1, 32], min_length=1)
-    seq_lengths: list[SeqLen] = Field(default_factory=lambda: [64, 128], min_length=1)
-    shapes: list[tuple[Batch, SeqLen]] | None = Field(
+    batch_sizes: Choices[Batch] = Field(default_factory=lambda: [1, 32])
+    seq_lengths: Choices[SeqLen] = Field(default_factory=lambda: [64, 128])
+    shapes: Choices[tuple[Batch, SeqLen]] | None = Field(
         None, description="(batch, seq) points to time instead of the batch_sizes x seq_lengths grid"
     )
     warmup: int = Field(3, ge=1, le=10**4, description="untimed calls per engine per round")
@@ -264,7 +264,7 @@ class BenchmarkConfig(StageConfig):
     rounds: int = Field(
         4, ge=1, le=1000, description="interleaved rounds per point, the engine order rotating between rounds"
     )
-    variants: list[str] | Literal["all"] = Field("all", description="which verified export variants to time")
+    variants: Choices[str] | Literal["all"] = Field("all", description="which verified export variants to time")
     footprint: bool = Field(True, description="per variant: cold load time and peak RSS of a fresh process running it")
 
     def points(self) -> list[tuple[int, int]]:
