@@ -450,12 +450,38 @@ def test_a_tampered_verification_set_is_refused(proj, tmp_path, edit):
         ["bench", "onnx", "BUNDLE/model.onnx", "--iters", "0", "--no-footprint", "--shapes", "1x8"],
         ["bench", "onnx", "BUNDLE/model.onnx", "--rounds", "0", "--no-footprint", "--shapes", "1x8"],
         ["bench", "onnx", "BUNDLE/model.onnx", "--threads", "100000", "--no-footprint", "--shapes", "1x8"],
+        # no point at all, or one twice: nothing (or the same thing twice) would be timed
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", ","],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--seq-lengths", " "],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", "1x8,1X8"],
+        # outputs that cannot be written are refused before the work whose results they would hold
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", "1x8", "--out", "NOWHERE/o.json"],
+        [
+            "bench",
+            "onnx",
+            "BUNDLE/model.onnx",
+            "--no-footprint",
+            "--shapes",
+            "1x8",
+            "--out",
+            "BUNDLE/model.onnx/o.json",
+        ],
+        ["bench", "speed", "--task", "sst2", "--methods", "full", "--out", "NOWHERE/s.md"],
+        ["bench", "memory", "--task", "sst2", "--methods", "full", "--out", "BUNDLE"],
+        ["bench", "finetune", "--task", "sst2", "--methods", "full", "--out", "AFILE/runs"],
+        ["web", "BUNDLE", "--out", "AFILE"],
+        ["search", "SEARCH.yaml", "--export-candidates", "AFILE/x"],
     ],
 )
 def test_out_of_range_flags_are_refused(proj, tmp_path, args):
     bundle = _bundle(proj, tmp_path)
-    r = _cli([a.replace("BUNDLE", str(bundle)) for a in args], tmp_path)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    named = {"NOWHERE": tmp_path / "no" / "such", "AFILE": tmp_path / "afile", "BUNDLE": bundle}
+    for key, path in named.items():
+        args = [a.replace(key, str(path)) for a in args]
+    r = _cli(args, tmp_path)
     assert r.exit_code == 2 and "Traceback" not in r.output and "Invalid value" in r.output, r.output
+    assert "] running" not in r.output and not (tmp_path / "no").exists()
 
 
 def test_bench_onnx_past_the_positions_is_a_message(proj, tmp_path):

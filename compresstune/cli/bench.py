@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import Group
+from .common import Group, out_dir, out_file
 
 
 @click.group(cls=Group)
@@ -52,6 +52,7 @@ def _csv(s):
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=out_dir,
     required=True,
     help="Output folder (results.md, results.json, convergence.png, runs/).",
 )
@@ -138,7 +139,11 @@ def _method_study_options(f):
 @click.option("--bf16/--no-bf16", default=True, show_default=True)
 @click.option("--glue-dir", default=None)
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it."
+    "--out",
+    type=click.Path(dir_okay=False),
+    callback=out_file,
+    default=None,
+    help="Write the markdown table and a .json beside it.",
 )
 def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, glue_dir, out):
     """Training tensor memory per method: params, grads, AdamW state, saved activations."""
@@ -157,6 +162,7 @@ def bench_memory(task, methods, model, batch_size, n_batches, max_length, bf16, 
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=out_dir,
     required=True,
     help="Folder for tradeoff.md, tradeoff.json and tradeoff.png.",
 )
@@ -183,7 +189,11 @@ def bench_tradeoff(runs, out, points):
 @click.option("--bf16/--no-bf16", default=True, show_default=True)
 @click.option("--glue-dir", default=None)
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default=None, help="Write the markdown table and a .json beside it."
+    "--out",
+    type=click.Path(dir_okay=False),
+    callback=out_file,
+    default=None,
+    help="Write the markdown table and a .json beside it.",
 )
 def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf16, glue_dir, out):
     """Training step time per method, interleaved rounds on the same batches (robust to machine drift)."""
@@ -216,7 +226,11 @@ def bench_speed(task, methods, model, batch_size, steps, rounds, max_length, bf1
 @click.option("--rounds", type=click.IntRange(1, 1000), default=4, show_default=True)
 @click.option("--no-footprint", is_flag=True, help="Skip the per-file cold-load / peak-RSS subprocess.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON (and .md beside)."
+    "--out",
+    type=click.Path(dir_okay=False),
+    callback=out_file,
+    default=None,
+    help="Write the results as JSON (and .md beside).",
 )
 def bench_onnx_cmd(files, batch_sizes, seq_lengths, shapes, threads, provider, iters, rounds, no_footprint, out):
     """Time ONNX FILES side by side, back to back (interleaved rounds); speed-ups against the first file."""
@@ -230,6 +244,14 @@ def bench_onnx_cmd(files, batch_sizes, seq_lengths, shapes, threads, provider, i
         )
     except ValueError:
         raise click.BadParameter("give batch x seq points like 1x128,32x64", param_hint="--shapes") from None
+    hint = "--shapes" if shapes else "--batch-sizes / --seq-lengths"
+    if not points:
+        raise click.BadParameter(
+            "no batch x seq point given; give at least one, like --shapes 1x128,32x64", param_hint=hint
+        )
+    repeated = sorted({"x".join(map(str, p)) for i, p in enumerate(points) if p in points[:i]})
+    if repeated:
+        raise click.BadParameter(f"{', '.join(repeated)} given more than once; give each point once", param_hint=hint)
     bad = [p for p in points if len(p) != 2 or not (1 <= p[0] <= 65536 and 1 <= p[1] <= 4096)]
     if bad:
         shown = ", ".join("x".join(map(str, p)) for p in bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -50,3 +51,47 @@ def bundle_run_options(fn):
         help="ONNX Runtime intra-op threads (default: its own choice).",
     )(fn)
     return click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)(fn)
+
+
+def _existing_ancestor(p: Path) -> Path:
+    p = p.absolute()
+    while not (p.exists() or p.is_symlink()) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def out_file(ctx, param, value):
+    """``--out FILE`` checked before any work (a measurement must not be lost to a path that cannot be written
+    at its end): its folder exists and can be written, and the path is not a folder."""
+    if value is None:
+        return None
+    p = Path(value)
+    folder = p.parent if str(p.parent) else Path(".")
+    problem = None
+    if p.is_dir():
+        problem = "is a folder; give a file path"
+    elif not folder.is_dir():
+        problem = f"cannot be written: its folder {folder} does not exist (create it first, or give another path)"
+    elif not os.access(folder, os.W_OK):
+        problem = f"cannot be written: its folder {folder} is not writable by this user"
+    if problem:
+        raise click.BadParameter(f"{value} {problem}.", ctx=ctx, param=param)
+    return value
+
+
+def out_dir(ctx, param, value):
+    """``--out DIR`` checked before any work: not a file, and it or the nearest folder above it that exists (the
+    rest is created) can be written."""
+    if value is None:
+        return None
+    p = Path(value)
+    if p.exists() and not p.is_dir():
+        raise click.BadParameter(f"{value} is a file, not a folder; give a folder path.", ctx=ctx, param=param)
+    base = _existing_ancestor(p)
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise click.BadParameter(
+            f"{value} cannot be created or written: {base} is not a writable folder; give another path.",
+            ctx=ctx,
+            param=param,
+        )
+    return value

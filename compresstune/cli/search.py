@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .common import out_dir
+
 
 @click.command("search")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -16,6 +18,7 @@ import click
 @click.option(
     "--export-candidates",
     type=click.Path(file_okay=False),
+    callback=out_dir,
     default=None,
     help="Only build every candidate's ONNX file into this folder (KEY.onnx) and stop, for timing on a "
     "target device with `compresstune bench onnx`; then set search.budget.latency_table.",

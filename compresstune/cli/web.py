@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from .common import out_dir
+
 
 @click.command("web")
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
+    callback=out_dir,
     help="the page folder (default: BUNDLE-web beside the bundle; a previous page there is replaced)",
 )
 @click.option(
