@@ -16,6 +16,9 @@ DRY=0
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
 for a in "$@"; do
   case "$a" in
+    name=*|output_dir=*|--run-name*|--output-dir*)  # the table reads this run's report at exported/gpu-check: the run folder is fixed
+      echo "gpu-check: $a would move the run folder away from exported/gpu-check, where the table is read; leave it out" >&2
+      exit 2 ;;
     *=*) ;;
     *) echo "usage: bash scripts/gpu-check.sh [--dry-run] [KEY=VALUE ...] (not: $a)" >&2; exit 2 ;;
   esac

@@ -7,6 +7,8 @@
 #   ... send .gpukit/ to the GPU machine's checkout, whole or a part at a time ...
 #   bash scripts/gpu-kit.sh install           there: joins the parts, checks them, unpacks .gpukit/site and
 #                                             checks it was packed for that Python ($PYTHON, default python3)
+#   bash scripts/gpu-kit.sh seal STAGE SIZE   pack's last step alone, for a stage made by hand: compresses STAGE
+#                                             (site/, glue/, CONTENTS) into parts of SIZE (60M, 1K) beside it
 #   bash scripts/gpu-kit.sh run [--dry-run] [KEY=VALUE ...]
 #                                             there: scripts/gpu-check.sh with $PYTHON (default python3),
 #                                             the kit first on PYTHONPATH and the kit's SST-2
@@ -24,8 +26,9 @@ PY=${PYTHON:-python3}
 die() { echo "gpu-kit: $*" >&2; exit 2; }
 
 pack() {
+  [ $# -le 1 ] || die "usage: bash scripts/gpu-kit.sh pack [PART_MIB]"
   local mib=${1:-60}
-  [[ "$mib" =~ ^[1-9][0-9]*$ ]] || die "PART_MIB must be a whole number of MiB, not '$mib'."
+  [[ "$mib" =~ ^[1-9][0-9]{0,3}$ ]] || die "PART_MIB must be a whole number of MiB from 1 to 9999, not '$mib'."
   [ -x .venv/bin/python ] || die "pack needs this checkout set up (bash scripts/setup.sh): it takes the versions from .venv."
   [ -f "$GLUE/SST-2/train.tsv" ] || die "no SST-2 under $GLUE (set COMPRESSTUNE_GLUE_DIR to the GLUE folder)."
   # what a CUDA PyTorch image lacks, or holds at versions older than compresstune is tested with
@@ -41,46 +44,85 @@ PY
 )
   [ "${#pins[@]}" = "${#names[@]}" ] ||
     die "the .venv here lacks ${names[${#pins[@]}]} (bash scripts/setup.sh installs it), so its version is unknown."
-  local ort="onnxruntime-gpu${KIT_ORT_GPU:+==$KIT_ORT_GPU}"
-  rm -rf "$KIT" && mkdir -p "$KIT/stage/glue/SST-2"
+  local ort="onnxruntime-gpu${KIT_ORT_GPU:+==$KIT_ORT_GPU}" stage="$KIT.new/stage"
+  # built beside the kit there may be, which stays whole until the new one is
+  rm -rf "$KIT.new" && mkdir -p "$stage/glue/SST-2"
+  trap 'rm -rf "$KIT.new"' EXIT
   echo "gpu-kit: fetching for Python ${KIT_PY:-3.12}: $ort ${pins[*]}"
-  .venv/bin/python -m pip install -q --no-deps --no-compile --only-binary=:all: --target "$KIT/stage/site" \
+  .venv/bin/python -m pip install -q --no-deps --no-compile --only-binary=:all: --target "$stage/site" \
     --python-version "${KIT_PY:-3.12}" --implementation cp --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$ort" "${pins[@]}"
-  cp "$GLUE/SST-2/train.tsv" "$GLUE/SST-2/dev.tsv" "$KIT/stage/glue/SST-2/"
-  ort=$(ls "$KIT/stage/site" | sed -n 's/^onnxruntime_gpu-\(.*\)\.dist-info$/onnxruntime-gpu==\1/p')
-  printf '%s\n' "python ${KIT_PY:-3.12}" "$ort" "${pins[@]}" >"$KIT/stage/CONTENTS"
+  cp "$GLUE/SST-2/train.tsv" "$GLUE/SST-2/dev.tsv" "$stage/glue/SST-2/"
+  ort=$(ls "$stage/site" | sed -n 's/^onnxruntime_gpu-\(.*\)\.dist-info$/onnxruntime-gpu==\1/p')
+  printf '%s\n' "python ${KIT_PY:-3.12}" "$ort" "${pins[@]}" >"$stage/CONTENTS"
   echo "gpu-kit: compressing (xz, a few minutes on 2 cores)"
-  tar -C "$KIT/stage" -cf - . | xz -T0 -6 >"$KIT/kit.tar.xz"
-  rm -rf "$KIT/stage"
-  split -b "${mib}M" -d -a 2 "$KIT/kit.tar.xz" "$KIT/part-"
-  (cd "$KIT" && sha256sum kit.tar.xz >SHA256 && rm kit.tar.xz)
+  seal "$stage" "${mib}M"
+  rm -rf "$KIT" && mv "$KIT.new" "$KIT"
+  trap - EXIT
   echo "gpu-kit: $(ls "$KIT"/part-* | wc -l) parts of at most $mib MiB in $KIT/:"
   ls -l "$KIT"
 }
 
+# the last step of pack: STAGE (site/, glue/, CONTENTS) compressed, cut into parts of SIZE (split's -b: 60M,
+# 1K) beside STAGE, which goes; SHA256 holds each part's checksum and the whole kit's
+seal() {
+  local stage=$1 size=$2 out
+  out=$(dirname "$stage")
+  tar -C "$stage" -cf - . | xz -T0 -6 >"$out/kit.tar.xz"
+  rm -rf "$stage"
+  local bytes n=0 digits=2 step
+  bytes=$(stat -c %s "$out/kit.tar.xz")
+  step=$(numfmt --from=iec "$size")
+  n=$(( (bytes + step - 1) / step ))
+  while [ "$n" -ge $(( 10 ** digits )) ]; do digits=$((digits + 1)); done  # part-NN, or as many digits as it takes
+  split -b "$size" -d -a "$digits" "$out/kit.tar.xz" "$out/part-"
+  (cd "$out" && sha256sum part-* kit.tar.xz >SHA256 && rm kit.tar.xz)
+}
+
 install() {
+  [ $# = 0 ] || die "usage: bash scripts/gpu-kit.sh install (no arguments; it reads $KIT/)"
   [ -f "$KIT/SHA256" ] || die "no $KIT/SHA256 here: send the whole $KIT folder that 'pack' wrote."
-  ls "$KIT"/part-* >/dev/null 2>&1 || die "no $KIT/part-NN files here: send them all."
-  cat "$KIT"/part-* >"$KIT/kit.tar.xz"
-  (cd "$KIT" && sha256sum -c --quiet SHA256) ||
+  trap 'rm -rf "$KIT/kit.tar.xz" "$KIT/new"' EXIT
+  local parts=() problems=() name sum
+  while read -r sum name; do
+    case "$name" in
+      part-*) parts+=("$name")
+        if [ ! -f "$KIT/$name" ]; then problems+=("$name is missing or not a file")
+        elif [ "$(sha256sum <"$KIT/$name" | cut -d' ' -f1)" != "$sum" ]; then problems+=("$name is not the part packed (cut short or changed)")
+        fi ;;
+    esac
+  done <"$KIT/SHA256"
+  if [ ${#parts[@]} = 0 ]; then  # a kit sealed before the parts had checksums of their own: every part-NN, in order
+    mapfile -t parts < <(cd "$KIT" && ls | grep -E '^part-[0-9]+$' || true)
+    [ ${#parts[@]} -gt 0 ] || die "no $KIT/part-NN files here: send them all."
+  fi
+  [ ${#problems[@]} = 0 ] || die "$(IFS=';'; echo "${problems[*]}" | sed 's/;/; /g') in $KIT: send those parts again."
+  local extra
+  extra=$(cd "$KIT" && ls -d part-* 2>/dev/null | grep -vxF -f <(printf '%s\n' "${parts[@]}") || true)
+  [ -z "$extra" ] || echo "gpu-kit: not part of this kit, left out: $(echo $extra)" >&2
+  (cd "$KIT" && cat "${parts[@]}" >kit.tar.xz)
+  (cd "$KIT" && grep ' kit\.tar\.xz$' SHA256 | sha256sum -c --quiet -) ||
     die "the parts in $KIT do not join into the packed kit (a part missing or cut short): send them again."
-  rm -rf "$KIT/site" "$KIT/glue"
+  # unpacked beside the installed kit, which is replaced only by a kit that is whole and for this Python
+  rm -rf "$KIT/new" && mkdir "$KIT/new"
   if command -v xz >/dev/null 2>&1; then
-    tar -C "$KIT" -xJf "$KIT/kit.tar.xz"
+    tar -C "$KIT/new" -xJf "$KIT/kit.tar.xz"
   else  # no xz program: Python's own
     "$PY" -c 'import sys, tarfile; t = tarfile.open(sys.argv[1])
-t.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' "$KIT/kit.tar.xz" "$KIT"
+t.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' "$KIT/kit.tar.xz" "$KIT/new"
   fi
-  rm "$KIT/kit.tar.xz"
+  [ -f "$KIT/new/CONTENTS" ] && [ -d "$KIT/new/site" ] ||
+    die "$KIT holds no kit that 'bash scripts/gpu-kit.sh pack' wrote (no CONTENTS or site/): pack it again."
   # the kit's compiled packages (onnxruntime, pydantic_core) load only in the Python they were packed for
   local want have
-  want=$(sed -n 's/^python //p' "$KIT/CONTENTS")
+  want=$(sed -n 's/^python //p' "$KIT/new/CONTENTS")
   have=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   if [ -n "$want" ] && [ "$want" != "$have" ]; then
-    rm -rf "$KIT/site"
     die "this kit was packed for Python $want, and $PY here is Python $have: pack it again with KIT_PY=$have."
   fi
+  rm -rf "$KIT/site" "$KIT/glue" "$KIT/CONTENTS"
+  mv "$KIT/new/site" "$KIT/new/CONTENTS" "$KIT/"
+  if [ -d "$KIT/new/glue" ]; then mv "$KIT/new/glue" "$KIT/"; fi
   echo "gpu-kit: installed into $KIT/site:"
   sed 's/^/  /' "$KIT/CONTENTS"
 }
@@ -96,7 +138,8 @@ run() {
 
 case "${1:-}" in
   pack) shift; pack "$@" ;;
-  install) install ;;
+  install) shift; install "$@" ;;
+  seal) shift; [ $# = 2 ] && [ -d "$1" ] || die "usage: bash scripts/gpu-kit.sh seal STAGE_DIR SIZE"; seal "$@" ;;
   run) shift; run "$@" ;;
   *) die "usage: bash scripts/gpu-kit.sh pack [PART_MIB] | install | run [--dry-run] [KEY=VALUE ...]" ;;
 esac

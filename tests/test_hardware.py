@@ -330,24 +330,26 @@ def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypat
 # --- scripts/gpu-kit.sh: the parts join into the packed kit, or it says which fix --------------------------
 
 
-def _kit_checkout(tmp_path, python=None):
-    """A scratch checkout with scripts/gpu-kit.sh and a packed kit in parts of 1 KiB (as `pack` writes it), packed
-    for this Python unless ``python`` names another."""
+def _kit_checkout(tmp_path, python=None, contents=True, old_format=False):
+    """A scratch checkout with scripts/gpu-kit.sh and a kit sealed by the script itself in parts of 1 KiB, packed
+    for this Python unless ``python`` names another; ``old_format``: SHA256 holds only the whole kit's checksum,
+    as kits sealed before the parts had their own."""
     root = tmp_path / "checkout"
     (root / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "gpu-kit.sh", root / "scripts")
-    stage = tmp_path / "stage"
+    stage = root / ".gpukit" / "stage"
     (stage / "site" / "kitpkg").mkdir(parents=True)
     (stage / "site" / "kitpkg" / "__init__.py").write_text("X = 1\n")
     (stage / "site" / "kitpkg" / "blob").write_bytes(os.urandom(5000))  # incompressible: several parts
     (stage / "glue" / "SST-2").mkdir(parents=True)
     here = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True)
-    (stage / "CONTENTS").write_text(f"python {python or here.stdout.decode().strip()}\nkitpkg==1\n")
-    kit = root / ".gpukit"
-    kit.mkdir()
-    subprocess.run(f"tar -C {stage} -cf - . | xz > {kit}/kit.tar.xz", shell=True, check=True)
-    subprocess.run(["split", "-b", "1K", "-d", "-a", "2", "kit.tar.xz", "part-"], cwd=kit, check=True)
-    subprocess.run("sha256sum kit.tar.xz > SHA256 && rm kit.tar.xz", shell=True, cwd=kit, check=True)
+    if contents:
+        (stage / "CONTENTS").write_text(f"python {python or here.stdout.decode().strip()}\nkitpkg==1\n")
+    r = _kit(root, "seal", ".gpukit/stage", "1K")
+    assert r.returncode == 0 and not stage.exists(), r.stderr
+    if old_format:
+        sha = root / ".gpukit" / "SHA256"
+        sha.write_text("".join(ln + "\n" for ln in sha.read_text().splitlines() if ln.endswith("kit.tar.xz")))
     return root
 
 
@@ -358,17 +360,42 @@ def _kit(root, *args):
 @pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
 def test_gpu_kit_installs_only_a_whole_kit(tmp_path):
     root = _kit_checkout(tmp_path)
-    parts = sorted((root / ".gpukit").glob("part-*"))
-    assert len(parts) >= 4
+    kit = root / ".gpukit"
+    parts = sorted(kit.glob("part-*"))
+    assert len(parts) >= 4 and [p.name for p in parts][:2] == ["part-00", "part-01"]
     ok = _kit(root, "install")
     assert ok.returncode == 0, ok.stderr
-    assert (root / ".gpukit" / "site" / "kitpkg" / "__init__.py").read_text() == "X = 1\n"
-    assert "kitpkg==1" in ok.stdout and not (root / ".gpukit" / "kit.tar.xz").exists()
-    parts[2].unlink()  # one part lost on the way
-    lost = _kit(root, "install")
-    assert lost.returncode == 2 and "do not join" in lost.stderr and "send them again" in lost.stderr
-    (root / ".gpukit" / "SHA256").unlink()
+    assert (kit / "site" / "kitpkg" / "__init__.py").read_text() == "X = 1\n"
+    assert "kitpkg==1" in ok.stdout and not (kit / "kit.tar.xz").exists() and not (kit / "new").exists()
+    # leftovers of an older kit, or a browser's copy, are left out, not joined in
+    (kit / "part-99").write_bytes(b"an older kit's part")
+    (kit / "part-01 (1)").write_bytes(parts[1].read_bytes())
+    extra = _kit(root, "install")
+    assert extra.returncode == 0 and "left out: part-01 (1) part-99" in extra.stderr, extra.stderr
+    # each bad part is named, whatever went wrong with it; the installed kit stays as it was
+    parts[2].unlink()
+    parts[3].write_bytes(parts[3].read_bytes()[:-10])
+    bad = _kit(root, "install")
+    assert bad.returncode == 2 and "part-02 is missing" in bad.stderr and "part-03 is not the part packed" in bad.stderr
+    assert "send those parts again" in bad.stderr and (kit / "site" / "kitpkg").is_dir()
+    parts[2].mkdir()
+    assert "part-02 is missing or not a file" in _kit(root, "install").stderr
+    assert not (kit / "kit.tar.xz").exists()  # nothing half-joined left behind
+    (kit / "SHA256").unlink()
     assert "send the whole .gpukit" in _kit(root, "install").stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
+def test_gpu_kit_of_the_older_format_and_kits_that_are_not_kits(tmp_path):
+    root = _kit_checkout(tmp_path / "a", old_format=True)
+    assert _kit(root, "install").returncode == 0
+    (root / ".gpukit" / "part-01").unlink()
+    lost = _kit(root, "install")
+    assert lost.returncode == 2 and "do not join" in lost.stderr
+    root = _kit_checkout(tmp_path / "b", contents=False)
+    r = _kit(root, "install")
+    assert r.returncode == 2 and "no kit that 'bash scripts/gpu-kit.sh pack' wrote" in r.stderr, r.stderr
+    assert _kit(root, "install", "now").returncode == 2
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
@@ -377,6 +404,10 @@ def test_gpu_kit_refuses_a_kit_packed_for_another_python(tmp_path):
     r = _kit(root, "install")
     assert r.returncode == 2 and "packed for Python 2.7" in r.stderr and "KIT_PY=" in r.stderr
     assert not (root / ".gpukit" / "site").exists()
+    # over a kit installed before, it leaves that one working
+    (root / ".gpukit" / "site" / "kitpkg").mkdir(parents=True)
+    r = _kit(root, "install")
+    assert r.returncode == 2 and (root / ".gpukit" / "site" / "kitpkg").is_dir()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash script")
@@ -387,6 +418,9 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
     for args, says in (
         (["pack", "0"], "whole number of MiB"),
         (["pack", "lots"], "whole number of MiB"),
+        (["pack", "99999999999999999999"], "from 1 to 9999"),
+        (["pack", "60", "more"], "usage"),
+        (["seal", "nowhere", "1K"], "usage"),
         (["run"], "install' first"),
         (["unpack"], "usage"),
     ):
@@ -405,6 +439,9 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
     override = _gpu_check("--dry-run", "task.max_length=64")
     assert override.returncode == 0, override.stdout + override.stderr
+    for moves in ("name=other", "output_dir=/tmp", "--run-name=x", "--output-dir=/tmp"):  # the table reads its own
+        r = _gpu_check("--dry-run", moves)
+        assert r.returncode == 2 and "exported/gpu-check" in r.stderr, (moves, r.stderr)
 
 
 def test_cuda_bf16_counts_only_hardware_bf16_and_versions_name_the_running_module(monkeypatch, tmp_path):
