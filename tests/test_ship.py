@@ -167,13 +167,52 @@ def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
     (other / "verify.json").write_text(json.dumps(rec))
     r = CliRunner().invoke(main, ["verify", str(other)])
     assert r.exit_code == 3 and "label agreement 100.00%" in r.output and "computes the model differently" in r.output
-    assert "reduce_range=true" in r.output, r.output
+    # same machine class, same provider: the advice names the two machines, not a VNNI problem this CPU lacks
+    assert "reduce_range" not in r.output and "build it on a machine of this class" in r.output, r.output
     r = CliRunner().invoke(main, ["verify", str(other), "--max-median-diff", "0.1", "--json"])
     res = json.loads(r.output)
     assert r.exit_code == 0 and res["passed"] and abs(res["median_abs_logit_diff"] - 0.05) < 1e-3
     (other / "verify.json").unlink()
     r = CliRunner().invoke(main, ["verify", str(other)])
     assert r.exit_code == 2 and "no verify.json" in r.output and "Traceback" not in r.output
+
+
+def test_verify_advice_follows_what_differs(shipped, tmp_path, monkeypatch):
+    """A failed check says what to do from what differs: the provider the set was made on (a CUDA bundle checked
+    on a CPU), 8-bit int8 weights on an x86 CPU without VNNI, or else the two machines; a set with no record of
+    its build machine is refused."""
+    import shutil
+
+    from compresstune.deploy import verify as verify_mod
+
+    run, _ = shipped
+    other = tmp_path / "deploy"
+    shutil.copytree(run / "deploy", other)
+    good = json.loads((other / "verify.json").read_text())
+    moved = [
+        [v + (0.05 if i == k else 0.0) for i, v in enumerate(row)] for row, k in zip(good["logits"], good["labels"])
+    ]
+
+    def verify_with(rec, *args):
+        (other / "verify.json").write_text(json.dumps(rec))
+        return CliRunner().invoke(main, ["verify", str(other), *args])
+
+    cuda = {**good["made_on"], "provider": "cuda", "gpu": "NVIDIA H100 80GB HBM3 (cc 9.0, 79.1 GB)"}
+    r = verify_with({**good, "made_on": cuda})
+    assert r.exit_code == 0 and "cuda provider (NVIDIA H100" in r.output and "use --provider cuda" in r.output
+    r = verify_with({**good, "made_on": cuda, "logits": moved})
+    assert r.exit_code == 3 and "verified on the cuda provider and runs here on cpu" in r.output, r.output
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["compresstune"]["variant"] = "int8_dynamic"
+    cfg["compresstune"]["built_on"]["int8_reduce_range"] = False
+    (other / "config.json").write_text(json.dumps(cfg))
+    avx2 = {**verify_mod.machine_record("cpu"), "isa": "x86-64 AVX2", "features": ["avx2", "fma"]}
+    monkeypatch.setattr(verify_mod, "machine_record", lambda provider="cpu": {**avx2, "provider": provider})
+    r = verify_with({**good, "logits": moved})
+    assert r.exit_code == 3 and "8 bits" in r.output and "reduce_range=true" in r.output, r.output
+    made = {k: v for k, v in good.items() if k != "made_on"}
+    r = verify_with(made)
+    assert r.exit_code == 2 and "made_on (the build machine's record) is missing" in r.output, r.output
 
 
 def test_verify_refuses_hostile_verification_sets_whole(shipped, tmp_path, monkeypatch):

@@ -153,8 +153,8 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
     bs = rec.get("batch_size", 32)
     if not isinstance(bs, int) or isinstance(bs, bool) or not 1 <= bs <= 65536:
         out.append(f"batch_size {bs!r:.40} is not an integer from 1 to 65536")
-    if not isinstance(rec.get("made_on", {}), dict):
-        out.append("made_on is not a record of the build machine")
+    if not isinstance(rec.get("made_on"), dict):
+        out.append("made_on (the build machine's record) is missing or not a record")
 
     def fits(x) -> bool:
         if n_fields == 1:
@@ -234,6 +234,8 @@ def verify_bundle(
         "passed": finite and agreement >= tol.min_agreement and median <= tol.max_median_diff,
         "here": machine_record(provider),
         "made_on": rec.get("made_on"),
+        "variant": pred.config.get("variant"),
+        "int8_reduce_range": (pred.config.get("built_on") or {}).get("int8_reduce_range"),
     }
 
 
@@ -244,11 +246,18 @@ def verify_main(bundle, tol: Tolerance, provider: str, threads, as_json: bool, e
         echo(json.dumps(res, indent=2))
     else:
         made = res["made_on"] if isinstance(res["made_on"], dict) else {}
-        made = {k: _shown(made.get(k)) for k in ("machine", "onnxruntime", "provider")}  # from the file: printable
-        echo(f"bundle {res['bundle']}: {res['examples']} verification inputs")
-        echo(f"  built on:   {made['machine']}, onnxruntime {made['onnxruntime']}, {made['provider']}")
+        made = {k: _shown(made.get(k)) for k in ("machine", "onnxruntime", "provider", "gpu")}  # from a file: printable
         here = res["here"]
-        echo(f"  checked on: {here['machine']}, onnxruntime {here['onnxruntime']}, {here['provider']}")
+        echo(f"bundle {res['bundle']}: {res['examples']} verification inputs")
+        for what, m in (("built on:  ", made), ("checked on:", here)):
+            gpu = f" ({m['gpu']})" if m.get("gpu") not in (None, "None") else ""
+            echo(f"  {what} {m['machine']}, onnxruntime {m['onnxruntime']}, {m['provider']} provider{gpu}")
+        if made["provider"] != here["provider"]:
+            echo(
+                f"  note: the set was made on the {made['provider']} provider and is checked here on "
+                f"{here['provider']}; to check the bundle as it will run, use --provider {made['provider']} on such a "
+                "machine"
+            )
         echo(
             f"  label agreement {res['agreement']:.2%} ({res['disagreements']} differ; "
             f"threshold {100 * tol.min_agreement:g}%)"
@@ -272,13 +281,34 @@ def _shown(value, limit: int = 200) -> str:
 
 
 def _failed(res: dict, tol: Tolerance) -> str:
-    fix = (
-        "do not deploy this bundle here as it is: for int8 on an x86 CPU without VNNI, rebuild "
-        "it with export.reduce_range=true (the default since 2026-12-06), or ship the fp32 / optimized variant."
-    )
+    fix = "do not deploy this bundle here as it is: " + _advice(res)
     if res["max_abs_logit_diff"] is not None and res["median_abs_logit_diff"] > tol.max_median_diff:
         return (
             "  FAILED: this machine computes the model differently from the build machine (the typical input's "
             f"logits moved by {res['median_abs_logit_diff']:.2g}, not only inputs near a tie); " + fix
         )
     return "  FAILED: this machine's results differ from the build machine's; " + fix
+
+
+def _advice(res: dict) -> str:
+    """What to do, from what differs between the two machines (the provider, int8 without VNNI, or the rest)."""
+    made = res["made_on"] if isinstance(res["made_on"], dict) else {}
+    here = res["here"]
+    if made.get("provider") != here["provider"]:
+        return (
+            f"it was verified on the {_shown(made.get('provider'))} provider and runs here on {here['provider']}; "
+            f"check it on the provider it will run on, or rebuild it for {here['provider']}."
+        )
+    vnni_here = bool(set(here.get("features") or []) & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    int8 = str(res.get("variant") or "").startswith("int8")
+    if int8 and res.get("int8_reduce_range") is False and str(here.get("isa")).startswith("x86") and not vnni_here:
+        return (
+            "its int8 weights use 8 bits, whose sums can saturate on an x86 CPU without VNNI like this one; rebuild "
+            "it with export.reduce_range=true (the default since 2026-12-06), or ship the fp32 / optimized variant."
+        )
+    return (
+        f"this machine ({here.get('isa')}, onnxruntime {here.get('onnxruntime')}) computes its "
+        f"{_shown(res.get('variant'))} model differently from the build machine ({_shown(made.get('isa'))}, "
+        f"onnxruntime {_shown(made.get('onnxruntime'))}); ship the fp32 / optimized variant, or build it on a "
+        "machine of this class and verify it there."
+    )
