@@ -388,6 +388,12 @@ CASES = [
         ("task.name=sst2", "task.glue_dir=glue_blank"),
         ("glue_blank/SST-2/train.tsv line 21: empty text",),
     ),
+    Case(
+        "glue_env_is_a_file",
+        ("task.name=sst2",),
+        ("$COMPRESSTUNE_GLUE_DIR: afile is not a folder", "task.glue_dir=PATH"),
+        env={"COMPRESSTUNE_GLUE_DIR": "afile"},
+    ),
     # --- lists of choices: at least one, each once; one message per key, not one per union member --------------
     Case(
         "providers_empty", (BENCH, "benchmark.providers=[]"), ("benchmark.providers: List should have at least 1 item",)

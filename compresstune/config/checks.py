@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..data.glue import GLUE_DIR_ENV, GLUE_TASKS
+from ..data.glue import GLUE_DIR_ENV, GLUE_TASKS, glue_dir_env
 from ..errors import UserError
 from ..models.resolve import resolve_model_path
 from .sections import TaskConfig
@@ -50,7 +50,7 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
                     "relative paths are resolved against the pipeline file's folder."
                 )
         return out
-    glue = task.glue_dir or os.environ.get(GLUE_DIR_ENV)
+    glue = task.glue_dir or glue_dir_env()
     if glue is None:
         if task.source == "local":
             out.append(
@@ -64,8 +64,9 @@ def check_task_files(task: TaskConfig, base_dir: Path, where) -> list[str]:
     origin = "task.glue_dir" if task.glue_dir else f"${GLUE_DIR_ENV}"
     t = GLUE_TASKS[task.name]
     if not g.is_dir():
+        what = "is not a folder" if g.exists() else "does not exist"
         out.append(
-            f"{where(('task', 'glue_dir'))}{origin}: the folder {g} does not exist; "
+            f"{where(('task', 'glue_dir'))}{origin}: {g} {what}; "
             f"point it at the folder that holds {t.folder}/ (or override: task.glue_dir=PATH)."
         )
     else:

@@ -129,8 +129,13 @@ def find_glue_dir(configured: str | None) -> Path | None:
     """The local GLUE folder: the config key, else $COMPRESSTUNE_GLUE_DIR, else None."""
     if configured:
         return Path(configured)
-    env = os.environ.get(GLUE_DIR_ENV)
+    env = glue_dir_env()
     return Path(env) if env else None
+
+
+def glue_dir_env() -> str | None:
+    """$COMPRESSTUNE_GLUE_DIR, None where it is unset or blank (an empty value is no folder, not this one)."""
+    return (os.environ.get(GLUE_DIR_ENV) or "").strip() or None
 
 
 def _read_tsv(path: Path) -> list[list[str]]:
