@@ -8,6 +8,7 @@ points at, is resolved (links followed) and must lie inside the folder it belong
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -57,5 +58,10 @@ def inside(root, rel, what: str) -> Path:
         raise UserError(f"{what}: {rel!r} must be a path relative to {root}.")
     p = Path(root) / rel
     if not is_inside(p, root):
+        if Path(os.path.abspath(p)).is_relative_to(os.path.abspath(root)):  # by name inside: a link leads out
+            raise UserError(
+                f"{p} is a symbolic link that leads outside {root} (to {p.resolve()}); refusing to read or write "
+                "there: put the file itself in its place."
+            )
         raise UserError(f"{what}: {rel!r} points outside {root}; refusing to read or write there.")
     return p

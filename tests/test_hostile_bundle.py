@@ -76,7 +76,7 @@ def test_links_out_of_a_bundle_are_refused_by_the_page_and_the_predictor(tmp_pat
     (b / "special_tokens_map.json").unlink()
     (b / "special_tokens_map.json").symlink_to(secret)
     r = _cli(["web", b, "--out", tmp_path / "pg", "--no-install", "--toolchain", tmp_path / "none"])
-    assert r.exit_code == 2 and "points outside" in r.output and "Traceback" not in r.output, r.output
+    assert r.exit_code == 2 and "leads outside" in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "pg").exists()
 
 
@@ -170,3 +170,28 @@ def test_stored_labels_that_are_not_the_stored_logits_argmax_are_refused(tmp_pat
     (b / "verify.json").write_text(json.dumps(rec))
     r = _cli(["verify", b])
     assert r.exit_code == 2 and "not the argmax of their stored logits" in r.output, r.output
+
+
+def test_bundle_files_that_are_links_folders_or_too_many_are_named(tmp_path, bundle):
+    """A tokenizer.json that is a link leading out of the bundle or a folder, an ONNX path that is a folder, and a
+    verification set of more inputs than a check on a device should take: each named as what it is."""
+    from compresstune.deploy.verify import write_verification_set
+
+    b = _copy(bundle, tmp_path)
+    write_verification_set(b, [("a fine film",), ("dull",)] * 3, seed=0)
+    rec = json.loads((b / "verify.json").read_text())
+    many = {**rec, "inputs": rec["inputs"] * 2000, "logits": rec["logits"] * 2000, "labels": rec["labels"] * 2000}
+    (b / "verify.json").write_text(json.dumps(many))
+    r = _cli(["verify", b])
+    assert r.exit_code == 2 and "12,000 inputs is not a verification set (at most 10,000" in r.output, r.output
+    (b / "tokenizer.json").unlink()
+    (b / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    r = _cli(["verify", b])
+    assert r.exit_code == 2 and "tokenizer.json is a symbolic link that leads outside" in r.output, r.output
+    (b / "tokenizer.json").unlink()
+    (b / "tokenizer.json").mkdir()
+    r = _cli(["predict", b, "x"])
+    assert r.exit_code == 2 and "tokenizer.json is not a file (a folder or a device)" in r.output, r.output
+    r = _cli(["bench", "onnx", tmp_path, "--shapes", "1x8", "--no-footprint"])
+    assert r.exit_code == 2 and "is not a file (a folder or a device)" in r.output, r.output

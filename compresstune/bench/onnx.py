@@ -40,7 +40,8 @@ def bench_onnx(
     paths = [Path(f) for f in files]
     for p in paths:
         if not p.is_file():
-            raise UserError(f"bench onnx: {p} does not exist; give paths of .onnx files.")
+            what = "is not a file (a folder or a device)" if p.exists() else "does not exist"
+            raise UserError(f"bench onnx: {p} {what}; give paths of .onnx files.")
     names = [p.name if [q.name for q in paths].count(p.name) == 1 else str(p) for p in paths]
     sessions = {n: make_session(p, provider, threads) for n, p in zip(names, paths)}
     vocabs = {n: vocab_of(p) for n, p in zip(names, paths)}  # a trimmed bundle takes fewer ids than BERT's 30k

@@ -208,7 +208,8 @@ class Predictor:
 
         path = bundle_file(self.bundle_dir, self.config, "tokenizer", "tokenizer.json")
         if not path.is_file():
-            raise UserError(f"bundle {self.bundle_dir}: {path.name} is missing.")
+            what = "is not a file (a folder or a device)" if path.exists() else "is missing"
+            raise UserError(f"bundle {self.bundle_dir}: {path.name} {what}; copy the bundle's tokenizer.json there.")
         try:
             tok = Tokenizer.from_file(str(path))
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception subclasses for bad files

@@ -102,6 +102,7 @@ def write_verification_set(
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_FILE_BYTES = 64 << 20  # a verification set of a few hundred inputs is well under 1 MB
+MAX_EXAMPLES = 10_000
 
 
 def _load(bundle: Path) -> dict:
@@ -133,6 +134,11 @@ def _load(bundle: Path) -> dict:
     )
     if not ok:
         raise UserError(f"{path}: not a compresstune verification set (format {FORMAT!r}); rebuild the bundle.")
+    if len(rec["inputs"]) > MAX_EXAMPLES:  # a check on a device must take seconds, not the hours this would
+        raise UserError(
+            f"{path}: {len(rec['inputs']):,} inputs is not a verification set (at most {MAX_EXAMPLES:,}; bundles "
+            f"store {DEFAULT_EXAMPLES}); rebuild the bundle."
+        )
     if not len(rec["inputs"]) == len(rec["logits"]) > 0:
         raise UserError(
             f"{path}: {len(rec['inputs'])} inputs but {len(rec['logits'])} rows of logits (both must be the same, "
