@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import types
+import typing
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+
+def _members(annotation) -> tuple:
+    """The members of a union annotation (``bool | Literal["auto"]``), or the annotation alone."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
 
 
 class Section(BaseModel):
     """Settings with defaults and help text; unknown keys are errors, assignments are validated, and no number may
-    be NaN or infinite (every float setting also has a finite range of its own)."""
+    be NaN or infinite (every float setting also has a finite range of its own). A switch takes true or false (or
+    the words its type lists, such as ``auto``): not 1, "yes", "t" or "off" in quotes, which pydantic would read as
+    booleans while a YAML reader of the same file sees a number or a string."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _true_or_false(cls, value, info: ValidationInfo):
+        field = cls.model_fields.get(info.field_name or "")
+        members = _members(field.annotation) if field is not None else ()
+        if bool not in members or isinstance(value, bool) or value is None:
+            return value
+        words = [w for m in members if typing.get_origin(m) is typing.Literal for w in typing.get_args(m)]
+        if value in words:
+            return value
+        alternatives = "".join(f", or {w!r}" for w in words)
+        raise ValueError(f"expected true or false{alternatives}")

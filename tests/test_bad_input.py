@@ -171,6 +171,9 @@ class Case:
     file: str = "p.yaml"
     env: dict = field(default_factory=dict)
 
+    def __post_init__(self):  # a bare string would be checked a character at a time, and pass
+        assert isinstance(self.expect, tuple) and isinstance(self.args, tuple), self.id
+
 
 CASES = [
     Case("unknown_key", ("finetune.epoch=2",), ("finetune.epoch: unknown key", "Did you mean 'epochs'?")),
@@ -407,7 +410,9 @@ CASES = [
     Case("shapes_twice", (BENCH, "benchmark.shapes=[[1,16],[1,16]]"), ("(1, 16) listed more than once",)),
     Case("variants_empty", ("export.variants=[]",), ("export.variants: List should have at least 1 item", "or 'auto'")),
     Case("bench_variants_empty", (BENCH, "benchmark.variants=[]"), ("benchmark.variants:", "or 'all'")),
-    Case("bf16_word", ("finetune.bf16=maybe",), ("finetune.bf16: Input should be a valid boolean", "or 'auto'")),
+    Case("bf16_word", ("finetune.bf16=maybe",), ("finetune.bf16: expected true or false, or 'auto' (got 'maybe')",)),
+    Case("switch_as_number", ("finetune.bf16=1",), ("finetune.bf16: expected true or false, or 'auto' (got 1)",)),
+    Case("switch_as_quoted_word", ("export.reduce_range='off'",), ("export.reduce_range: expected true or false",)),
     Case("nested_unknown_key", ("export.tolerances.fp32=1",), ("export.tolerances.fp32: unknown key", "logits_fp16")),
     # --- malformed or oversized pipeline files ------------------------------------------------------------------
     Case("yaml_billion_laughs", (), ("laughs.yaml", "aliases expand to more than 100,000 values"), file="laughs.yaml"),
