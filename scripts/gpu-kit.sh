@@ -19,6 +19,7 @@
 # and GLUE SST-2. It does not hold torch, numpy or the CUDA libraries: the GPU machine's own are used
 # (onnxruntime-gpu finds CUDA through the process's torch). About 300 MB (283 MiB), xz-compressed.
 set -euo pipefail
+CALLER=$PWD  # paths given on the command line are the caller's, read before the cd below
 cd "$(dirname "$0")/.."
 KIT=.gpukit
 GLUE=${COMPRESSTUNE_GLUE_DIR:-../shared/data/glue}
@@ -66,13 +67,19 @@ PY
 # the last step of pack: STAGE (site/, glue/, CONTENTS) compressed, cut into parts of SIZE (split's -b: 60M,
 # 1K) beside STAGE, which goes; SHA256 holds each part's checksum and the whole kit's
 seal() {
-  local stage=$1 size=$2 out
+  local stage=$1 size=$2 out step
+  # everything checked before the stage goes: it is what was made, and the only copy
+  [[ "$size" =~ ^[1-9][0-9]{0,6}[KM]?$ ]] || die "SIZE must be a whole number of bytes, or of KiB or MiB (1K, 60M), not '$size'."
+  [ -d "$stage/site" ] && [ -f "$stage/CONTENTS" ] ||
+    die "$stage is not a kit stage (it needs site/ and CONTENTS, as pack makes them); nothing was changed."
   out=$(dirname "$stage")
+  ! ls "$out"/part-* "$out/SHA256" >/dev/null 2>&1 ||
+    die "$out already holds a kit's parts or SHA256; move them away first (a kit is sealed into a clean folder)."
+  step=$(numfmt --from=iec "$size")
   tar -C "$stage" -cf - . | xz -T0 -6 >"$out/kit.tar.xz"
   rm -rf "$stage"
-  local bytes n=0 digits=2 step
+  local bytes n=0 digits=2
   bytes=$(stat -c %s "$out/kit.tar.xz")
-  step=$(numfmt --from=iec "$size")
   n=$(( (bytes + step - 1) / step ))
   while [ "$n" -ge $(( 10 ** digits )) ]; do digits=$((digits + 1)); done  # part-NN, or as many digits as it takes
   split -b "$size" -d -a "$digits" "$out/kit.tar.xz" "$out/part-"
@@ -139,7 +146,11 @@ run() {
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   install) shift; install "$@" ;;
-  seal) shift; [ $# = 2 ] && [ -d "$1" ] || die "usage: bash scripts/gpu-kit.sh seal STAGE_DIR SIZE"; seal "$@" ;;
+  seal) shift
+    [ $# = 2 ] || die "usage: bash scripts/gpu-kit.sh seal STAGE_DIR SIZE"
+    stage=$(cd "$CALLER" && realpath -e -- "$1" 2>/dev/null) && [ -d "$stage" ] ||
+      die "seal: $1 is not a folder (paths are taken from where you run the script)."
+    seal "$stage" "$2" ;;
   run) shift; run "$@" ;;
   *) die "usage: bash scripts/gpu-kit.sh pack [PART_MIB] | install | run [--dry-run] [KEY=VALUE ...]" ;;
 esac

@@ -330,7 +330,7 @@ def test_cuda_libraries_preloaded_quietly_for_the_torch_free_predictor(monkeypat
 # --- scripts/gpu-kit.sh: the parts join into the packed kit, or it says which fix --------------------------
 
 
-def _kit_checkout(tmp_path, python=None, contents=True, old_format=False):
+def _kit_checkout(tmp_path, python=None, contents=True, old_format=False):  # contents=False: CONTENTS dropped
     """A scratch checkout with scripts/gpu-kit.sh and a kit sealed by the script itself in parts of 1 KiB, packed
     for this Python unless ``python`` names another; ``old_format``: SHA256 holds only the whole kit's checksum,
     as kits sealed before the parts had their own."""
@@ -343,10 +343,18 @@ def _kit_checkout(tmp_path, python=None, contents=True, old_format=False):
     (stage / "site" / "kitpkg" / "blob").write_bytes(os.urandom(5000))  # incompressible: several parts
     (stage / "glue" / "SST-2").mkdir(parents=True)
     here = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True)
-    if contents:
-        (stage / "CONTENTS").write_text(f"python {python or here.stdout.decode().strip()}\nkitpkg==1\n")
+    (stage / "CONTENTS").write_text(f"python {python or here.stdout.decode().strip()}\nkitpkg==1\n")
     r = _kit(root, "seal", ".gpukit/stage", "1K")
     assert r.returncode == 0 and not stage.exists(), r.stderr
+    if not contents:  # a kit some other tool made: the same parts, a tarball without CONTENTS
+        kit = root / ".gpukit"
+        subprocess.run(
+            "cat part-* | xz -d | tar --delete ./CONTENTS | xz > k && rm part-* SHA256", shell=True, cwd=kit, check=True
+        )
+        resealed = "split -b 1K -d -a 2 k part- && sha256sum part-* > SHA256 && mv k kit.tar.xz"
+        subprocess.run(
+            resealed + " && sha256sum kit.tar.xz >> SHA256 && rm kit.tar.xz", shell=True, cwd=kit, check=True
+        )
     if old_format:
         sha = root / ".gpukit" / "SHA256"
         sha.write_text("".join(ln + "\n" for ln in sha.read_text().splitlines() if ln.endswith("kit.tar.xz")))
@@ -399,6 +407,38 @@ def test_gpu_kit_of_the_older_format_and_kits_that_are_not_kits(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
+def test_gpu_kit_seal_checks_everything_before_the_stage_goes(tmp_path):
+    """seal deletes its stage once sealed, so a wrong size, a folder that is no stage, a folder that already holds
+    a kit, or a relative path (taken from where the user stands, not the checkout) must change nothing."""
+    root = _kit_checkout(tmp_path / "a")
+    for name in ("stage", "notes"):
+        (tmp_path / "work" / name / "site").mkdir(parents=True)
+    (tmp_path / "work" / "stage" / "CONTENTS").write_text("python 3.12\n")
+    (tmp_path / "work" / "notes" / "site" / "mine.txt").write_text("keep me")
+    (tmp_path / "work" / "notes" / "site").rename(tmp_path / "work" / "notes" / "keep")
+
+    def seal(*args):
+        cmd = ["bash", str(root / "scripts" / "gpu-kit.sh"), "seal", *args]
+        return subprocess.run(cmd, cwd=tmp_path / "work", capture_output=True, text=True)
+
+    for size in ("abc", "0", "-1", "1.5K", ""):
+        r = seal("stage", size)
+        assert r.returncode == 2 and "SIZE must be" in r.stderr, (size, r.stderr)
+    r = seal("notes", "1K")
+    assert r.returncode == 2 and "not a kit stage" in r.stderr and (tmp_path / "work" / "notes" / "keep").is_dir()
+    r = seal(str(root / ".gpukit" / "again"), "1K")  # no such folder
+    assert r.returncode == 2 and "is not a folder" in r.stderr
+    shutil.copytree(tmp_path / "work" / "stage", root / ".gpukit" / "stage")
+    r = subprocess.run(
+        ["bash", "scripts/gpu-kit.sh", "seal", ".gpukit/stage", "1K"], cwd=root, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "already holds a kit's parts" in r.stderr and (root / ".gpukit" / "stage").is_dir()
+    assert (tmp_path / "work" / "stage").is_dir() and not (tmp_path / "work" / "SHA256").exists()
+    r = seal("stage", "1K")  # relative to where the user stands
+    assert r.returncode == 0 and (tmp_path / "work" / "SHA256").is_file() and not (tmp_path / "work" / "stage").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("xz"), reason="bash, xz and coreutils")
 def test_gpu_kit_refuses_a_kit_packed_for_another_python(tmp_path):
     root = _kit_checkout(tmp_path, python="2.7")
     r = _kit(root, "install")
@@ -420,7 +460,7 @@ def test_gpu_kit_and_gpu_check_refuse_bad_arguments(tmp_path):
         (["pack", "lots"], "whole number of MiB"),
         (["pack", "99999999999999999999"], "from 1 to 9999"),
         (["pack", "60", "more"], "usage"),
-        (["seal", "nowhere", "1K"], "usage"),
+        (["seal", "nowhere", "1K"], "is not a folder"),
         (["run"], "install' first"),
         (["unpack"], "usage"),
     ):
