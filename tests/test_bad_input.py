@@ -119,6 +119,8 @@ def _hostile_files(d: Path, tiny_bert: Path, glue_dir: Path) -> None:
     (d / "a_folder.csv").mkdir()
     (d / "elsewhere").mkdir()
     os.symlink(d / "elsewhere", d / "exported" / "linked")
+    (d / "exported" / "aside").mkdir()
+    os.symlink(d / "elsewhere", d / "exported" / "aside" / "superseded")
     (d / "glue_blank" / "SST-2").mkdir(parents=True)
     train = (glue_dir / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
     (d / "glue_blank" / "SST-2" / "train.tsv").write_text("\n".join(train[:20] + ["   \t1"] + train[20:40]) + "\n")
@@ -385,6 +387,7 @@ CASES = [
     Case("csv_duplicate_header", ("task.train_file=dup_header.csv",), ("dup_header.csv line 1", "more than once")),
     Case("data_path_is_a_folder", ("task.train_file=a_folder.csv",), ("a_folder.csv is not a regular file",)),
     Case("nul_in_a_path", ("task.train_file='train.csv\0'",), ("task.train_file: the value holds a NUL character",)),
+    Case("superseded_is_a_link", ("--run-name", "aside"), ("aside/superseded is a symbolic link", "real folder")),
     Case("run_folder_is_a_link", ("--run-name", "linked"), ("exported/linked is a symbolic link", "real folder")),
     Case(
         "glue_blank_sentence",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -353,3 +354,38 @@ def test_a_rerun_that_publishes_less_sets_the_earlier_results_aside(tmp_path):
     assert (run / "superseded" / "deploy" / "onnx" / "model.onnx").read_text() == "old bundle"
     assert not (run / "superseded" / "deploy" / "older").exists() and (run / "REPORT.md").exists()
     assert len(logs) == 1 and "deploy" in logs[0] and "earlier run's" in logs[0]
+
+
+def test_published_names_that_are_links_or_files_are_replaced_never_followed(tmp_path):
+    """What stands at a published name (a link, a file where a folder goes) is replaced, never what a link points
+    at; a `superseded` that is a link or a file is refused before anything moves (it would carry the earlier
+    results out of the run folder and replace what is at its other end)."""
+    from types import SimpleNamespace
+
+    from compresstune.errors import UserError
+    from compresstune.stages.report import _publish, _set_aside_superseded
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (outside / "deploy").mkdir(parents=True)
+    (outside / "deploy" / "precious.txt").write_text("keep")
+    (run / "src" / "deploy").mkdir(parents=True)
+    (run / "src" / "deploy" / "model.onnx").write_text("new")
+    (run / "deploy").symlink_to(outside / "deploy")
+    _publish(run / "src" / "deploy", run / "deploy")
+    assert not (run / "deploy").is_symlink() and (run / "deploy" / "model.onnx").read_text() == "new"
+    assert (outside / "deploy" / "precious.txt").read_text() == "keep"
+    (run / "model.onnx").mkdir()  # a folder where a file is published, and a file where a folder is
+    (run / "src" / "model.onnx").write_text("m")
+    _publish(run / "src" / "model.onnx", run / "model.onnx")
+    assert (run / "model.onnx").read_text() == "m"
+    shutil.rmtree(run / "deploy")
+    (run / "deploy").write_text("a file")
+    _publish(run / "src" / "deploy", run / "deploy")
+    assert (run / "deploy" / "model.onnx").read_text() == "new"
+    ctx = SimpleNamespace(run_dir=run, name="report", log=lambda s: None)
+    for aside in ("link", "file"):
+        (run / "superseded").symlink_to(outside) if aside == "link" else (run / "superseded").write_text("x")
+        with pytest.raises(UserError, match="superseded is (a symbolic link|not a folder)"):
+            _set_aside_superseded(ctx, ["REPORT.md"])
+        assert (run / "deploy" / "model.onnx").exists() and (outside / "deploy" / "precious.txt").exists()
+        (run / "superseded").unlink()

@@ -233,6 +233,14 @@ def _check_run_folder(run_dir: Path, add: Add) -> None:
         return
     links = [p.name for p in run_dir.glob("[0-9][0-9]_*") if p.is_symlink() and not p.name.endswith(".old")]
     links = links if run_dir.is_dir() else []  # a link left as a set-aside ".old" folder is removed by the run
+    aside = run_dir / "superseded"  # where the report sets an earlier run's published results aside
+    if run_dir.is_dir() and (aside.is_symlink() or (aside.exists() and not aside.is_dir())):
+        add(
+            key,
+            f"output folder: {aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}; the report "
+            "moves an earlier run's published results there, so it must be a real folder inside the run folder. "
+            "Move it away (a link's target is not touched).",
+        )
     if links:
         add(
             key,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..config.results import ExportResult, StageRecord, last_of, stage_records
+from ..errors import UserError
 from ..machine import profile, versions
 from ..manifest import write_json_atomic
 from . import report_md as md
@@ -19,17 +20,29 @@ from .report_plots import decision_plots, training_curve
 
 def _publish(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst``, replacing it atomically. A copy, never a hard link: a file edited or replaced at
-    the top of the run folder must not change the stage output it was published from."""
+    the top of the run folder must not change the stage output it was published from. What stood at ``dst`` (a
+    file, a folder, a link: the link itself, never what it points at) is replaced."""
     tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    _remove(tmp)
     if src.is_dir():
         shutil.copytree(src, tmp)
     else:
         shutil.copy2(src, tmp)
-    if dst.is_dir():
+    if dst.is_symlink() or dst.is_dir() != src.is_dir():
+        _remove(dst)
+    elif dst.is_dir():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
+
+
+def _remove(p: Path) -> None:
+    """``p`` gone, whatever it is: a link (not its target), a file or a folder."""
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
 
 
 @register
@@ -38,6 +51,7 @@ class ReportStage(Stage):
     uses_model_and_task = False
 
     def run(self, ctx: StageContext) -> dict:
+        _aside_folder(ctx)  # checked before any work
         known = stage_records(ctx.run_dir)
         records = {
             ref.name: (known.get(ref.name) or StageRecord(name=ref.name, type=ref.type)).model_copy(
@@ -97,24 +111,18 @@ class ReportStage(Stage):
         return text, pngs
 
     def _publish_all(self, ctx: StageContext, records: dict[str, StageRecord], pngs: list[str]) -> list[str]:
-        out = []
-        for name in ("REPORT.md", "report.json", "training_curve.png", *pngs):
-            if (ctx.out_dir / name).exists():
-                _publish(ctx.out_dir / name, ctx.run_dir / name)
-                out.append(name)
+        sources = {n: ctx.out_dir / n for n in ("REPORT.md", "report.json", "training_curve.png", *pngs)}
         ship_rec = last_of(records, "ship")
-        if ship_rec is not None and (ctx.run_dir / ship_rec.output / "deploy").is_dir():
-            _publish(ctx.run_dir / ship_rec.output / "deploy", ctx.run_dir / "deploy")
-            out.append("deploy")
+        if ship_rec is not None:
+            sources["deploy"] = ctx.run_dir / ship_rec.output / "deploy"
         export_rec = last_of(records, "export")
         if export_rec is not None:
-            src = ctx.run_dir / export_rec.output
-            for name in ("model.onnx", "tokenizer", "labels.json"):
-                if (src / name).exists():
-                    _publish(src / name, ctx.run_dir / name)
-                    out.append(name)
-        _set_aside_superseded(ctx, out)
-        return out
+            sources.update({n: ctx.run_dir / export_rec.output / n for n in ("model.onnx", "tokenizer", "labels.json")})
+        sources = {n: p for n, p in sources.items() if p.exists()}
+        _set_aside_superseded(ctx, list(sources))  # first: a run folder never shows this run's report beside old files
+        for name, src in sources.items():
+            _publish(src, ctx.run_dir / name)
+        return list(sources)
 
 
 # every name the report publishes at the top of the run folder
@@ -131,20 +139,28 @@ PUBLISHED = (
 )
 
 
+def _aside_folder(ctx: StageContext) -> Path:
+    """``RUN/superseded``, refused (before the report does any work) unless it is a real folder or absent: a link
+    there would move an earlier run's results out of the run folder, and replace what is at its other end."""
+    aside = ctx.run_dir / "superseded"
+    if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+        raise UserError(
+            f"{aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}; the report sets an earlier "
+            "run's results aside there, inside the run folder. Move it away and rerun: the finished stages are kept."
+        )
+    return aside
+
+
 def _set_aside_superseded(ctx: StageContext, published: list[str]) -> None:
     """A published name this run did not publish again (a rerun that shipped nothing, no longer exports, or has
     no training curve) is an earlier run's result: it moves to ``superseded/`` (replacing an older one there),
     where it is neither lost nor taken for this run's."""
-    for name in PUBLISHED:
-        old = ctx.run_dir / name
-        if name in published or not (old.exists() or old.is_symlink()):
-            continue
-        dst = ctx.run_dir / "superseded" / name
-        dst.parent.mkdir(exist_ok=True)
-        if dst.is_dir() and not dst.is_symlink():
-            shutil.rmtree(dst)
-        elif dst.exists() or dst.is_symlink():
-            dst.unlink()
+    aside = _aside_folder(ctx)
+    here = [n for n in PUBLISHED if (ctx.run_dir / n).exists() or (ctx.run_dir / n).is_symlink()]
+    for name in (n for n in here if n not in published):
+        old, dst = ctx.run_dir / name, aside / name
+        aside.mkdir(exist_ok=True)
+        _remove(dst)
         os.replace(old, dst)
         ctx.log(f"[{ctx.name}] {name} at the top of the run folder was an earlier run's result: moved to {dst}")
 
