@@ -59,9 +59,13 @@ def inside(root, rel, what: str) -> Path:
     p = Path(root) / rel
     if not is_inside(p, root):
         if Path(os.path.abspath(p)).is_relative_to(os.path.abspath(root)):  # by name inside: a link leads out
+            try:
+                where = f"leads outside {root} (to {p.resolve(strict=False)})"
+            except (OSError, RuntimeError, ValueError):  # a loop of links
+                where = "leads nowhere (a loop of links)"
             raise UserError(
-                f"{p} is a symbolic link that leads outside {root} (to {p.resolve()}); refusing to read or write "
-                "there: put the file itself in its place."
+                f"{p} is (or lies under) a symbolic link that {where}; refusing to read or write there: put the "
+                "file itself in its place."
             )
         raise UserError(f"{what}: {rel!r} points outside {root}; refusing to read or write there.")
     return p
