@@ -416,6 +416,10 @@ CASES = [
     Case("bf16_word", ("finetune.bf16=maybe",), ("finetune.bf16: expected true or false, or 'auto' (got 'maybe')",)),
     Case("switch_as_number", ("finetune.bf16=1",), ("finetune.bf16: expected true or false, or 'auto' (got 1)",)),
     Case("switch_as_quoted_word", ("export.reduce_range='off'",), ("export.reduce_range: expected true or false",)),
+    Case(
+        "unknown_key_named_like_a_type", ("finetune.none=3", "task.list=1"), ("finetune.none: unknown key", "task.list")
+    ),
+    Case("nested_unknown_key_named_none", ("export.tolerances.none=1",), ("export.tolerances.none: unknown key",)),
     Case("nested_unknown_key", ("export.tolerances.fp32=1",), ("export.tolerances.fp32: unknown key", "logits_fp16")),
     # --- malformed or oversized pipeline files ------------------------------------------------------------------
     Case("yaml_billion_laughs", (), ("laughs.yaml", "aliases expand to more than 100,000 values"), file="laughs.yaml"),

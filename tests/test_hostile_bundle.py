@@ -188,7 +188,9 @@ def test_bundle_files_that_are_links_folders_or_too_many_are_named(tmp_path, bun
     (b / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
     (tmp_path / "elsewhere.json").write_text("{}")
     r = _cli(["verify", b])
-    assert r.exit_code == 2 and "tokenizer.json is (or lies under) a symbolic link that leads outside" in r.output, r.output
+    assert r.exit_code == 2 and "tokenizer.json is (or lies under) a symbolic link that leads outside" in r.output, (
+        r.output
+    )
     (b / "tokenizer.json").unlink()
     (b / "tokenizer.json").symlink_to("tokenizer.json")  # a loop of links
     r = _cli(["verify", b])

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,7 +243,7 @@ def _validate_section(model_cls, data, path: tuple, problems: Problems):
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        for err in _fold_unions(exc.errors()):
+        for err in _fold_unions(model_cls, exc.errors()):
             loc = tuple(err["loc"])
             dotted = ".".join(map(str, path + loc))
             msg = err["msg"]
@@ -257,35 +259,52 @@ def _validate_section(model_cls, data, path: tuple, problems: Problems):
         return None
 
 
+def _nested_section(annotation):
+    """The settings class a field holds (``tolerances`` in export), None for a plain value."""
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    for m in members or (annotation,):
+        if isinstance(m, type) and hasattr(m, "model_fields"):
+            return m
+    return None
+
+
 def _keys_at(model_cls, loc: tuple) -> set[str]:
     """The settings keys of the (nested) section at ``loc`` inside ``model_cls`` (``tolerances`` in export)."""
     for key in loc:
         field = model_cls.model_fields.get(key) if isinstance(key, str) else None
-        nested = getattr(field, "annotation", None)
-        if not (isinstance(nested, type) and hasattr(nested, "model_fields")):
+        nested = _nested_section(getattr(field, "annotation", None)) if field is not None else None
+        if nested is None:
             break
         model_cls = nested
     return set(model_cls.model_fields)
 
 
-_TYPE_TAGS = {"bool", "int", "float", "str", "bytes", "list", "dict", "tuple", "set", "none", "decimal", "path"}
+def _clean_loc(model_cls, loc: tuple) -> tuple[tuple, bool]:
+    """An error location without pydantic's union-member tags (``list[int]``, ``literal['auto']``,
+    ``function-after[...]``), and whether there were any. Walked against the settings classes: a settings key
+    or a list index is kept whatever it is called, so an unknown key named ``none`` or ``list`` stays."""
+    out, section, tagged = [], model_cls, False
+    for x in loc:
+        fields = getattr(section, "model_fields", None)
+        if isinstance(x, int) or (fields is not None and x in fields):
+            section = _nested_section(fields[x].annotation) if fields is not None and x in fields else None
+            out.append(x)
+        elif fields is not None:  # a key its section does not have: the unknown key itself
+            out.append(x)
+            section = None
+        else:  # inside a value: a union member's tag, or a key of a plain mapping
+            tagged = True
+    return tuple(out), tagged
 
 
-def _member_tag(x) -> bool:
-    """A union member's tag in a pydantic error location (``list[int]``, ``bool``, ``function-after[...]``),
-    not a settings key or a list index."""
-    return isinstance(x, str) and ("[" in x or x in _TYPE_TAGS or x.startswith(("function-", "constrained-")))
-
-
-def _fold_unions(errors: list[dict]) -> list[dict]:
+def _fold_unions(model_cls, errors: list[dict]) -> list[dict]:
     """pydantic reports a value that fits no member of a union (``list[...] | Literal["auto"]``) once per member,
     each under the member's tag (``function-after[...]``, ``literal['auto']``) in its location: one error per
     place instead, the tags dropped, with the literal members as the alternative (``..., or 'auto'``)."""
     out: list[dict] = []
     alternatives: dict[tuple, list[str]] = {}
     for err in errors:
-        loc = tuple(x for x in err["loc"] if not _member_tag(x))
-        tagged = len(loc) != len(err["loc"])
+        loc, tagged = _clean_loc(model_cls, tuple(err["loc"]))
         if tagged and err["type"] == "literal_error" and len(loc) == 1:
             alternatives.setdefault(loc, []).append(str((err.get("ctx") or {}).get("expected", "")))
             continue
