@@ -470,13 +470,25 @@ def test_a_tampered_verification_set_is_refused(proj, tmp_path, edit):
         ["bench", "memory", "--task", "sst2", "--methods", "full", "--out", "BUNDLE"],
         ["bench", "finetune", "--task", "sst2", "--methods", "full", "--out", "AFILE/runs"],
         ["web", "BUNDLE", "--out", "AFILE"],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", "1x8", "--out", "DANGLING"],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", "1x8", "--out", ""],
+        ["bench", "onnx", "BUNDLE/model.onnx", "--no-footprint", "--shapes", "1x8", "--out", "COMPANION/r.json"],
+        ["web", "BUNDLE", "--out", "DANGLING"],
         ["search", "SEARCH.yaml", "--export-candidates", "AFILE/x"],
     ],
 )
 def test_out_of_range_flags_are_refused(proj, tmp_path, args):
     bundle = _bundle(proj, tmp_path)
     (tmp_path / "afile").write_text("a file, not a folder")
-    named = {"NOWHERE": tmp_path / "no" / "such", "AFILE": tmp_path / "afile", "BUNDLE": bundle}
+    (tmp_path / "dangling").symlink_to(tmp_path / "no" / "such")
+    (tmp_path / "companion" / "r.md").mkdir(parents=True)  # where `bench onnx --out r.json` writes its table
+    named = {
+        "NOWHERE": tmp_path / "no" / "such",
+        "AFILE": tmp_path / "afile",
+        "DANGLING": tmp_path / "dangling",
+        "COMPANION": tmp_path / "companion",
+        "BUNDLE": bundle,
+    }
     for key, path in named.items():
         args = [a.replace(key, str(path)) for a in args]
     r = _cli(args, tmp_path)

@@ -62,29 +62,44 @@ def _existing_ancestor(p: Path) -> Path:
 
 def out_file(ctx, param, value):
     """``--out FILE`` checked before any work (a measurement must not be lost to a path that cannot be written
-    at its end): its folder exists and can be written, and the path is not a folder."""
+    at its end): its folder exists and can be written, the path is no folder and no dangling link, and the file
+    written beside it (``.md`` or ``.json``) is no folder either. ``~`` is the home folder, as in a shell."""
     if value is None:
         return None
-    p = Path(value)
+    if not str(value).strip():
+        raise click.BadParameter("an empty path; give a file path.", ctx=ctx, param=param)
+    p = Path(os.path.expanduser(value))
     folder = p.parent if str(p.parent) else Path(".")
     problem = None
     if p.is_dir():
         problem = "is a folder; give a file path"
+    elif p.is_symlink() and not p.exists():
+        problem = f"is a symbolic link to {os.readlink(p)}, which does not exist; give another path"
+    elif folder.exists() and not folder.is_dir():
+        problem = f"cannot be written: {folder} is a file, not a folder"
     elif not folder.is_dir():
         problem = f"cannot be written: its folder {folder} does not exist (create it first, or give another path)"
     elif not os.access(folder, os.W_OK):
         problem = f"cannot be written: its folder {folder} is not writable by this user"
+    elif any(p.with_suffix(x).is_dir() for x in (".md", ".json")):
+        problem = "cannot be written with its .md/.json companion beside it: a folder has that name"
     if problem:
         raise click.BadParameter(f"{value} {problem}.", ctx=ctx, param=param)
-    return value
+    return str(p)
 
 
 def out_dir(ctx, param, value):
     """``--out DIR`` checked before any work: not a file, and it or the nearest folder above it that exists (the
-    rest is created) can be written."""
+    rest is created) can be written. ``~`` is the home folder, as in a shell."""
     if value is None:
         return None
-    p = Path(value)
+    if not str(value).strip():
+        raise click.BadParameter("an empty path; give a folder path.", ctx=ctx, param=param)
+    p = Path(os.path.expanduser(value))
+    if p.is_symlink() and not p.exists():
+        raise click.BadParameter(
+            f"{value} is a symbolic link to {os.readlink(p)}, which does not exist.", ctx=ctx, param=param
+        )
     if p.exists() and not p.is_dir():
         raise click.BadParameter(f"{value} is a file, not a folder; give a folder path.", ctx=ctx, param=param)
     base = _existing_ancestor(p)
@@ -94,4 +109,4 @@ def out_dir(ctx, param, value):
             ctx=ctx,
             param=param,
         )
-    return value
+    return str(p)
