@@ -184,6 +184,13 @@ def test_bundle_files_that_are_links_folders_or_too_many_are_named(tmp_path, bun
     (b / "verify.json").write_text(json.dumps(many))
     r = _cli(["verify", b])
     assert r.exit_code == 2 and "12,000 inputs is not a verification set (at most 10,000" in r.output, r.output
+    long = {**rec, "inputs": ["a fine film " * 5000] + ["dull"] * (len(rec["inputs"]) - 1)}  # 60,000 characters
+    (b / "verify.json").write_text(json.dumps(long))
+    r = _cli(["verify", b])
+    assert r.exit_code == 2 and "longer than 50,000 characters" in r.output, r.output
+    write_verification_set(b, ["dull " * 20000, "a fine film"], seed=0)  # stored cut, and it checks
+    assert max(len(x) for x in json.loads((b / "verify.json").read_text())["inputs"]) == 50_000
+    assert _cli(["verify", b]).exit_code == 0
     (b / "tokenizer.json").unlink()
     (b / "tokenizer.json").symlink_to(tmp_path / "elsewhere.json")
     (tmp_path / "elsewhere.json").write_text("{}")

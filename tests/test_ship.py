@@ -168,8 +168,8 @@ def test_the_bundle_verifies_itself_without_torch(shipped, tmp_path):
     (other / "verify.json").write_text(json.dumps(rec))
     r = CliRunner().invoke(main, ["verify", str(other)])
     assert r.exit_code == 3 and "label agreement 100.00%" in r.output and "computes the model differently" in r.output
-    # same machine class, same provider: the advice names the two machines, not a VNNI problem this CPU lacks
-    assert "reduce_range" not in r.output and "build it on a machine of this class" in r.output, r.output
+    # the build machine's class, onnxruntime and provider: not a VNNI problem, but a changed model or set
+    assert "reduce_range" not in r.output and "likely changed after the bundle was written" in r.output, r.output
     r = CliRunner().invoke(main, ["verify", str(other), "--max-median-diff", "0.1", "--json"])
     res = json.loads(r.output)
     assert r.exit_code == 0 and res["passed"] and abs(res["median_abs_logit_diff"] - 0.05) < 1e-3
@@ -214,6 +214,9 @@ def test_verify_advice_follows_what_differs(shipped, tmp_path, monkeypatch):
     made = {k: v for k, v in good.items() if k != "made_on"}
     r = verify_with(made)
     assert r.exit_code == 2 and "made_on (the build machine's record) is missing" in r.output, r.output
+    for odd in ({}, {**good["made_on"], "provider": "tpu"}, {**good["made_on"], "provider": ["cpu"]}):
+        r = verify_with({**good, "made_on": odd})
+        assert r.exit_code == 2 and "made_on does not say the build machine" in r.output, (odd, r.output)
 
 
 def test_verify_refuses_hostile_verification_sets_whole(shipped, tmp_path, monkeypatch):

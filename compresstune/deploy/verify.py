@@ -72,6 +72,11 @@ def machine_record(provider: str = "cpu") -> dict:
     }
 
 
+def _cut(x):
+    """A text (or each text of a pair) cut to ``MAX_INPUT_CHARS``."""
+    return x[:MAX_INPUT_CHARS] if isinstance(x, str) else type(x)(t[:MAX_INPUT_CHARS] for t in x)
+
+
 def _as_inputs(texts: list) -> list:
     return [t if isinstance(t, str) else tuple(t) for t in texts]
 
@@ -83,7 +88,7 @@ def write_verification_set(
     logits in ``bundle_dir/verify.json``; returns its summary."""
     bundle = Path(bundle_dir)
     pick = sorted(random.Random(seed).sample(range(len(texts)), min(n, len(texts))))
-    inputs = [texts[i] for i in pick]
+    inputs = [_cut(texts[i]) for i in pick]
     pred = Predictor(bundle, provider=provider)
     logits = pred.logits(_as_inputs(inputs), batch_size=batch_size, warn=False)
     rec = {
@@ -103,6 +108,10 @@ def write_verification_set(
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_FILE_BYTES = 64 << 20  # a verification set of a few hundred inputs is well under 1 MB
 MAX_EXAMPLES = 10_000
+# a text past this many characters is past every max_length (4096 tokens) anyway: stored cut there, so that a
+# check on a device takes seconds (a 40 MB input took 1 min 44 s)
+MAX_INPUT_CHARS = 50_000
+MAX_TOTAL_CHARS = 16_000_000
 
 
 def _load(bundle: Path) -> dict:
@@ -159,8 +168,13 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
     bs = rec.get("batch_size", 32)
     if not isinstance(bs, int) or isinstance(bs, bool) or not 1 <= bs <= 65536:
         out.append(f"batch_size {bs!r:.40} is not an integer from 1 to 65536")
-    if not isinstance(rec.get("made_on"), dict):
+    made = rec.get("made_on")
+    if not isinstance(made, dict):
         out.append("made_on (the build machine's record) is missing or not a record")
+    elif made.get("provider") not in ("cpu", "cuda") or not all(
+        isinstance(made.get(k), str) for k in ("isa", "machine")
+    ):
+        out.append("made_on does not say the build machine (its provider cpu or cuda, its isa and machine)")
 
     def fits(x) -> bool:
         if n_fields == 1:
@@ -170,6 +184,15 @@ def _record_problems(rec: dict, pred: Predictor) -> list[str]:
     bad = [i for i, x in enumerate(rec["inputs"]) if not fits(x)]
     if bad:
         out.append(f"inputs {bad[:5]} are not {n_fields} non-empty text(s) each")
+    else:
+        sizes = [len(x) if isinstance(x, str) else max(map(len, x)) for x in rec["inputs"]]
+        long = [i for i, n in enumerate(sizes) if n > MAX_INPUT_CHARS]
+        if long or sum(sizes) > MAX_TOTAL_CHARS:
+            out.append(
+                f"inputs {long[:5]} are longer than {MAX_INPUT_CHARS:,} characters (bundles store texts cut there)"
+                if long
+                else f"its texts hold {sum(sizes):,} characters (at most {MAX_TOTAL_CHARS:,})"
+            )
 
     def row_ok(r) -> bool:
         nums = isinstance(r, list) and len(r) == width
@@ -311,6 +334,13 @@ def _advice(res: dict) -> str:
         return (
             "its int8 weights use 8 bits, whose sums can saturate on an x86 CPU without VNNI like this one; rebuild "
             "it with export.reduce_range=true (the default since 2026-12-06), or ship the fp32 / optimized variant."
+        )
+    if all(made.get(k) == here.get(k) for k in ("isa", "onnxruntime", "provider")):
+        return (
+            f"this machine is of the build machine's class ({here.get('isa')}, onnxruntime {here.get('onnxruntime')}, "
+            f"{here['provider']} provider), so the bundle's model or its verify.json was likely changed after the "
+            "bundle was written (or this CPU differs in a way its class does not show): rebuild the bundle and "
+            "check it again."
         )
     return (
         f"this machine ({here.get('isa')}, onnxruntime {here.get('onnxruntime')}) computes its "
