@@ -416,6 +416,8 @@ CASES = [
     Case("bf16_word", ("finetune.bf16=maybe",), ("finetune.bf16: expected true or false, or 'auto' (got 'maybe')",)),
     Case("switch_as_number", ("finetune.bf16=1",), ("finetune.bf16: expected true or false, or 'auto' (got 1)",)),
     Case("switch_as_quoted_word", ("export.reduce_range='off'",), ("export.reduce_range: expected true or false",)),
+    Case("number_as_switch", ("finetune.epochs=true",), ("finetune.epochs: expected a number, not true or false",)),
+    Case("numbers_as_switches", (BENCH, "benchmark.shapes=[[true,16]]"), ("benchmark.shapes: expected a number",)),
     Case(
         "unknown_key_named_like_a_type", ("finetune.none=3", "task.list=1"), ("finetune.none: unknown key", "task.list")
     ),
