@@ -146,7 +146,7 @@ def onednn_cap(env=None) -> tuple[str, str] | None:
     would apply (unset, ``ALL``/``DEFAULT``, an AMX level, or a value oneDNN does not know and ignores)."""
     env = os.environ if env is None else env
     for var in ONEDNN_CAP_VARIABLES:  # ONEDNN_ wins over the older DNNL_ name, as in oneDNN
-        value = (env.get(var) or "").strip()
+        value = env.get(var) or ""  # not stripped: oneDNN ignores " avx2 " (measured with ONEDNN_VERBOSE)
         if value:
             return (var, value) if _ONEDNN_CAPS.get(value.lower()) is not None else None
     return None

@@ -193,7 +193,7 @@ def _check_machine(cfg: PipelineConfig, add: Add) -> None:
 
 def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
     """``bf16: true`` where the device has no native bf16: a run that would take 20-30x longer than fp32."""
-    from ..machine import BF16_COST, cpu_profile, describe, native_bf16
+    from ..machine import BF16_COST, ONEDNN_CAP_VARIABLES, cpu_profile, describe, native_bf16
 
     for name, c in cfg.stages.items():
         if getattr(c, "bf16", None) is not True or native_bf16(device):
@@ -209,9 +209,10 @@ def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
             where = f"this CPU ({describe(p)}) has no native bf16"
             if p.get("torch_isa_capped_by"):
                 (var, value), *_ = p["torch_isa_capped_by"].items()
+                unset = " and ".join(v for v in ONEDNN_CAP_VARIABLES if os.environ.get(v))
                 where = (
                     f"PyTorch is capped to {p['torch_isa']} by {var}={value}, so on this CPU ({describe(p)}) it "
-                    f"runs no native bf16 (unset {var} for the CPU's own bf16)"
+                    f"runs no native bf16 (unset {unset} for the CPU's own bf16)"
                 )
         add(
             (name, "bf16"),
