@@ -122,7 +122,7 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
         (lambda t: t.replace("search:\n", "serch:\n"), "serch: unknown key"),
         (lambda t: t[: t.index("search:")], "search: missing"),
         (lambda t: t.replace("budget: {size_mb: 1.2,", "budget: {"), "give latency_ms, latency_fraction or size_mb"),
-        (lambda t: t.replace("keep: 0.5", "kep: 0.5"), "search.ladder.kep"),
+        (lambda t: t.replace("keep: 0.5", "kep: 0.5"), "search.ladder.kep: unknown key. Did you mean 'keep'?"),
         (lambda t: t.replace("ffn_ratio: [0.0, 0.5]", "ffn_ratio: [0.0, 1.5]"), "ratios lie in [0, 1)"),
         (lambda t: t.replace("ffn_ratio: 0.5, head_ratio: 0.0,", "mode: global, ffn_ratio: 0.5,"), "mode: uniform"),
         (lambda t: t.replace("distill, prune, finetune", "prune, finetune"), "no distill stage"),
@@ -141,6 +141,9 @@ def test_bad_search_sections_are_one_clear_error(tmp_path, tiny_bert, glue_dir, 
     r = CliRunner().invoke(main, ["search", str(p)])
     assert r.exit_code == 2, r.output
     assert expect in r.output and "Traceback" not in r.output and not (tmp_path / "exported").exists()
+    if expect != "search: missing":  # `pipeline validate` of a file with a search section checks it the same way
+        r = CliRunner().invoke(main, ["pipeline", "validate", str(p), "distill.student_layers=1"])
+        assert r.exit_code == 2 and expect in r.output and "Traceback" not in r.output, r.output
 
 
 def test_pareto_front():

@@ -148,8 +148,14 @@ def pipeline_validate(file, overrides, run_name, output_dir):
     data, the model's files and tokenizer, what each stage's settings need of the model, the
     machine (cuda asked for) and the run folder."""
     from ..config.preflight import check_pipeline
+    from ..config.yamlfile import read_pipeline_file
 
     cfg, _ = check_pipeline(file, overrides, run_name, output_dir)
+    _, raw = read_pipeline_file(Path(file))
+    if isinstance(raw, dict) and "search" in raw:  # read by `compresstune search`: checked as it checks it
+        from ..search.spec import load_search
+
+        load_search(file, overrides)
     click.echo(f"{file}: ok ({len(cfg.stages)} stages: {', '.join(f'{n} ({c.type})' for n, c in cfg.stages.items())})")
 
 

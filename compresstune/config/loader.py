@@ -119,7 +119,7 @@ def config_from_dict(
     stage_list = _check_stage_list(raw, problems)
     _check_top_level_keys(raw, stage_list, problems)
     seed, device = _check_globals(raw, problems)
-    task = _validate_section(TaskConfig, raw.get("task"), ("task",), problems)
+    task = validate_section(TaskConfig, raw.get("task"), ("task",), problems)
     stages = _validate_stages(raw, stage_list, problems)
     _check_stage_references(stages, stage_list, problems)
     _check_ship_shape(stages, problems)
@@ -233,7 +233,7 @@ def _check_globals(raw: dict, problems: Problems) -> tuple[int, str]:
     return seed, device
 
 
-def _validate_section(model_cls, data, path: tuple, problems: Problems):
+def validate_section(model_cls, data, path: tuple, problems: Problems):
     """``model_cls`` validated from ``data``, or None with every field problem recorded."""
     if data is None:
         data = {}
@@ -335,7 +335,7 @@ def _validate_stages(raw: dict, stage_list: list[str], problems: Problems) -> di
                 f"{name}: unknown stage type {stype!r}; known: {', '.join(types)}. Set `{name}: {{type: ...}}`.{hint}",
             )
             continue
-        cfg = _validate_section(cls, {**section, "type": stype}, (name,), problems)
+        cfg = validate_section(cls, {**section, "type": stype}, (name,), problems)
         if cfg is not None:
             stages[name] = cfg
     return stages

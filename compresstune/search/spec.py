@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config.loader import Problems, apply_overrides, line_map, yaml_load
+from ..config.loader import Problems, apply_overrides, line_map, validate_section, yaml_load
 from ..config.sections import PipelineConfig
 from ..errors import ConfigError
 from ..export.variants import searchable_variants
@@ -262,14 +262,9 @@ def load_search(path: str | Path, overrides=()) -> tuple[SearchConfig, PipelineC
         raise SearchProblem(src, problems.items)
     if not isinstance(raw.get("search"), dict):
         raise SearchProblem(src, ["search: missing; add a search section (budget, space, ladder). See docs/SEARCH.md."])
-    try:
-        spec = SearchConfig.model_validate(raw["search"])
-    except ValidationError as exc:
-        msgs = [
-            f"{problems.where(('search', *e['loc']))}search.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise SearchProblem(src, msgs) from None
+    spec = validate_section(SearchConfig, raw["search"], ("search",), problems)  # the pipeline's messages
+    if spec is None:
+        raise SearchProblem(src, problems.items)
     spec = _check_structure(spec, pcfg, src)
     check_rungs(spec, pcfg, src)
     return spec, pcfg
