@@ -160,9 +160,11 @@ def _set_aside_superseded(ctx: StageContext, published: list[str]) -> None:
     for name in (n for n in here if n not in published):
         old, dst = ctx.run_dir / name, aside / name
         aside.mkdir(exist_ok=True)
+        replaced = dst.exists() or dst.is_symlink()
         _remove(dst)
         os.replace(old, dst)
-        ctx.log(f"[{ctx.name}] {name} at the top of the run folder was an earlier run's result: moved to {dst}")
+        again = " (in place of the one set aside before it)" if replaced else ""
+        ctx.log(f"[{ctx.name}] {name} at the top of the run folder was an earlier run's result: moved to {dst}{again}")
 
 
 def _stage_json(r: StageRecord) -> dict:
