@@ -80,8 +80,12 @@ from transformers import AutoModelForSequenceClassification  # noqa: F401 - pull
 print("gpu-check: imports ok")
 PYCHECK
 start=$(date +%s)
+stamp=$(mktemp); trap 'rm -f "$stamp"' EXIT
 "${CT[@]}" pipeline run "$PIPE" device=cuda "$@" --no-progress
 echo "gpu-check: pipeline finished in $(( $(date +%s) - start )) s"
+# the table is this run's or none: an override that skips the report (--until, stages=) leaves an older one there
+[ exported/gpu-check/report.json -nt "$stamp" ] ||
+  fail "this run wrote no new exported/gpu-check/report.json (an override skipped the report stage?); the table would be an older run's"
 "$PY" - <<'PYTABLE'
 import json
 r = json.load(open("exported/gpu-check/report.json"))

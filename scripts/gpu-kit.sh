@@ -73,8 +73,9 @@ seal() {
   [ -d "$stage/site" ] && [ -f "$stage/CONTENTS" ] ||
     die "$stage is not a kit stage (it needs site/ and CONTENTS, as pack makes them); nothing was changed."
   out=$(dirname "$stage")
-  ! ls "$out"/part-* "$out/SHA256" >/dev/null 2>&1 ||
+  if compgen -G "$out/part-*" >/dev/null || [ -e "$out/SHA256" ] || [ -L "$out/SHA256" ]; then
     die "$out already holds a kit's parts or SHA256; move them away first (a kit is sealed into a clean folder)."
+  fi
   step=$(numfmt --from=iec "$size")
   tar -C "$stage" -cf - . | xz -T0 -6 >"$out/kit.tar.xz"
   rm -rf "$stage"
@@ -83,7 +84,7 @@ seal() {
   n=$(( (bytes + step - 1) / step ))
   while [ "$n" -ge $(( 10 ** digits )) ]; do digits=$((digits + 1)); done  # part-NN, or as many digits as it takes
   split -b "$size" -d -a "$digits" "$out/kit.tar.xz" "$out/part-"
-  (cd "$out" && sha256sum part-* kit.tar.xz >SHA256 && rm kit.tar.xz)
+  (cd "$out" && sha256sum part-* kit.tar.xz >SHA256 && rm kit.tar.xz)  # the folder held no part before
 }
 
 install() {
@@ -152,5 +153,5 @@ case "${1:-}" in
       die "seal: $1 is not a folder (paths are taken from where you run the script)."
     seal "$stage" "$2" ;;
   run) shift; run "$@" ;;
-  *) die "usage: bash scripts/gpu-kit.sh pack [PART_MIB] | install | run [--dry-run] [KEY=VALUE ...]" ;;
+  *) die "usage: bash scripts/gpu-kit.sh pack [PART_MIB] | install | run [--dry-run] [KEY=VALUE ...] | seal STAGE SIZE" ;;
 esac

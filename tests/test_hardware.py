@@ -437,6 +437,11 @@ def test_gpu_kit_seal_checks_everything_before_the_stage_goes(tmp_path):
         ["bash", "scripts/gpu-kit.sh", "seal", ".gpukit/stage", "1K"], cwd=root, capture_output=True, text=True
     )
     assert r.returncode == 2 and "already holds a kit's parts" in r.stderr and (root / ".gpukit" / "stage").is_dir()
+    for leftover in ("part-07", "SHA256"):  # either alone is enough to refuse
+        (tmp_path / "work" / leftover).write_text("from an older kit")
+        r = seal("stage", "1K")
+        assert r.returncode == 2 and "already holds" in r.stderr and (tmp_path / "work" / "stage").is_dir()
+        (tmp_path / "work" / leftover).unlink()
     assert (tmp_path / "work" / "stage").is_dir() and not (tmp_path / "work" / "SHA256").exists()
     r = seal("stage", "1K")  # relative to where the user stands
     assert r.returncode == 0 and (tmp_path / "work" / "SHA256").is_file() and not (tmp_path / "work" / "stage").exists()

@@ -121,6 +121,7 @@ def test_candidate_pipelines_drop_and_rewire_stages(tmp_path, tiny_bert, glue_di
     [
         (lambda t: t.replace("search:\n", "serch:\n"), "serch: unknown key"),
         (lambda t: t[: t.index("search:")], "search: missing"),
+        (lambda t: t[: t.index("search:")] + "search: 5\n", "search: not a mapping of settings (got 5)"),
         (lambda t: t.replace("budget: {size_mb: 1.2,", "budget: {"), "give latency_ms, latency_fraction or size_mb"),
         (lambda t: t.replace("keep: 0.5", "kep: 0.5"), "search.ladder.kep: unknown key. Did you mean 'keep'?"),
         (lambda t: t.replace("ffn_ratio: [0.0, 0.5]", "ffn_ratio: [0.0, 1.5]"), "ratios lie in [0, 1)"),
@@ -406,3 +407,13 @@ def test_ladder_notes_the_finalist_cut_and_survives_a_crashing_candidate(tmp_pat
     assert lad.run(cands) == []
     assert lad.results[cands[0].id]["error"] == "rung 0: RuntimeError: shape mismatch in one candidate"
     assert lad.results[cands[1].id]["stopped"] == "rung 0: not among the 1 finalists (search.ladder.finalists)"
+
+
+def test_validate_checks_a_search_section_set_by_overrides(tmp_path, tiny_bert, glue_dir):
+    """`pipeline validate` decides from the file with its overrides, as `compresstune search` reads it."""
+    p = tmp_path / "s.yaml"
+    p.write_text(SEARCH_YAML.format(model=tiny_bert, glue=glue_dir))
+    args = ["pipeline", "validate", str(p), "distill.student_layers=1"]
+    r = CliRunner().invoke(main, [*args, "search.budget.margin=true"])
+    assert r.exit_code == 2 and "search.budget.margin: expected a number, not true or false" in r.output, r.output
+    assert CliRunner().invoke(main, args).exit_code == 0

@@ -152,7 +152,10 @@ def pipeline_validate(file, overrides, run_name, output_dir):
 
     cfg, _ = check_pipeline(file, overrides, run_name, output_dir)
     _, raw = read_pipeline_file(Path(file))
-    if isinstance(raw, dict) and "search" in raw:  # read by `compresstune search`: checked as it checks it
+    searched = (isinstance(raw, dict) and "search" in raw) or any(
+        o.split("=")[0].split(".")[0] == "search" for o in overrides
+    )
+    if searched:  # a search section (in the file or set by an override) is read by `compresstune search`: checked so
         from ..search.spec import load_search
 
         load_search(file, overrides)

@@ -309,9 +309,12 @@ def _fold_unions(model_cls, errors: list[dict]) -> list[dict]:
             alternatives.setdefault(loc, []).append(str((err.get("ctx") or {}).get("expected", "")))
             continue
         out.append({**err, "loc": loc})
+    for err in out:  # the alternative belongs to the whole value, not to an item of a list
+        if err["loc"] in alternatives:
+            err["msg"] = f"{err['msg']}, or {' or '.join(alternatives.pop(err['loc']))}"
     for err in out:
         if err["loc"][:1] in alternatives:
-            err["msg"] = f"{err['msg']}, or {' or '.join(alternatives.pop(err['loc'][:1]))}"
+            err["msg"] = f"{err['msg']} (or, instead of the list, {' or '.join(alternatives.pop(err['loc'][:1]))})"
     for loc, expected in alternatives.items():  # a literal member was the only one to object
         out.append({"loc": loc, "msg": f"Input should be {' or '.join(expected)}", "type": "literal_error"})
     return out

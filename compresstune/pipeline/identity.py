@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from ..config.sections import PipelineConfig, TaskConfig
-from ..data.glue import GLUE_DIR_ENV, GLUE_TASKS, find_glue_dir
+from ..data.glue import GLUE_TASKS, find_glue_dir, glue_dir_env
 from ..manifest import write_json_atomic
 from ..models.resolve import resolve_model_path
 
@@ -114,7 +113,7 @@ def data_identity(task: TaskConfig, hashes: ContentHashes) -> dict:
     files = task_files(task)
     out: dict = {"data": {k: hashes.file(p) for k, p in files.items()} if files else f"hub:{task.name}"}
     if task.name != "custom" and not task.glue_dir:
-        out["glue_dir_env"] = os.environ.get(GLUE_DIR_ENV)
+        out["glue_dir_env"] = glue_dir_env()  # as the data is read: a blank value is no folder
     return out
 
 

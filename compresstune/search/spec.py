@@ -261,7 +261,8 @@ def load_search(path: str | Path, overrides=()) -> tuple[SearchConfig, PipelineC
     if problems.items:
         raise SearchProblem(src, problems.items)
     if not isinstance(raw.get("search"), dict):
-        raise SearchProblem(src, ["search: missing; add a search section (budget, space, ladder). See docs/SEARCH.md."])
+        what = "missing" if raw.get("search") is None else f"not a mapping of settings (got {raw['search']!r:.40})"
+        raise SearchProblem(src, [f"search: {what}; add a search section (budget, space, ladder). See docs/SEARCH.md."])
     spec = validate_section(SearchConfig, raw["search"], ("search",), problems)  # the pipeline's messages
     if spec is None:
         raise SearchProblem(src, problems.items)
