@@ -71,7 +71,7 @@ def out_file(ctx, param, value):
     p = Path(os.path.expanduser(value))
     folder = p.parent if str(p.parent) else Path(".")
     problem = None
-    if p.is_dir():
+    if p.is_dir() or str(value).endswith(("/", os.sep)):
         problem = "is a folder; give a file path"
     elif p.is_symlink() and not p.exists():
         problem = f"is a symbolic link to {os.readlink(p)}, which does not exist; give another path"
@@ -81,8 +81,10 @@ def out_file(ctx, param, value):
         problem = f"cannot be written: its folder {folder} does not exist (create it first, or give another path)"
     elif not os.access(folder, os.W_OK):
         problem = f"cannot be written: its folder {folder} is not writable by this user"
-    elif any(p.with_suffix(x).is_dir() for x in (".md", ".json")):
-        problem = "cannot be written with its .md/.json companion beside it: a folder has that name"
+    elif any(
+        p.with_suffix(x) != p and (p.with_suffix(x).is_dir() or p.with_suffix(x).is_symlink()) for x in (".md", ".json")
+    ):
+        problem = "cannot be written with its .md/.json companion beside it: a folder or a link has that name"
     if problem:
         raise click.BadParameter(f"{value} {problem}.", ctx=ctx, param=param)
     return str(p)
