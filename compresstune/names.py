@@ -64,8 +64,8 @@ def inside(root, rel, what: str) -> Path:
             except (OSError, RuntimeError, ValueError):  # a loop of links
                 where = "leads nowhere (a loop of links)"
             raise UserError(
-                f"{p} is (or lies under) a symbolic link that {where}; refusing to read or write there: put the "
-                "file itself in its place."
+                f"{what}: {p} is (or lies under) a symbolic link that {where}; refusing to read or write there: put "
+                "the file itself in its place."
             )
         raise UserError(f"{what}: {rel!r} points outside {root}; refusing to read or write there.")
     return p

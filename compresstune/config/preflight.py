@@ -97,7 +97,7 @@ def run_checks(cfg: PipelineConfig, add: Add, complete: bool, run_dir: Path | No
         if shape is not None:
             check_stage_shapes(cfg, shape, add)
     if run_dir is not None:
-        _check_run_folder(run_dir, add)
+        _check_run_folder(run_dir, add, reports=any(c.type == "report" for c in cfg.stages.values()))
     return task
 
 
@@ -221,7 +221,7 @@ def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
         )
 
 
-def _check_run_folder(run_dir: Path, add: Add) -> None:
+def _check_run_folder(run_dir: Path, add: Add, reports: bool = True) -> None:
     """The run folder can be created and written, and its run record (if any) can be read."""
     key = ("output_dir",)
     fix = "choose another place with --output-dir DIR (or output_dir: in the pipeline file) or --run-name NAME"
@@ -235,7 +235,7 @@ def _check_run_folder(run_dir: Path, add: Add) -> None:
     links = [p.name for p in run_dir.glob("[0-9][0-9]_*") if p.is_symlink() and not p.name.endswith(".old")]
     links = links if run_dir.is_dir() else []  # a link left as a set-aside ".old" folder is removed by the run
     aside = run_dir / "superseded"  # where the report sets an earlier run's published results aside
-    if run_dir.is_dir() and (aside.is_symlink() or (aside.exists() and not aside.is_dir())):
+    if reports and run_dir.is_dir() and (aside.is_symlink() or (aside.exists() and not aside.is_dir())):
         add(
             key,
             f"output folder: {aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}; the report "
