@@ -387,7 +387,9 @@ CASES = [
     Case("csv_duplicate_header", ("task.train_file=dup_header.csv",), ("dup_header.csv line 1", "more than once")),
     Case("data_path_is_a_folder", ("task.train_file=a_folder.csv",), ("a_folder.csv is not a regular file",)),
     Case("nul_in_a_path", ("task.train_file='train.csv\0'",), ("task.train_file: the value holds a NUL character",)),
-    Case("superseded_is_a_link", ("--run-name", "aside"), ("aside/superseded is a symbolic link", "real folder")),
+    Case(
+        "superseded_is_a_link", (BENCH, "--run-name", "aside"), ("aside/superseded is a symbolic link", "real folder")
+    ),
     Case("run_folder_is_a_link", ("--run-name", "linked"), ("exported/linked is a symbolic link", "real folder")),
     Case(
         "glue_blank_sentence",
