@@ -8,7 +8,7 @@ import typing
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 
-def _members(annotation) -> tuple:
+def union_members(annotation) -> tuple:
     """The members of a union annotation (``bool | Literal["auto"]``), or the annotation alone."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return typing.get_args(annotation)
@@ -23,7 +23,7 @@ def _plain(annotation):
 def bool_for_number(value, annotation) -> bool:
     """Whether ``value`` holds true or false where ``annotation`` wants a number (pydantic would read it as 1 or
     0): at the top, or inside a list or tuple of numbers."""
-    members = [_plain(m) for m in _members(_plain(annotation))]
+    members = [_plain(m) for m in union_members(_plain(annotation))]
     if isinstance(value, bool):
         return bool not in members and any(m in (int, float) for m in members)
     if not isinstance(value, (list, tuple)):
@@ -52,7 +52,7 @@ class Section(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         if field is not None and bool_for_number(value, field.annotation):
             raise ValueError("expected a number, not true or false")
-        members = _members(field.annotation) if field is not None else ()
+        members = union_members(field.annotation) if field is not None else ()
         if bool not in members or isinstance(value, bool) or value is None:
             return value
         words = [w for m in members if typing.get_origin(m) is typing.Literal for w in typing.get_args(m)]

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..names import name_problem
+from ..options import union_members
 from .checks import absolutize, check_task_files, model_reference_problems
 from .rules import check_rules
 from .sections import TOP_LEVEL, PipelineConfig, StageConfig, TaskConfig, stage_types
@@ -261,8 +260,7 @@ def validate_section(model_cls, data, path: tuple, problems: Problems):
 
 def _nested_section(annotation):
     """The settings class a field holds (``tolerances`` in export), None for a plain value."""
-    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
-    for m in members or (annotation,):
+    for m in union_members(annotation):
         if isinstance(m, type) and hasattr(m, "model_fields"):
             return m
     return None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..machine import describe, gpu_words, profile
+from ..machine import describe, gpu_words, has_vnni, profile
 from ..names import is_inside
 from .predictor import Predictor
 
@@ -328,9 +328,9 @@ def _advice(res: dict) -> str:
             f"it was verified on the {_shown(made.get('provider'))} provider and runs here on {here['provider']}; "
             f"check it on the provider it will run on, or rebuild it for {here['provider']}."
         )
-    vnni_here = bool(set(here.get("features") or []) & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    vnni = has_vnni("x86_64", set(here.get("features") or []))
     int8 = str(res.get("variant") or "").startswith("int8")
-    if int8 and res.get("int8_reduce_range") is False and str(here.get("isa")).startswith("x86") and not vnni_here:
+    if int8 and res.get("int8_reduce_range") is False and str(here.get("isa")).startswith("x86") and not vnni:
         return (
             "its int8 weights use 8 bits, whose sums can saturate on an x86 CPU without VNNI like this one; rebuild "
             "it with export.reduce_range=true (the default since 2026-12-06), or ship the fp32 / optimized variant."
