@@ -140,6 +140,16 @@ def test_bf16_true_refused_on_a_cpu_without_native_bf16(monkeypatch, tiny_bert, 
     assert r.exit_code == 0, r.output
 
 
+def test_bf16_cost_is_the_one_measured_for_the_class():
+    """AVX-512 without BF16 emulates bf16 through oneDNN (2.2x slower than fp32); AVX2 takes the scalar path
+    (20-30x): the refusal quotes the figure of the class PyTorch runs on, the capped one where it is capped."""
+    avx512 = machine.cpu_profile(AVX2 | {"avx512f", "avx512_vnni"}, "x86_64")
+    assert "oneDNN's AVX-512 emulation" in machine.bf16_cost(avx512) and "2.1 s" in machine.bf16_cost(avx512)
+    assert "scalar path" in machine.bf16_cost(machine.cpu_profile(AVX2, "x86_64"))
+    capped = {**machine.cpu_profile(AMX, "x86_64"), "torch_isa": "x86-64 AVX2"}
+    assert "scalar path" in machine.bf16_cost(capped)
+
+
 def test_bf16_refusal_names_the_cap_and_only_real_caps_refuse(monkeypatch, tiny_bert, glue_dir, tmp_path):
     """On a bf16 CPU run with oneDNN capped to AVX2, `bf16: true` is refused naming the variable to unset (not
     "this AMX CPU has no bf16"); caps that keep bf16, ATen's capability and values oneDNN ignores refuse nothing.

@@ -1,0 +1,143 @@
+"""scripts/as-cpu.sh: a process made to see a smaller x86 CPU class through CPUID faulting.
+
+These run only where the kernel offers CPUID faulting (``cpuid_fault``) and a C compiler is there; elsewhere
+the script must refuse, saying why (tested wherever it cannot run)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "as-cpu.sh"
+
+
+def _host_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+FLAGS = _host_flags()
+CAN = (
+    sys.platform == "linux"
+    and platform.machine() == "x86_64"
+    and "cpuid_fault" in FLAGS
+    and shutil.which(os.environ.get("CC", "cc")) is not None
+)
+needs_masking = pytest.mark.skipif(not CAN, reason="no CPUID faulting (cpuid_fault) or no C compiler here")
+
+
+def _run(args, tmp_path, code=None, timeout=300):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = ["bash", str(SCRIPT), *args]
+    if code is not None:
+        cmd += ["--", sys.executable, "-c", code]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+PROBE = """
+import json, numpy, torch
+from compresstune import machine
+f = numpy._core._multiarray_umath.__cpu_features__
+p = machine.profile()
+print(json.dumps({"numpy": {k: bool(f.get(k)) for k in ("AVX2", "AVX512F", "AVX512VNNI", "AVX512BF16")},
+                  "torch": torch.backends.cpu.get_cpu_capability(), "isa": p["isa"], "vnni": p["vnni"],
+                  "bf16": p["native_bf16"], "mkldnn_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported()}))
+"""
+
+
+@needs_masking
+@pytest.mark.skipif("avx2" not in FLAGS, reason="the host has no AVX2 to keep")
+def test_avx2_class_is_what_numpy_torch_and_the_profile_see(tmp_path):
+    import json
+
+    r = _run(["avx2"], tmp_path, PROBE)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["numpy"] == {"AVX2": True, "AVX512F": False, "AVX512VNNI": False, "AVX512BF16": False}
+    assert got["torch"] == "AVX2"
+    assert got["isa"] == "x86-64 AVX2"
+    assert (got["vnni"], got["bf16"], got["mkldnn_bf16"]) == (False, False, False)
+
+
+@needs_masking
+@pytest.mark.skipif("avx512_vnni" not in FLAGS, reason="the host has no AVX-512 VNNI to keep")
+def test_avx512_vnni_class_keeps_vnni_and_drops_bf16(tmp_path):
+    import json
+
+    r = _run(["avx512-vnni"], tmp_path, PROBE)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["numpy"]["AVX512F"] and got["numpy"]["AVX512VNNI"] and not got["numpy"]["AVX512BF16"]
+    # torch counts oneDNN's AVX-512 emulation of bf16 as support; the profile does not (2.2x slower than fp32)
+    assert got["vnni"] is True and got["bf16"] is False and got["mkldnn_bf16"] is True
+
+
+@needs_masking
+def test_a_real_crash_still_crashes_and_faulthandler_still_speaks(tmp_path):
+    code = "import faulthandler, ctypes; faulthandler.enable(); ctypes.string_at(0)"
+    r = _run(["avx2"], tmp_path, code, timeout=60)
+    assert r.returncode in (-signal.SIGSEGV, 128 + signal.SIGSEGV), (r.returncode, r.stderr)
+    assert "Fatal Python error: Segmentation fault" in r.stderr
+
+
+@needs_masking
+def test_children_see_the_class_too(tmp_path):
+    # execve resets CPUID faulting; the child loads the shim again through LD_PRELOAD
+    code = (
+        "import subprocess, sys; print(subprocess.run([sys.executable, '-c', "
+        "'import numpy; print(numpy._core._multiarray_umath.__cpu_features__[\"AVX512F\"])'],"
+        " capture_output=True, text=True).stdout.strip())"
+    )
+    r = _run(["avx2"], tmp_path, code, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+@needs_masking
+def test_check_says_it_works(tmp_path):
+    r = _run(["check"], tmp_path)
+    assert r.returncode == 0 and "works here" in r.stdout
+
+
+@pytest.mark.parametrize("args", [[], ["avx9"], ["avx2"], ["avx2", "--"]])
+def test_bad_use_exits_2_with_the_usage(tmp_path, args):
+    r = _run(args, tmp_path)
+    assert r.returncode == 2
+    assert "usage: bash scripts/as-cpu.sh" in r.stderr or "cpuid_fault" in r.stderr or "x86-64" in r.stderr
+
+
+@pytest.mark.skipif(CAN, reason="this machine can mask CPUID; the refusal is for one that cannot")
+def test_refuses_where_cpuid_cannot_be_masked(tmp_path):
+    r = _run(["avx2"], tmp_path, "print('ran')")
+    assert r.returncode == 2 and "ran" not in r.stdout
+    assert "cpuid_fault" in r.stderr or "x86-64" in r.stderr or "compiler" in r.stderr
+
+
+@needs_masking
+@pytest.mark.skipif("avx2" not in FLAGS, reason="the host has no AVX2 to keep")
+def test_bf16_true_is_refused_on_a_masked_avx2_cpu_without_faking_anything(tmp_path):
+    # the real detection path (CPUID -> NumPy -> machine profile -> bf16 decision), nothing patched
+    quickstart = str(ROOT / "pipelines" / "quickstart.yaml")
+    cli = [sys.executable, "-m", "compresstune.cli", "pipeline", "validate", quickstart]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    refused = subprocess.run(
+        ["bash", str(SCRIPT), "avx2", "--", *cli, "finetune.bf16=true"], capture_output=True, text=True, env=env
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "bf16" in refused.stderr and "x86-64 AVX2" in refused.stderr
+    fine = subprocess.run(["bash", str(SCRIPT), "avx2", "--", *cli], capture_output=True, text=True, env=env)
+    assert fine.returncode == 0, fine.stderr
