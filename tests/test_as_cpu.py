@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "as-cpu.sh"
@@ -141,3 +142,33 @@ def test_bf16_true_is_refused_on_a_masked_avx2_cpu_without_faking_anything(tmp_p
     assert "bf16" in refused.stderr and "x86-64 AVX2" in refused.stderr
     fine = subprocess.run(["bash", str(SCRIPT), "avx2", "--", *cli], capture_output=True, text=True, env=env)
     assert fine.returncode == 0, fine.stderr
+
+
+@needs_masking
+@pytest.mark.skipif("avx2" not in FLAGS, reason="the host has no AVX2 to keep")
+def test_a_whole_pipeline_as_an_avx2_cpu_and_its_bundle_back_on_this_one(tiny_bert, glue_dir, tmp_path):
+    """End to end with nothing faked: `bf16: auto` trains in fp32, int8 is verified on ONNX Runtime's AVX2
+    kernels, report and bundle name the class, and the bundle passes `verify` on this (unmasked) machine."""
+    import json
+
+    p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)  # finetune.bf16 left at its default, auto
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "compresstune.cli"]
+    out = tmp_path / "runs"
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "avx2", "--", *cli, "pipeline", "run", str(p), "--output-dir", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    assert "precision: fp32 (this device has no native bf16)" in log and "x86-64 AVX2" in log
+    run = out / "t"
+    report = json.loads((run / "report.json").read_text())
+    assert "x86-64 AVX2" in json.dumps(report)
+    assert json.loads((run / "deploy" / "verify.json").read_text())["made_on"]["isa"] == "x86-64 AVX2"
+    back = subprocess.run([*cli, "verify", str(run / "deploy")], capture_output=True, text=True, env=env)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "built on:" in back.stdout and "x86-64 AVX2" in back.stdout
