@@ -172,3 +172,54 @@ def test_a_whole_pipeline_as_an_avx2_cpu_and_its_bundle_back_on_this_one(tiny_be
     back = subprocess.run([*cli, "verify", str(run / "deploy")], capture_output=True, text=True, env=env)
     assert back.returncode == 0, back.stdout + back.stderr
     assert "built on:" in back.stdout and "x86-64 AVX2" in back.stdout
+
+
+@needs_masking
+@pytest.mark.parametrize(
+    "code, rc, out",
+    [
+        # a SIGSEGV sent by kill() ends the process as it would unmasked (it is not a CPUID to answer)
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV); print('survived')", -signal.SIGSEGV, ""),
+        # the program's own handler gets a sent SIGSEGV, and CPUID is still answered afterwards
+        (
+            "import os, signal; signal.signal(signal.SIGSEGV, lambda *a: print('handled'));"
+            " os.kill(os.getpid(), signal.SIGSEGV); import numpy;"
+            " print(numpy._core._multiarray_umath.__cpu_features__['AVX512F'])",
+            0,
+            "handled\nFalse",
+        ),
+        # a thread that blocks SIGSEGV (thread pools block everything) still gets its CPUID answered
+        (
+            "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGSEGV]); import numpy;"
+            " print(numpy._core._multiarray_umath.__cpu_features__['AVX512F'])",
+            0,
+            "False",
+        ),
+    ],
+)
+def test_the_programs_own_sigsegv_handling_is_kept(tmp_path, code, rc, out):
+    r = _run(["avx2"], tmp_path, code, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (rc, out), r.stderr
+
+
+@needs_masking
+def test_a_cache_path_that_ld_so_would_split_is_not_used(tmp_path):
+    # LD_PRELOAD splits at spaces and colons: such a path would load nothing and run unmasked, silently
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "my cache:x"), "TMPDIR": str(tmp_path)}
+    code = "import numpy; print(numpy._core._multiarray_umath.__cpu_features__['AVX512F'])"
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "avx2", "--", sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+@needs_masking
+def test_nested_classes_leave_one_glibc_setting_the_inner_ones(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "GLIBC_TUNABLES": "glibc.malloc.check=0"}
+    code = "import os; print(os.environ['GLIBC_TUNABLES'])"
+    cmd = ["bash", str(SCRIPT), "avx512-vnni", "--", "bash", str(SCRIPT), "avx2", "--", sys.executable, "-c", code]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    tunables = r.stdout.strip().split(":")
+    assert tunables[0] == "glibc.malloc.check=0"
+    assert [t for t in tunables if t.startswith("glibc.cpu.hwcaps=")] == [tunables[-1]] and "-AVX512F" in tunables[-1]
