@@ -178,33 +178,27 @@ sighandler_t sigset(int signum, sighandler_t handler)
 }
 
 /* SIGSEGV is never blocked while the mask is on: the kernel kills a thread whose CPUID faults while it is. */
-static int unblocked(int how, const sigset_t *set, sigset_t *copy, const sigset_t **use)
+static int set_mask(int (*real)(int, const sigset_t *, sigset_t *), int how, const sigset_t *set, sigset_t *old)
 {
-    *use = set;
+    sigset_t copy;
     if (cls && set && how != SIG_UNBLOCK && sigismember(set, SIGSEGV) == 1) {
-        *copy = *set;
-        sigdelset(copy, SIGSEGV);
-        *use = copy;
+        copy = *set;
+        sigdelset(&copy, SIGSEGV);
+        set = &copy;
     }
-    return 0;
+    return real(how, set, old);
 }
 
 int sigprocmask(int how, const sigset_t *set, sigset_t *oldset)
 {
-    sigset_t copy;
-    const sigset_t *use;
     resolve();
-    unblocked(how, set, &copy, &use);
-    return real_sigprocmask(how, use, oldset);
+    return set_mask(real_sigprocmask, how, set, oldset);
 }
 
 int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
 {
-    sigset_t copy;
-    const sigset_t *use;
     resolve();
-    unblocked(how, set, &copy, &use);
-    return real_pthread_sigmask(how, use, oldset);
+    return set_mask(real_pthread_sigmask, how, set, oldset);
 }
 
 __attribute__((constructor)) static void start(void)
