@@ -41,8 +41,13 @@ CAN = (
 needs_masking = pytest.mark.skipif(not CAN, reason="no CPUID faulting (cpuid_fault) or no C compiler here")
 
 
+def _env(tmp_path, **more):
+    """This process's environment with the shim built into ``tmp_path`` (and ``more`` set)."""
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **more}
+
+
 def _run(args, tmp_path, code=None, timeout=300):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = _env(tmp_path)
     cmd = ["bash", str(SCRIPT), *args]
     if code is not None:
         cmd += ["--", sys.executable, "-c", code]
@@ -139,7 +144,7 @@ def test_bf16_true_is_refused_on_a_masked_avx2_cpu_without_faking_anything(tmp_p
     # the real detection path (CPUID -> NumPy -> machine profile -> bf16 decision), nothing patched
     quickstart = str(ROOT / "pipelines" / "quickstart.yaml")
     cli = [sys.executable, "-m", "compresstune.cli", "pipeline", "validate", quickstart]
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = _env(tmp_path)
     refused = subprocess.run(
         ["bash", str(SCRIPT), "avx2", "--", *cli, "finetune.bf16=true"], capture_output=True, text=True, env=env
     )
@@ -157,7 +162,7 @@ def test_a_whole_pipeline_as_an_avx2_cpu_and_its_bundle_back_on_this_one(tiny_be
     import json
 
     p = write_pipeline(tmp_path / "p.yaml", tiny_bert, glue_dir)  # finetune.bf16 left at its default, auto
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = _env(tmp_path)
     cli = [sys.executable, "-m", "compresstune.cli"]
     out = tmp_path / "runs"
     r = subprocess.run(
@@ -210,7 +215,7 @@ def test_the_programs_own_sigsegv_handling_is_kept(tmp_path, code, rc, out):
 @needs_masking
 def test_a_cache_path_that_ld_so_would_split_is_not_used(tmp_path):
     # LD_PRELOAD splits at spaces and colons: such a path would load nothing and run unmasked, silently
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "my cache:x"), "TMPDIR": str(tmp_path)}
+    env = _env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "my cache:x"), TMPDIR=str(tmp_path))
     code = "import numpy; print(numpy._core._multiarray_umath.__cpu_features__['AVX512F'])"
     r = subprocess.run(
         ["bash", str(SCRIPT), "avx2", "--", sys.executable, "-c", code], capture_output=True, text=True, env=env
@@ -220,7 +225,7 @@ def test_a_cache_path_that_ld_so_would_split_is_not_used(tmp_path):
 
 @needs_masking
 def test_nested_classes_leave_one_glibc_setting_the_inner_ones(tmp_path):
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "GLIBC_TUNABLES": "glibc.malloc.check=0"}
+    env = _env(tmp_path, GLIBC_TUNABLES="glibc.malloc.check=0")
     code = "import os; print(os.environ['GLIBC_TUNABLES'])"
     cmd = ["bash", str(SCRIPT), "avx512-vnni", "--", "bash", str(SCRIPT), "avx2", "--", sys.executable, "-c", code]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -224,6 +224,17 @@ def _check_bf16(cfg: PipelineConfig, add: Add, device: str) -> None:
         )
 
 
+SUPERSEDED = "superseded"  # where the report sets an earlier run's published results aside
+
+
+def superseded_problem(run_dir: Path) -> str | None:
+    """What is wrong with ``RUN/superseded`` (a link or a file where the report needs a real folder), or None."""
+    aside = run_dir / SUPERSEDED
+    if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+        return f"{aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}"
+    return None
+
+
 def _check_run_folder(run_dir: Path, add: Add, reports: bool = True) -> None:
     """The run folder can be created and written, and its run record (if any) can be read."""
     key = ("output_dir",)
@@ -237,13 +248,12 @@ def _check_run_folder(run_dir: Path, add: Add, reports: bool = True) -> None:
         return
     links = [p.name for p in run_dir.glob("[0-9][0-9]_*") if p.is_symlink() and not p.name.endswith(".old")]
     links = links if run_dir.is_dir() else []  # a link left as a set-aside ".old" folder is removed by the run
-    aside = run_dir / "superseded"  # where the report sets an earlier run's published results aside
-    if reports and run_dir.is_dir() and (aside.is_symlink() or (aside.exists() and not aside.is_dir())):
+    aside = superseded_problem(run_dir) if reports and run_dir.is_dir() else None
+    if aside:
         add(
             key,
-            f"output folder: {aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}; the report "
-            "moves an earlier run's published results there, so it must be a real folder inside the run folder. "
-            "Move it away (a link's target is not touched).",
+            f"output folder: {aside}; the report moves an earlier run's published results there, so it must be a "
+            "real folder inside the run folder. Move it away (a link's target is not touched).",
         )
     if links:
         add(

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+from ..config.preflight import SUPERSEDED, superseded_problem
 from ..config.results import ExportResult, StageRecord, last_of, stage_records
 from ..errors import UserError
 from ..machine import profile, versions
@@ -28,20 +29,16 @@ def _publish(src: Path, dst: Path) -> None:
         shutil.copytree(src, tmp)
     else:
         shutil.copy2(src, tmp)
-    if dst.is_symlink() or dst.is_dir() != src.is_dir():
+    if dst.is_symlink() or dst.is_dir() or src.is_dir():  # only a file onto a file is replaced in one step
         _remove(dst)
-    elif dst.is_dir():
-        shutil.rmtree(dst)
     os.replace(tmp, dst)
 
 
 def _remove(p: Path) -> None:
     """``p`` gone, whatever it is: a link (not its target), a file or a folder."""
-    if p.is_symlink() or p.is_file():
-        p.unlink()
-    elif p.is_dir():
+    if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
-    elif p.exists():
+    elif p.exists() or p.is_symlink():
         p.unlink()
 
 
@@ -142,13 +139,13 @@ PUBLISHED = (
 def _aside_folder(ctx: StageContext) -> Path:
     """``RUN/superseded``, refused (before the report does any work) unless it is a real folder or absent: a link
     there would move an earlier run's results out of the run folder, and replace what is at its other end."""
-    aside = ctx.run_dir / "superseded"
-    if aside.is_symlink() or (aside.exists() and not aside.is_dir()):
+    problem = superseded_problem(ctx.run_dir)
+    if problem:
         raise UserError(
-            f"{aside} is {'a symbolic link' if aside.is_symlink() else 'not a folder'}; the report sets an earlier "
-            "run's results aside there, inside the run folder. Move it away and rerun: the finished stages are kept."
+            f"{problem}; the report sets an earlier run's results aside there, inside the run folder. Move it away "
+            "and rerun: the finished stages are kept."
         )
-    return aside
+    return ctx.run_dir / SUPERSEDED
 
 
 def _set_aside_superseded(ctx: StageContext, published: list[str]) -> None:
