@@ -102,6 +102,63 @@ def test_resume_in_process_matches_unbroken_run(tiny_bert, glue_dir, tmp_path):
         assert torch.equal(p1, p3), n
 
 
+def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
+    tiny_bert, glue_dir, tmp_path, monkeypatch
+):
+    import compresstune.train.loop as T
+
+    spec = TrainSpec(epochs=2, lr=1e-3, batch_size=16, seed=5, select="last", checkpoint_every_steps=3)
+    m1, tok, task = _setup(tiny_bert, glue_dir)
+    train(m1, task, tok, spec, tmp_path / "a", max_length=32, progress=False, log=lambda s: None)
+    # a checkpoint written by a version that used the default (unfused) kernel: resuming it must use this
+    # machine's kernel, so the result equals the unbroken fused run
+    saved = {}
+    orig = T.atomic_save
+
+    def spy(obj, path):
+        orig(obj, path)
+        if path.name == "last.pt" and obj["step"] == 3:
+            saved["ck"] = torch.load(path, weights_only=False)
+
+    monkeypatch.setattr(T, "atomic_save", spy)
+    m2, _, _ = _setup(tiny_bert, glue_dir)
+    train(m2, task, tok, spec, tmp_path / "b", max_length=32, progress=False, log=lambda s: None)
+    old = saved["ck"]
+    assert all(g["fused"] for g in old["optimizer"]["param_groups"])
+    for g in old["optimizer"]["param_groups"]:
+        g["fused"] = None
+    monkeypatch.setattr(T, "atomic_save", orig)
+    torch.save(old, tmp_path / "b" / "last.pt")
+    kernels = []
+    real = T.Trainer._train_steps
+    monkeypatch.setattr(
+        T.Trainer, "_train_steps", lambda self: kernels.append(self.opt.param_groups[0]["fused"]) or real(self)
+    )
+    m3, _, _ = _setup(tiny_bert, glue_dir)
+    res = train(m3, task, tok, spec, tmp_path / "b", max_length=32, progress=False, log=lambda s: None)
+    assert res.resumed_from_step == 3 and kernels == [True]
+    for (n, p1), p3 in zip(m1.named_parameters(), m3.parameters()):
+        assert torch.equal(p1, p3), n
+
+
+def test_adamw_falls_back_to_the_default_kernel_where_there_is_no_fused_one(monkeypatch):
+    import compresstune.train.loop as T
+
+    real = torch.optim.AdamW
+
+    def no_fused(params, lr, fused=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, lr=lr)
+
+    monkeypatch.setattr(T.torch.optim, "AdamW", no_fused)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = T.adamw([{"params": [p], "weight_decay": 0.0}], 0.1)
+    assert not opt.param_groups[0]["fused"]
+    monkeypatch.undo()
+    assert T.adamw([{"params": [p], "weight_decay": 0.0}], 0.1).param_groups[0]["fused"] is True
+
+
 def test_nan_loss_stops_with_clear_message(tiny_bert, glue_dir, tmp_path):
     model, tok, task = _setup(tiny_bert, glue_dir)
     spec = TrainSpec(epochs=3, lr=1e-3, batch_size=16, seed=1, checkpoint_every_steps=2)

@@ -1,7 +1,8 @@
 """One training loop, shared by every training stage (teacher, fine-tune, priming, distillation).
 
 * dynamic padding (each batch is padded to its own longest example),
-* AdamW, linear warm-up then linear decay, gradient clipping, optional bf16 autocast,
+* AdamW (PyTorch's fused kernel where there is one), linear warm-up then linear decay, gradient clipping,
+  optional bf16 autocast,
 * evaluation at each epoch end (and every N steps if asked), best and last weights,
 * a resumable checkpoint (model, optimizer, scheduler, RNG states, step, history) written
   atomically every N steps and at each epoch end. Running the same stage again after
@@ -82,6 +83,16 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel where the parameters' device has one (CPU and CUDA do), else the
+    default. The fused step is one pass over each tensor instead of several: on 2 CPU cores it took the packaged
+    MiniLM-L6's optimizer step from 0.074 s to 0.015 s of a 0.34 s training step (docs/RESULTS.md)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(groups, lr=lr)
+
+
 def _is_no_decay(name: str, p: nn.Parameter) -> bool:
     return p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
 
@@ -158,8 +169,8 @@ class Trainer:
         self.params = [p for _, p in named] + [p for p in params if id(p) not in in_model]
         decay = [p for nm, p in named if not _is_no_decay(nm, p)]
         no_decay = [p for nm, p in named if _is_no_decay(nm, p)]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o.lr
+        self.opt = adamw(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], o.lr
         )
         warmup = int(o.warmup_ratio * self.total_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, linear_schedule(self.total_steps, warmup))
@@ -174,7 +185,10 @@ class Trainer:
             self.log(f"checkpoint {self.last_path} is from a different schedule; starting over")
             return
         self.model.load_state_dict(ck["model"])
+        kernels = [g.get("fused") for g in self.opt.param_groups]
         self.opt.load_state_dict(ck["optimizer"])
+        for g, fused in zip(self.opt.param_groups, kernels):  # the kernel is this machine's, not the checkpoint's
+            g["fused"] = fused
         self.sched.load_state_dict(ck["scheduler"])
         self.step, self.history, self.best, self.best_step = ck["step"], ck["history"], ck["best"], ck["best_step"]
         self.loss_sum, self.loss_n = ck["loss_sum"], ck["loss_n"]
