@@ -5,7 +5,7 @@ packaged MiniLM-L6 on real SST-2 batches (length-grouped, batch 32, fp32, 2 thre
     .venv/bin/python scripts/adamw-step-time.py 3
     bash scripts/as-cpu.sh avx2 -- .venv/bin/python scripts/adamw-step-time.py 3   # as an AVX2 CPU runs it
 
-Each round builds both models from the same weights and runs the same 24 batches through each, the first 4
+Each round builds both models from the same weights and trains each on the same 24 batches, the first 4
 untimed. Prints one JSON object: the machine, the medians per kernel and part (forward, backward, clip,
 optimizer step + zero_grad, whole step) over all rounds, and the largest parameter difference between the two
 after the last round (the kernels agree to rounding, not bit for bit)."""
@@ -81,7 +81,7 @@ def main(rounds: int) -> dict:
     for kernel, parts in got.items():
         out[kernel] = {k: round(statistics.median(v), 4) for k, v in parts.items()}
     out["step_speedup"] = round(out["default"]["step"] / out["fused"]["step"], 2)
-    out["max_param_diff_after_20_steps"] = diff
+    out[f"max_param_diff_after_{len(data)}_steps"] = diff
     return out
 
 
