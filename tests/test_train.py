@@ -102,14 +102,17 @@ def test_resume_in_process_matches_unbroken_run(tiny_bert, glue_dir, tmp_path):
         assert torch.equal(p1, p3), n
 
 
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
 def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
-    tiny_bert, glue_dir, tmp_path, monkeypatch
+    device, tiny_bert, glue_dir, tmp_path, monkeypatch
 ):
     import compresstune.train.loop as T
 
     spec = TrainSpec(epochs=2, lr=1e-3, batch_size=16, seed=5, select="last", checkpoint_every_steps=3)
     m1, tok, task = _setup(tiny_bert, glue_dir)
-    train(m1, task, tok, spec, tmp_path / "a", max_length=32, progress=False, log=lambda s: None)
+    train(m1, task, tok, spec, tmp_path / "a", max_length=32, device=device, progress=False, log=lambda s: None)
     # a checkpoint written by a version that used the default (unfused) kernel: resuming it must use this
     # machine's kernel, so the result equals the unbroken fused run
     saved = {}
@@ -122,7 +125,7 @@ def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
 
     monkeypatch.setattr(T, "atomic_save", spy)
     m2, _, _ = _setup(tiny_bert, glue_dir)
-    train(m2, task, tok, spec, tmp_path / "b", max_length=32, progress=False, log=lambda s: None)
+    train(m2, task, tok, spec, tmp_path / "b", max_length=32, device=device, progress=False, log=lambda s: None)
     old = saved["ck"]
     assert all(g["fused"] for g in old["optimizer"]["param_groups"])
     for g in old["optimizer"]["param_groups"]:
@@ -132,11 +135,22 @@ def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
     kernels = []
     real = T.Trainer._train_steps
     monkeypatch.setattr(
-        T.Trainer, "_train_steps", lambda self: kernels.append(self.opt.param_groups[0]["fused"]) or real(self)
+        T.Trainer,
+        "_train_steps",
+        lambda self: (
+            kernels.append(
+                (
+                    [g["fused"] for g in self.opt.param_groups],
+                    # the old kernel kept `step` on the CPU; the fused one needs it beside its parameter (CUDA)
+                    {(s["step"].device == p.device) for p, s in self.opt.state.items()},
+                )
+            )
+            or real(self)
+        ),
     )
     m3, _, _ = _setup(tiny_bert, glue_dir)
-    res = train(m3, task, tok, spec, tmp_path / "b", max_length=32, progress=False, log=lambda s: None)
-    assert res.resumed_from_step == 3 and kernels == [True]
+    res = train(m3, task, tok, spec, tmp_path / "b", max_length=32, device=device, progress=False, log=lambda s: None)
+    assert res.resumed_from_step == 3 and kernels == [([True, True], {True})]
     for (n, p1), p3 in zip(m1.named_parameters(), m3.parameters()):
         assert torch.equal(p1, p3), n
 

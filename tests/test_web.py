@@ -26,6 +26,7 @@ from compresstune.deploy.web import ensure_toolchain
 REPO = Path(__file__).resolve().parent.parent
 JS = REPO / "tests" / "js"
 N_TEXTS = 200
+NEAR_TIE = 0.02  # int8 flips are allowed only where Predictor's score is this close to 0.5 (see _compare)
 EXAMPLE = "a gripping, funny and beautifully acted film"
 SETUP = "run `bash scripts/setup-web.sh` (apt-get install -y chromium; npm ci in web/)"
 # the pipeline that writes the bundles: a short real fine-tune (32 steps), fp32 + int8_dynamic exported and verified;
@@ -117,16 +118,26 @@ def test_bundles_hold_one_model_file_in_the_hugging_face_layout(bundles, referen
 
 
 def _compare(got: dict, ref: list[dict], dtype: str, where: str) -> tuple[float, float]:
-    """Label agreement and the largest score difference against Predictor; 100% for fp32, >= 99% for int8."""
+    """Label agreement and the largest score difference against Predictor: every label for fp32; for int8 every
+    label except those where Predictor's score is within NEAR_TIE of 0.5, and at least 97% in all."""
     assert len(got["labels"]) == len(ref)
     agree = sum(g == r["label"] for g, r in zip(got["labels"], ref)) / len(ref)
     diff = max(abs(g - r["score"]) for g, r in zip(got["scores"], ref))
+    flips = [round(abs(r["score"] - 0.5), 4) for g, r in zip(got["labels"], ref) if g != r["label"]]
     ms = sorted(got["ms"][1:])  # the first call warms up
     print(
         f"\n{where} {dtype}: {len(ref)} SST-2 dev sentences, labels equal to Predictor's on {agree:.2%}, "
-        f"max |score diff| {diff:.2e}; per call p50 {ms[len(ms) // 2]:.1f} ms, min {ms[0]:.1f} ms"
+        f"max |score diff| {diff:.2e}; per call p50 {ms[len(ms) // 2]:.1f} ms, min {ms[0]:.1f} ms; flips at "
+        f"margins {flips} from 0.5"
     )
-    assert agree == 1.0 if dtype == "fp32" else agree >= 0.99, f"{where} {dtype}: agreement {agree:.2%}"
+    if dtype == "fp32":
+        assert agree == 1.0, f"{where} fp32: agreement {agree:.2%}"
+    else:
+        # int8 kernels differ between runtimes (WebAssembly's are not native ONNX Runtime's, scores move by up
+        # to ~1.4e-2): a label may flip only where Predictor itself was that close to a coin toss. The 32-step
+        # model has many such inputs, so how many flip depends on its weights; a flip anywhere else is a bug.
+        assert all(m <= NEAR_TIE for m in flips), f"{where} int8: labels flipped at margins {flips} from 0.5"
+        assert agree >= 0.97, f"{where} int8: agreement {agree:.2%} (flips at margins {flips})"
     assert diff < (1e-4 if dtype == "fp32" else 0.2), f"{where} {dtype}: max score difference {diff}"
     return agree, diff
 
