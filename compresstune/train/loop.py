@@ -97,8 +97,8 @@ def _fused_kernel_for(params) -> bool:
 
 def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel where the parameters' device has one (CPU and CUDA do), else the
-    default. On 2 CPU cores it took the packaged MiniLM-L6's optimizer step from 0.076 s to 0.016 s and its fp32
-    training step from 0.250 s to 0.195 s, masked to AVX2 (docs/RESULTS.md, "Fused AdamW")."""
+    default. On 2 CPU cores it took the packaged MiniLM-L6's optimizer step from 0.068 s to 0.013 s and its fp32
+    training step from 0.263 s to 0.218 s, masked to AVX2 (docs/RESULTS.md, "Fused AdamW")."""
     groups = [{**g, "params": list(g["params"])} for g in groups]  # read twice: a generator would be used up
     fused = _fused_kernel_for([p for g in groups for p in g["params"]])
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
