@@ -134,20 +134,15 @@ def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
     torch.save(old, tmp_path / "b" / "last.pt")
     kernels = []
     real = T.Trainer._train_steps
-    monkeypatch.setattr(
-        T.Trainer,
-        "_train_steps",
-        lambda self: (
-            kernels.append(
-                (
-                    [g["fused"] for g in self.opt.param_groups],
-                    # the old kernel kept `step` on the CPU; the fused one needs it beside its parameter (CUDA)
-                    {(s["step"].device == p.device) for p, s in self.opt.state.items()},
-                )
-            )
-            or real(self)
-        ),
-    )
+
+    def train_steps(self):  # what the optimizer is when training goes on
+        fused = [g["fused"] for g in self.opt.param_groups]
+        # the old kernel kept `step` on the CPU; the fused one needs it beside its parameter (CUDA)
+        beside = {s["step"].device == p.device for p, s in self.opt.state.items()}
+        kernels.append((fused, beside))
+        return real(self)
+
+    monkeypatch.setattr(T.Trainer, "_train_steps", train_steps)
     m3, _, _ = _setup(tiny_bert, glue_dir)
     res = train(m3, task, tok, spec, tmp_path / "b", max_length=32, device=device, progress=False, log=lambda s: None)
     assert res.resumed_from_step == 3 and kernels == [([True, True], {True})]
@@ -158,7 +153,7 @@ def test_optimizer_is_fused_and_stays_fused_after_resuming_an_older_checkpoint(
 def test_adamw_uses_the_default_kernel_where_there_is_no_fused_one(monkeypatch):
     import torch.utils._foreach_utils as F
 
-    import compresstune.train.loop as T
+    import compresstune.train.optim as T
 
     cpu = torch.nn.Parameter(torch.ones(3))
     assert T.adamw([{"params": [cpu], "weight_decay": 0.0}], 0.1).param_groups[0]["fused"] is True

@@ -161,7 +161,7 @@ def speed_bench(
     import statistics
 
     from ..data.batching import epoch_batches
-    from ..train.loop import adamw
+    from ..train.optim import adamw
 
     data, ref, tok, enc = _encoded_task(task, model_ref, max_length, glue_dir)
     order = [i for b in epoch_batches([len(e["input_ids"]) for e in enc], batch_size, seed, 0)[:steps] for i in b]
