@@ -43,20 +43,21 @@ class Shape:
         return (self.vocab + self.positions + self.token_types) * h + 2 * h  # tables + LayerNorm
 
 
-def check_model(cfg: PipelineConfig, add: Add) -> Shape | None:
-    """The model's config, weights and tokenizer; its :class:`Shape`, or None when it cannot be read."""
+def check_model(cfg: PipelineConfig, add: Add) -> tuple[Shape | None, object | None]:
+    """The model's config, weights and tokenizer: its :class:`Shape` and its tokenizer (for the checks on the
+    data), each None when it cannot be read."""
     if not cfg.model:
-        return None
+        return None, None
     try:
         ref = resolve_model_path(cfg.model, cfg.base_dir)
     except UserError:
-        return None  # the loader reported it
+        return None, None  # the loader reported it
     try:
         mcfg = load_model_config(ref)
         spec = arch_for(mcfg)
     except UserError as exc:
         add(("model",), str(exc))
-        return None
+        return None, None
     vocab = int(getattr(mcfg, "vocab_size", 0) or 0)
     tok = _check_tokenizer(ref, vocab, add)
     if tok is not None:
@@ -74,7 +75,7 @@ def check_model(cfg: PipelineConfig, add: Add) -> Shape | None:
         token_types=int(getattr(mcfg, "type_vocab_size", 0) or 0) if spec.uses_token_type_ids else 0,
         config_heads=heads,
     )
-    return _recorded_shapes(ref, shape)
+    return _recorded_shapes(ref, shape), tok
 
 
 def _recorded_shapes(ref: str, shape: Shape) -> Shape:
@@ -94,7 +95,7 @@ def _recorded_shapes(ref: str, shape: Shape) -> Shape:
     )
 
 
-def _check_tokenizer(ref: str, vocab: int, add: Add) -> None:
+def _check_tokenizer(ref: str, vocab: int, add: Add):
     from transformers import AutoTokenizer
 
     try:
@@ -176,16 +177,11 @@ def check_lengths(cfg: PipelineConfig, shape: Shape, add: Add) -> None:
             )
 
 
-def check_unknown_tokens(cfg: PipelineConfig, task, add: Add, sample: int = 200) -> None:
-    """A tokenizer that turns most of a sample of the training text into [UNK] does not fit the data or the model."""
-    from ..models.resolve import load_tokenizer
-
-    if task is None or not cfg.model or len(task.train) == 0:
+def check_unknown_tokens(task, tok, add: Add, sample: int = 200) -> None:
+    """A tokenizer that turns most of a sample of the training text into [UNK] does not fit the data or the model
+    (``tok`` None: no tokenizer could be read, which check_model reported)."""
+    if task is None or tok is None or len(task.train) == 0:
         return
-    try:
-        tok = load_tokenizer(resolve_model_path(cfg.model, cfg.base_dir))
-    except UserError:
-        return  # reported by check_model
     unk = tok.unk_token_id
     if unk is None:
         return

@@ -86,11 +86,11 @@ def preflight(cfg: PipelineConfig, run_dir: Path | None) -> Checked:
 def run_checks(cfg: PipelineConfig, add: Add, complete: bool, run_dir: Path | None) -> TaskData | None:
     """Every data, model, machine and run-folder check of ``cfg`` (a draft whose parts may be missing
     where the config had problems; ``complete``: every stage section is valid); returns the task data."""
-    shape = check_model(cfg, add)
+    shape, tok = check_model(cfg, add)
     task = _check_task_data(cfg, add)
     if shape is not None:
         check_lengths(cfg, shape, add)
-    check_unknown_tokens(cfg, task, add)
+    check_unknown_tokens(task, tok, add)
     _check_machine(cfg, add)
     if complete:  # what a stage gets from the stages before it
         _check_text_files(cfg, add)

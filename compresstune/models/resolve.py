@@ -154,7 +154,7 @@ def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
     from transformers.utils import logging as hf_logging
 
     try:
-        config = AutoConfig.from_pretrained(ref, num_labels=num_labels)
+        config = AutoConfig.from_pretrained(ref, num_labels=num_labels, local_files_only=hub_offline())
     except (OSError, ValueError) as exc:
         raise _hub_error(ref, exc) from None
     arch_for(config)  # fail early on unsupported families
@@ -165,7 +165,7 @@ def load_pretrained_for_task(ref: str, num_labels: int, problem_type: str):
         # use_kernels=False: transformers 5.2x would otherwise swap layers for Hub kernels on CUDA at model.eval()
         # (a download, refused offline; and evaluation would run other code than training and the ONNX export)
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            ref, config=config, output_loading_info=True, use_kernels=False
+            ref, config=config, output_loading_info=True, use_kernels=False, local_files_only=hub_offline()
         )
     except Exception as exc:  # noqa: BLE001 - a cut-short safetensors file, a refused pickle, shapes that do not fit
         first = (str(exc).strip().splitlines() or [""])[0][:300]

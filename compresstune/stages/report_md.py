@@ -212,7 +212,9 @@ def variants(decision: ShipDecision, bench: BenchmarkResult | None, metric: str,
         "## Variants and the shipped model",
         "",
         f"Speed-ups are against {refs.of if refs else 'this model'}: PyTorch eager (`{refs and refs.pytorch_eager}`) "
-        f"and fp32 ONNX (`{refs and refs.onnx_fp32}`), timed back to back in the same rounds.",
+        f"and fp32 ONNX (`{refs and refs.onnx_fp32}`), timed back to back in the same rounds. A speed-up is the "
+        "median over the rounds of each round's p50 ratio (paired, so drift between rounds cancels); it can differ "
+        "from the ratio of the p50s above, which pool all rounds' calls.",
         "",
         md_table(headers, rows),
         "",
