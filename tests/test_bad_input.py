@@ -218,7 +218,11 @@ CASES = [
         ("task.problem=regression", "task.metric=accuracy"),
         ("task.metric: accuracy is a classification metric", "use pearson or spearman"),
     ),
-    Case("unknown_glue_task", ("task.name=sst3",), ("line 6: task.name", "unknown task 'sst3'", "'sst2'")),
+    Case(
+        "unknown_glue_task",
+        ("task.name=sst3",),
+        ("override task.name=sst3 (command line): task.name", "unknown task 'sst3'", "'sst2'"),
+    ),
     Case(
         "empty_glue_file",
         ("task.name=sst2", "task.glue_dir=glue_empty"),

@@ -65,6 +65,19 @@ def test_every_problem_reported_at_once_with_lines(tmp_path):
     assert str(p) in str(ei.value)
 
 
+def test_a_problem_in_an_overridden_key_names_the_override_not_the_file_line(tmp_path):
+    """The file's line shows the value the command line replaced; the message points at what the user typed."""
+    p = tmp_path / "bad.yaml"
+    p.write_text(BAD)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p, ["finetune.batch_size=-8", "export={opset: 7}", "finetune.warmup_ratio=2"])
+    text = "\n".join(ei.value.problems)
+    assert "override finetune.batch_size=-8 (command line): finetune.batch_size" in text and "line 10" not in text
+    assert "override export={opset: 7} (command line): export.opset" in text and "line 12" not in text
+    assert "override finetune.warmup_ratio=2 (command line): finetune.warmup_ratio" in text
+    assert "line 8: finetune.lr" in text and "line 4: task.name" in text  # the others keep their lines
+
+
 def test_missing_glue_dir_and_model_reported(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("model: ./no/such/model\ntask: {name: cola, glue_dir: missing_glue}\nstages: [finetune]\n")

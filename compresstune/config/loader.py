@@ -79,13 +79,18 @@ def load_config(
 
 
 class Problems:
-    """The problems found so far, each prefixed with the YAML line of the key it concerns."""
+    """The problems found so far, each prefixed with where the key it concerns was set: the command-line
+    override that set it or a section above it (the most specific), else its YAML line."""
 
     def __init__(self, line_of: dict):
         self.line_of = line_of
+        self.overridden: dict[tuple, str] = {}  # key path -> the KEY=VALUE override that set it
         self.items: list[str] = []
 
     def where(self, path: tuple) -> str:
+        for n in range(len(path), 0, -1):  # an override replaces everything under its key: the file's lines are stale
+            if path[:n] in self.overridden:
+                return f"override {self.overridden[path[:n]]} (command line): "
         for n in range(len(path), 0, -1):
             if path[:n] in self.line_of:
                 return f"line {self.line_of[path[:n]]}: "
@@ -185,6 +190,7 @@ def _apply_overrides(raw: dict, overrides, problems: Problems) -> dict:
             node = node[k]
         else:
             node[keys[-1]] = value
+            problems.overridden[tuple(keys)] = ov.strip()
     return raw
 
 
