@@ -1,9 +1,10 @@
 """The optimizer training steps with: AdamW, on PyTorch's fused kernel wherever the parameters' device has one.
 
 The fused kernel updates each tensor in one pass; PyTorch's default on CPU goes one tensor at a time in several.
-On the packaged MiniLM-L6 the default's step was 26-29% of a 2-core training step; the fused one takes about a
-fifth of its time, 6-9% of a step (docs/RESULTS.md, "Fused AdamW"). ``bench speed`` times the same optimizer,
-so its step times are training's.
+On the packaged MiniLM-L6 the default's step was 26-32% of a 2-core fp32 training step and the fused one took
+an eighth to a quarter of its time: training steps 1.2-1.44x faster (AVX-512, and AVX2 masked and real;
+docs/RESULTS.md, "Fused AdamW" and the real AVX2 section). ``bench speed`` times the same optimizer, so its step
+times are training's.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ def _fused_kernel_for(params) -> bool:
 
 def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
     """AdamW with PyTorch's fused kernel where the parameters' device has one (CPU and CUDA do), else the
-    default. On 2 CPU cores it took the packaged MiniLM-L6's optimizer step from 0.068 s to 0.013 s and its fp32
-    training step from 0.263 s to 0.218 s, masked to AVX2 (docs/RESULTS.md, "Fused AdamW")."""
+    default (the module docstring says what it gains)."""
     groups = [{**g, "params": list(g["params"])} for g in groups]  # read twice: a generator would be used up
     fused = _fused_kernel_for([p for g in groups for p in g["params"]])
     return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
